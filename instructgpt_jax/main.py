@@ -1,0 +1,62 @@
+"""Entry point: `python -m instructgpt_jax.main --config=configs/ppo.py[:preset] [--workdir=DIR]`.
+
+The config's `stage` selects what to run; every earlier stage missing from the workdir runs
+first. Overrides: `--config.ppo.kl_coef=0.05`, `--config.model.num_layers=2`, ...
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file, e.g. configs/ppo.py or configs/ppo.py:tiny.", lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Directory for checkpoints, metrics and the report "
+    "(default: runs/<preset>).")
+
+
+def main(argv: list[str]) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  config = _CONFIG.value
+  if config is None:
+    raise app.UsageError("--config is required, e.g. --config=configs/ppo.py")
+  # Import JAX-heavy modules after flag parsing so `--help` is instant.
+  from instructgpt_jax import loop, pipeline, sharding, workspace  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+
+  try:
+    pipeline.check_stage(config.stage)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  workdir = _WORKDIR.value or os.path.join("runs", config.preset)
+  sharding.maybe_initialize_distributed(config.sharding.distributed)
+  if config.compilation_cache:
+    # A second run of the same config reuses compiled programs instead of paying XLA again.
+    jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.abspath(workdir),
+                                                                "jax_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  logging.info("Config:\n%s", config)
+  ws = workspace.Workspace(config, workdir)
+  try:
+    summaries = pipeline.run(ws, config.stage)
+  except loop.Preempted as e:
+    print(str(e), flush=True)
+    return 0
+  print(json.dumps({k: v for k, v in summaries.items()}, indent=1, default=str)[:4000])
+  return 0
+
+
+def run() -> None:
+  app.run(lambda argv: sys.exit(main(argv)))
+
+
+if __name__ == "__main__":
+  run()

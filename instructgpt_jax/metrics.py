@@ -1,0 +1,109 @@
+"""Metrics to `<dir>/metrics.jsonl` (one object per logged step) and TensorBoard, plus progress."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Mapping
+
+import numpy as np
+
+
+def _to_python(v: Any) -> Any:
+  if isinstance(v, (np.ndarray, np.generic)) or hasattr(v, "__array__"):
+    v = np.asarray(v)
+    return v.item() if v.size == 1 else v.tolist()
+  return v
+
+
+class MetricWriter:
+  """Appends metrics to JSONL and TensorBoard event files under `logdir`.
+
+  With `resume_step`, lines for later steps (written before a preemption, then redone) are
+  dropped first, so the file reads like one uninterrupted run.
+  """
+
+  def __init__(self, logdir: str, resume_step: int | None = None):
+    os.makedirs(logdir, exist_ok=True)
+    self.path = os.path.join(logdir, "metrics.jsonl")
+    if resume_step is not None and os.path.exists(self.path):
+      _truncate_after(self.path, resume_step)
+    self._file = open(self.path, "a", encoding="utf-8")
+    try:
+      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+      self._tb = SummaryWriter(os.path.join(logdir, "tensorboard"), flush_secs=30)
+    except ImportError:  # TensorBoard output is optional; the JSONL file is the record.
+      self._tb = None
+
+  def write(self, step: int, metrics: Mapping[str, Any]) -> dict[str, Any]:
+    row = {"step": int(step)}
+    row.update({k: _to_python(v) for k, v in metrics.items()})
+    self._file.write(json.dumps(row) + "\n")
+    self._file.flush()
+    if self._tb is not None:
+      for k, v in row.items():
+        if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
+          self._tb.add_scalar(k, v, step)
+    return row
+
+  def close(self) -> None:
+    self._file.close()
+    if self._tb is not None:
+      self._tb.close()
+
+
+def _truncate_after(path: str, step: int) -> None:
+  with open(path, encoding="utf-8") as f:
+    rows = [line for line in f if line.strip()]
+  keep = [line for line in rows if json.loads(line).get("step", 0) <= step]
+  with open(path, "w", encoding="utf-8") as f:
+    f.writelines(keep)
+
+
+def read_metrics(path: str) -> list[dict[str, Any]]:
+  """All rows of a metrics.jsonl file."""
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+class Progress:
+  """A periodic log line: stage, step/total, steps per second, ETA and a few metrics."""
+
+  def __init__(self, name: str, total: int, start: int = 0, every_s: float = 10.0,
+               unit: str = "step"):
+    self.name, self.total, self.start, self.unit = name, total, start, unit
+    self.every_s = every_s
+    self._t0 = self._last = time.perf_counter()
+    self._printed = False
+
+  def update(self, step: int, metrics: Mapping[str, Any] | None = None,
+             force: bool = False) -> None:
+    now = time.perf_counter()
+    if not force and now - self._last < self.every_s and step < self.total:
+      return
+    self._last = now
+    done = step - self.start
+    rate = done / max(now - self._t0, 1e-9)
+    eta = (self.total - step) / rate if rate > 0 else float("nan")
+    shown = ""
+    if metrics:
+      shown = " ".join(f"{k}={_fmt(v)}" for k, v in list(metrics.items())[:6])
+    pct = 100.0 * step / max(self.total, 1)
+    line = (f"[{self.name}] {self.unit} {step}/{self.total} ({pct:.0f}%) "
+            f"{rate:.2f} {self.unit}/s ETA {_fmt_time(eta)} {shown}")
+    print(line, file=sys.stderr, flush=True)
+
+
+def _fmt(v: Any) -> str:
+  v = _to_python(v)
+  return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _fmt_time(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return "?"
+  m, s = divmod(int(seconds), 60)
+  return f"{m}m{s:02d}s" if m else f"{s}s"

@@ -1,0 +1,357 @@
+"""The transformer: one decoder-only Flax linen module for every model in the pipeline.
+
+Policy, reference, reward and value models are all `Transformer`; only `config.head` differs:
+"lm" ends in the unembedding (logits over the vocabulary), "scalar" in one number per position
+(the reward model reads it at the last response token, the value function at every token).
+
+Two families share the code: "gpt" (learned positions, LayerNorm, GELU MLP, biases; GPT-2/3) and
+"llama" (RoPE, RMSNorm, SwiGLU, grouped-query attention, no biases). Every parameter and the main
+activations carry logical axis names; `sharding.py` maps them onto the mesh.
+
+Sequences use one layout everywhere: left-padded prompt then right-padded response, a `mask` that
+is 1 on real tokens, and positions `cumsum(mask) - 1` (so a prompt starts at position 0 whatever
+its padding). Decoding uses an explicit KV cache `{"k", "v"}: [layers, batch, cache_len,
+kv_heads, head_dim]` that is passed in and returned, so generation is a pure function.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Cache = dict[str, Array]
+
+FAMILIES = ("gpt", "llama")
+HEADS = ("lm", "scalar")
+REMAT_POLICIES = ("none", "full", "dots")
+
+# Added to masked attention scores; finite so that a fully masked row (a padding query) gives a
+# harmless uniform average instead of NaN.
+_MASK_VALUE = -1e30
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Static shape and numerics of a `Transformer` (mirrors `config.model` in configs/)."""
+
+  vocab_size: int = 1024
+  num_layers: int = 4
+  d_model: int = 256
+  num_heads: int = 4
+  num_kv_heads: int = 0  # 0 means num_heads (multi-head attention); fewer gives GQA.
+  d_ff: int = 1024
+  max_len: int = 256
+  family: str = "gpt"
+  tie_embeddings: bool = True
+  dropout: float = 0.0  # Residual and embedding dropout (the paper's "residual dropout").
+  dtype: str = "float32"  # Compute dtype ("bfloat16" on TPU/GPU).
+  param_dtype: str = "float32"
+  remat: str = "none"
+  scan_layers: bool = False
+  rope_theta: float = 10000.0
+  norm_eps: float = 1e-5
+  head: str = "lm"
+
+  def __post_init__(self):
+    _check_choice("family", self.family, FAMILIES)
+    _check_choice("head", self.head, HEADS)
+    _check_choice("remat", self.remat, REMAT_POLICIES)
+    if self.d_model % self.num_heads:
+      raise ValueError(f"model.d_model={self.d_model} is not divisible by "
+                       f"model.num_heads={self.num_heads}.")
+    if self.num_heads % self.kv_heads:
+      raise ValueError(f"model.num_heads={self.num_heads} is not divisible by "
+                       f"model.num_kv_heads={self.kv_heads}.")
+
+  @property
+  def kv_heads(self) -> int:
+    return self.num_kv_heads or self.num_heads
+
+  @property
+  def head_dim(self) -> int:
+    return self.d_model // self.num_heads
+
+  @classmethod
+  def from_dict(cls, d: Mapping[str, Any], **overrides: Any) -> "ModelConfig":
+    """Builds from `config.model`; an unknown key is an error that lists the valid ones."""
+    d = dict(d, **overrides)
+    valid = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - valid)
+    if unknown:
+      raise ValueError(f"Unknown model config key(s) {unknown}; valid keys: {sorted(valid)}.")
+    return cls(**d)
+
+  def replace(self, **kw: Any) -> "ModelConfig":
+    return dataclasses.replace(self, **kw)
+
+  def num_params(self, include_embeddings: bool = True) -> int:
+    """Parameter count of the trunk and head, computed from the shapes (no allocation)."""
+    d, f, L = self.d_model, self.d_ff, self.num_layers
+    kv = self.kv_heads * self.head_dim
+    attn = d * d * 2 + d * kv * 2
+    if self.family == "gpt":
+      attn += 2 * d + 2 * kv  # biases
+      mlp = 2 * d * f + f + d
+      norms = 2 * 2 * d
+    else:
+      mlp = 3 * d * f
+      norms = 2 * d
+    total = L * (attn + mlp + norms) + (2 * d if self.family == "gpt" else d)
+    if include_embeddings:
+      total += self.vocab_size * d
+      if self.family == "gpt":
+        total += self.max_len * d
+    if self.head == "lm" and not self.tie_embeddings:
+      total += d * self.vocab_size
+    if self.head == "scalar":
+      total += d + 1
+    return total
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+  if value not in choices:
+    raise ValueError(f"model.{name}={value!r} is not one of {list(choices)}.")
+
+
+def positions_from_mask(mask: Array) -> Array:
+  """Positions `[batch, seq]` for left/right padded rows: real tokens count from 0."""
+  return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def init_cache(config: ModelConfig, batch: int, length: int) -> Cache:
+  """An empty KV cache `{"k", "v"}: [layers, batch, length, kv_heads, head_dim]`."""
+  shape = (config.num_layers, batch, length, config.kv_heads, config.head_dim)
+  zeros = jnp.zeros(shape, jnp.dtype(config.dtype))
+  return {"k": zeros, "v": zeros}
+
+
+def _dense_init(scale: float = 1.0):
+  return nn.initializers.variance_scaling(scale, "fan_in", "truncated_normal")
+
+
+def _logical(init, names: tuple[str | None, ...]):
+  return nn.with_logical_partitioning(init, names)
+
+
+def _apply_rope(x: Array, positions: Array, theta: float) -> Array:
+  """Rotary embedding on `x: [batch, seq, heads, head_dim]` at `positions: [batch, seq]`."""
+  half = x.shape[-1] // 2
+  freqs = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  angles = positions[..., None].astype(jnp.float32) * freqs  # [B, T, half]
+  sin, cos = jnp.sin(angles)[:, :, None, :], jnp.cos(angles)[:, :, None, :]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x.dtype)
+
+
+class Norm(nn.Module):
+  """LayerNorm (gpt) or RMSNorm (llama), computed in fp32."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    cfg = self.config
+    kw = dict(epsilon=cfg.norm_eps, dtype=jnp.float32, param_dtype=jnp.dtype(cfg.param_dtype),
+              scale_init=_logical(nn.initializers.ones, ("norm",)))
+    if cfg.family == "gpt":
+      norm = nn.LayerNorm(bias_init=_logical(nn.initializers.zeros, ("norm",)), **kw)
+    else:
+      norm = nn.RMSNorm(**kw)
+    return norm(x).astype(jnp.dtype(cfg.dtype))
+
+
+class Attention(nn.Module):
+  """Causal self-attention with grouped-query heads and an optional KV cache."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: Array, positions: Array, key_mask: Array, cache: Cache | None,
+               cache_index: Array) -> tuple[Array, Cache | None]:
+    """x: [batch, seq, embed]; key_mask: [batch, keys] (keys = seq, or the cache length)."""
+    cfg = self.config
+    H, K, D = cfg.num_heads, cfg.kv_heads, cfg.head_dim
+    use_bias = cfg.family == "gpt"
+    dense = functools.partial(nn.DenseGeneral, use_bias=use_bias, dtype=jnp.dtype(cfg.dtype),
+                              param_dtype=jnp.dtype(cfg.param_dtype))
+    q = dense((H, D), kernel_init=_logical(_dense_init(), ("embed", "heads", "kv")),
+              bias_init=_logical(nn.initializers.zeros, ("heads", "kv")), name="query")(x)
+    k = dense((K, D), kernel_init=_logical(_dense_init(), ("embed", "kv_heads", "kv")),
+              bias_init=_logical(nn.initializers.zeros, ("kv_heads", "kv")), name="key")(x)
+    v = dense((K, D), kernel_init=_logical(_dense_init(), ("embed", "kv_heads", "kv")),
+              bias_init=_logical(nn.initializers.zeros, ("kv_heads", "kv")), name="value")(x)
+    if cfg.family == "llama":
+      q = _apply_rope(q, positions, cfg.rope_theta)
+      k = _apply_rope(k, positions, cfg.rope_theta)
+    q = nn.with_logical_constraint(q, ("activation_batch", "activation_length", "activation_heads",
+                                       "activation_kv"))
+
+    if cache is not None:
+      start = (0, cache_index, 0, 0)
+      k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start)
+      v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)
+      cache = {"k": k, "v": v}
+
+    B, T = x.shape[:2]
+    S = k.shape[1]
+    q = q.reshape(B, T, K, H // K, D) * (D ** -0.5)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+    q_idx = cache_index + jnp.arange(T)
+    allowed = (jnp.arange(S)[None, :] <= q_idx[:, None])[None] & key_mask[:, None, :].astype(bool)
+    scores = jnp.where(allowed[:, None, None], scores, _MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(B, T, H, D)
+
+    out = nn.DenseGeneral(
+        cfg.d_model, axis=(-2, -1), use_bias=use_bias, dtype=jnp.dtype(cfg.dtype),
+        param_dtype=jnp.dtype(cfg.param_dtype),
+        kernel_init=_logical(_dense_init(1.0 / cfg.num_layers), ("heads", "kv", "embed")),
+        bias_init=_logical(nn.initializers.zeros, ("embed",)), name="out")(out)
+    return out, cache
+
+
+class Mlp(nn.Module):
+  """GELU MLP (gpt) or SwiGLU (llama)."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    cfg = self.config
+    use_bias = cfg.family == "gpt"
+    dense = functools.partial(nn.Dense, use_bias=use_bias, dtype=jnp.dtype(cfg.dtype),
+                              param_dtype=jnp.dtype(cfg.param_dtype),
+                              bias_init=_logical(nn.initializers.zeros, ("mlp",)))
+    up = _logical(_dense_init(), ("embed", "mlp"))
+    if cfg.family == "gpt":
+      h = nn.gelu(dense(cfg.d_ff, kernel_init=up, name="wi")(x))
+    else:
+      h = nn.silu(dense(cfg.d_ff, kernel_init=up, name="wi_gate")(x)) * dense(
+          cfg.d_ff, kernel_init=up, name="wi_up")(x)
+    h = nn.with_logical_constraint(h, ("activation_batch", "activation_length", "activation_mlp"))
+    return nn.Dense(cfg.d_model, use_bias=use_bias, dtype=jnp.dtype(cfg.dtype),
+                    param_dtype=jnp.dtype(cfg.param_dtype),
+                    kernel_init=_logical(_dense_init(1.0 / cfg.num_layers), ("mlp", "embed")),
+                    bias_init=_logical(nn.initializers.zeros, ("embed",)), name="wo")(h)
+
+
+class Block(nn.Module):
+  """Pre-norm residual block: x + drop(attn(norm(x))), then x + drop(mlp(norm(x)))."""
+
+  config: ModelConfig
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, x: Array, cache: Cache | None, positions: Array, key_mask: Array,
+               cache_index: Array) -> tuple[Array, Cache | None]:
+    cfg = self.config
+    drop = nn.Dropout(cfg.dropout, deterministic=self.deterministic)
+    h, cache = Attention(cfg, name="attn")(Norm(cfg, name="ln_attn")(x), positions, key_mask,
+                                           cache, cache_index)
+    x = x + drop(h)
+    x = x + drop(Mlp(cfg, name="mlp")(Norm(cfg, name="ln_mlp")(x)))
+    x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
+    return x, cache
+
+
+def _block_class(cfg: ModelConfig) -> type[nn.Module]:
+  if cfg.remat == "none":
+    return Block
+  policy = None if cfg.remat == "full" else jax.checkpoint_policies.checkpoint_dots
+  # prevent_cse is only needed outside scan (scan already stops CSE across iterations).
+  return nn.remat(Block, policy=policy, prevent_cse=not cfg.scan_layers)
+
+
+class Transformer(nn.Module):
+  """Decoder-only transformer with an LM head or a scalar head (`config.head`)."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, tokens: Array, mask: Array, *, positions: Array | None = None,
+               cache: Cache | None = None, cache_index: Array | int = 0,
+               deterministic: bool = True, return_hidden: bool = False):
+    """Runs the model.
+
+    Args:
+      tokens: [batch, seq] token ids.
+      mask: key validity, [batch, seq] without a cache or [batch, cache_len] with one (1 = real
+        token that later positions may attend to).
+      positions: [batch, seq]; defaults to `positions_from_mask(mask)` (no cache only).
+      cache: KV cache from `init_cache`; `tokens` are written at `cache_index`.
+      cache_index: where `tokens` start in the cache.
+      deterministic: False turns dropout on (needs a "dropout" rng).
+      return_hidden: also return the final hidden states [batch, seq, embed].
+
+    Returns:
+      logits [batch, seq, vocab] (fp32) for head "lm", values [batch, seq] (fp32) for "scalar";
+      followed by the new cache when a cache was given, and the hidden states if asked.
+    """
+    cfg = self.config
+    if positions is None:
+      if cache is not None:
+        raise ValueError("positions are required when decoding with a cache.")
+      positions = positions_from_mask(mask)
+    cache_index = jnp.asarray(cache_index, jnp.int32)
+
+    embed = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=jnp.dtype(cfg.dtype),
+                     param_dtype=jnp.dtype(cfg.param_dtype),
+                     embedding_init=_logical(nn.initializers.normal(0.02), ("vocab", "embed")),
+                     name="token_embed")
+    x = embed(tokens)
+    if cfg.family == "gpt":
+      pos_table = self.param("pos_embed", _logical(nn.initializers.normal(0.01), ("pos", "embed")),
+                             (cfg.max_len, cfg.d_model), jnp.dtype(cfg.param_dtype))
+      x = x + jnp.take(pos_table, positions, axis=0).astype(x.dtype)
+    x = nn.Dropout(cfg.dropout, deterministic=deterministic)(x)
+    x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
+
+    block_cls = _block_class(cfg)
+    if cfg.scan_layers:
+      scanned = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True,
+                                                                            "dropout": True},
+                        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
+                        length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
+      x, cache = scanned(cfg, deterministic, name="layers")(x, cache, positions, mask, cache_index)
+    else:
+      new_layers = []
+      for i in range(cfg.num_layers):
+        layer_cache = None if cache is None else jax.tree.map(lambda c: c[i], cache)
+        x, layer_cache = block_cls(cfg, deterministic, name=f"layer_{i}")(
+            x, layer_cache, positions, mask, cache_index)
+        new_layers.append(layer_cache)
+      if cache is not None:
+        cache = jax.tree.map(lambda *c: jnp.stack(c), *new_layers)
+    hidden = Norm(cfg, name="ln_final")(x)
+
+    if cfg.head == "lm":
+      if cfg.tie_embeddings:
+        out = embed.attend(hidden)
+      else:
+        out = nn.Dense(cfg.vocab_size, use_bias=False, dtype=jnp.dtype(cfg.dtype),
+                       param_dtype=jnp.dtype(cfg.param_dtype),
+                       kernel_init=_logical(_dense_init(), ("embed", "vocab")),
+                       name="unembed")(hidden)
+      out = nn.with_logical_constraint(out.astype(jnp.float32),
+                                       ("activation_batch", "activation_length", "activation_vocab"))
+    else:
+      # N(0, 1/sqrt(d+1)) with zero bias, as in the OpenAI reward models (RLHF-NOTES 3.5).
+      out = nn.Dense(1, dtype=jnp.float32, param_dtype=jnp.dtype(cfg.param_dtype),
+                     kernel_init=_logical(nn.initializers.normal((cfg.d_model + 1) ** -0.5),
+                                          ("embed", "scalar")),
+                     bias_init=_logical(nn.initializers.zeros, ("scalar",)),
+                     name="scalar_head")(hidden.astype(jnp.float32))[..., 0]
+
+    result = (out,)
+    if cache is not None:
+      result += (cache,)
+    if return_hidden:
+      result += (hidden,)
+    return result[0] if len(result) == 1 else result

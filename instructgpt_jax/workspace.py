@@ -1,0 +1,124 @@
+"""Where a run's files live, and the set-up every stage shares (mesh, data, tokenizer).
+
+    <workdir>/world/*.jsonl       the built-in task world (when config.data paths are empty)
+    <workdir>/data/               tfds array_record preparations of the JSONL files
+    <workdir>/tokenizer.model     sentencepiece model trained on the pretraining text
+    <workdir>/<stage>/            ckpt/, metrics.jsonl, tensorboard/, DONE.json
+    <workdir>/report.json         the evaluation report
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+from absl import logging
+from jax.sharding import Mesh
+
+from instructgpt_jax import checkpoint
+from instructgpt_jax import data as data_lib
+from instructgpt_jax import model as model_lib
+from instructgpt_jax import sharding
+from instructgpt_jax import tokenizer as tokenizer_lib
+from instructgpt_jax import train_state
+from instructgpt_jax import world as world_lib
+
+# Config key of each user-facing file, and the world's file of that kind.
+JSONL_KEYS = {
+    "pretraining": ("pretrain_jsonl", "pretrain.jsonl"),
+    "demonstrations": ("demonstrations_jsonl", "demonstrations.jsonl"),
+    "prompts": ("prompts_jsonl", "prompts.jsonl"),
+    "eval_prompts": ("eval_prompts_jsonl", "eval_prompts.jsonl"),
+}
+
+
+class Workspace:
+  """A run's directory layout, mesh, tokenizer and data, shared by the stages of a pipeline."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str,
+               mesh: Mesh | None = None):
+    self.config = config
+    self.workdir = os.path.abspath(workdir)
+    os.makedirs(self.workdir, exist_ok=True)
+    self.mesh = mesh if mesh is not None else sharding.make_mesh(config.sharding.mesh_shape)
+    self.rules = sharding.normalize_rules(config.sharding.rules)
+    self._tokenizer: tokenizer_lib.Tokenizer | None = None
+    self._records: dict[tuple[str, str], list[dict]] = {}
+
+  # Paths ---------------------------------------------------------------------------------------
+
+  def stage_dir(self, name: str) -> str:
+    return os.path.join(self.workdir, name)
+
+  @property
+  def uses_world(self) -> bool:
+    return not any(self.config.data[key] for key, _ in JSONL_KEYS.values())
+
+  def world(self) -> world_lib.World:
+    return world_lib.World.from_seed(self.config.data.world_seed, scale=self.config.data.world_scale)
+
+  def jsonl(self, kind: str) -> str:
+    """The user's file for `kind`, or the built-in world's (written on first use)."""
+    key, filename = JSONL_KEYS[kind]
+    if self.config.data[key]:
+      path = self.config.data[key]
+      if not os.path.exists(path):
+        raise FileNotFoundError(f"config.data.{key}={path} does not exist.")
+      return path
+    if not self.uses_world:
+      raise ValueError(f"config.data.{key} is empty but other data paths are set: give every "
+                       f"file of your own data set ({[k for k, _ in JSONL_KEYS.values()]}).")
+    world_dir = os.path.join(self.workdir, "world")
+    path = os.path.join(world_dir, filename)
+    if not os.path.exists(path):
+      logging.info("Writing the built-in task world to %s", world_dir)
+      world_lib.write_world(world_dir, self.world())
+    return path
+
+  # Data ----------------------------------------------------------------------------------------
+
+  def hygiene(self) -> data_lib.Hygiene:
+    d = self.config.data
+    train = 1.0 - d.validation_fraction - d.test_fraction
+    return data_lib.Hygiene(dedup_prefix_len=d.dedup_prefix_chars or None,
+                            max_per_user=d.max_prompts_per_user or None,
+                            split_fractions=(train, d.validation_fraction, d.test_fraction))
+
+  def records(self, kind: str, split: str, path: str | None = None) -> list[dict[str, Any]]:
+    """One split of a user-facing file, through its tfds builder (cached per run)."""
+    path = path or self.jsonl(kind)
+    data_kind = "prompts" if kind == "eval_prompts" else kind
+    key = (path, split)
+    if key not in self._records:
+      self._records[key] = data_lib.load_split(data_kind, path, os.path.join(self.workdir, "data"),
+                                               split, self.hygiene())
+    return self._records[key]
+
+  def tokenizer(self) -> tokenizer_lib.Tokenizer:
+    """The configured tokenizer, or one trained on the pretraining text (once per workdir)."""
+    if self._tokenizer is None:
+      path = self.config.data.tokenizer_path or os.path.join(self.workdir, "tokenizer.model")
+      if not self.config.data.tokenizer_path and not os.path.exists(path):
+        texts = [r["text"] for r in self.records("pretraining", "train")]
+        texts += [r["prompt"] + " " + r["response"] for r in self.records("demonstrations",
+                                                                          "train")]
+        tokenizer_lib.train_tokenizer(texts, path, self.config.model.vocab_size)
+      self._tokenizer = tokenizer_lib.Tokenizer.load(path)
+      self._tokenizer.check_vocab(self.config.model.vocab_size)
+    return self._tokenizer
+
+  # Models --------------------------------------------------------------------------------------
+
+  def model_config(self, **overrides: Any) -> model_lib.ModelConfig:
+    return train_state.model_config(self.config, **overrides)
+
+  def load_params(self, stage: str, model_cfg: model_lib.ModelConfig) -> Any:
+    """The final parameters of a finished stage, placed on this run's mesh."""
+    shardings = train_state.param_shardings(model_cfg, self.mesh, self.rules)
+    abstract = nn.meta.unbox(jax.eval_shape(lambda r: train_state.boxed_params(model_cfg, r),
+                                            jax.random.key(0)))
+    return checkpoint.restore_params(os.path.join(self.stage_dir(stage), "ckpt"),
+                                     checkpoint.abstract_like(abstract, shardings))
