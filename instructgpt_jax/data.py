@@ -21,13 +21,16 @@ index P-1. The model derives positions as cumsum(mask) - 1.
 tfds without TensorFlow (verified with tensorflow-datasets 4.9.10, TF absent):
 `GeneratorBasedBuilder(..., file_format="array_record").download_and_prepare()`
 writes array_record shards and `builder.as_data_source()` / `tfds.data_source()`
-reads them; 'tensorflow' never enters `sys.modules`. Two caveats found: a split
-that yields no examples fails to finalise ("No examples were yielded"), so empty
-splits are left out (and read back as empty lists); and
-`dataset_info_from_configs` needs a package directory, so `_info` builds
-`tfds.core.DatasetInfo` directly; and a builder defined inside a package fails
-in `download_and_prepare` on `import importlib_resources` (declared by tfds only
-for Python < 3.9), so the builders set `code_path = None`.
+reads them; 'tensorflow' never enters `sys.modules`. Three caveats found:
+  * a split that yields no examples fails to finalise ("No examples were
+    yielded"), so empty splits are left out (and read back as empty lists);
+  * `dataset_info_from_configs` needs a package directory with metadata files,
+    so `_info` builds `tfds.core.DatasetInfo` directly;
+  * a builder defined inside a package fails in `download_and_prepare` on
+    `import importlib_resources` (tfds declares it only for Python < 3.9), so the
+    builders set `code_path = None`.
+Prepare on one process (or per-host local data_dirs) in multi-host runs: tfds
+writes to a temporary directory and renames it, but two writers still race.
 """
 
 from __future__ import annotations
@@ -148,8 +151,12 @@ def read_jsonl(paths: str | Sequence[str], kind: str) -> list[dict[str, Any]]:
         raise ValueError(f"unknown data kind {kind!r}; expected one of {KINDS}")
     records = []
     for path in _as_paths(paths):
-        with open(path, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, start=1):
+        with open(path, "rb") as f:  # Bytes, so a bad encoding can name its line too.
+            for line_no, raw in enumerate(f, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataError(f"{path}:{line_no}: not UTF-8 ({e})") from None
                 if not line.strip():
                     continue
                 try:
@@ -640,6 +647,15 @@ def pack_lm(tok: Tokenizer, texts: Sequence[str], seq_len: int) -> dict[str, np.
 # --------------------------------------------------------------------------------------
 
 
+def _batchable(arrays: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], int]:
+    """The numpy-array entries of `arrays` and their common leading dimension N."""
+    arrays = {k: v for k, v in arrays.items() if isinstance(v, np.ndarray)}
+    sizes = {k: v.shape[0] for k, v in arrays.items()}
+    if not arrays or len(set(sizes.values())) != 1:
+        raise ValueError(f"arrays must be non-empty and share their leading dimension: {sizes}")
+    return arrays, next(iter(sizes.values()))
+
+
 def make_batches(
     arrays: Mapping[str, Any],
     batch_size: int,
@@ -668,13 +684,11 @@ def make_batches(
         it = make_batches(<same arrays and arguments>)
         it.set_state(state)                 # continues with the same next batch
     """
-    arrays = {k: v for k, v in arrays.items() if isinstance(v, np.ndarray)}
-    sizes = {k: v.shape[0] for k, v in arrays.items()}
-    if not arrays or len(set(sizes.values())) != 1:
-        raise ValueError(f"arrays must be non-empty and share their leading dimension: {sizes}")
+    arrays, n = _batchable(arrays)
     if batch_size % process_count:
         raise ValueError(f"batch_size={batch_size} is not divisible by process_count={process_count}")
-    n = next(iter(sizes.values()))
+    if n == 0:
+        raise ValueError("make_batches got 0 examples (did hygiene or length filtering drop them all?)")
     if drop_remainder and num_epochs is not None and n * num_epochs < batch_size:
         raise ValueError(f"{n} examples x {num_epochs} epochs make no full batch of {batch_size}")
     local = batch_size // process_count
@@ -701,8 +715,7 @@ def iterate_split_batches(
     """One pass over `arrays` in order, last batch padded by repeating row 0, with a
     "valid" [batch] int32 entry marking real rows: for evaluation, where every example
     must count exactly once and shapes must stay fixed for jit."""
-    arrays = {k: v for k, v in arrays.items() if isinstance(v, np.ndarray)}
-    n = next(iter(arrays.values())).shape[0]
+    arrays, n = _batchable(arrays)
     for start in range(0, n, batch_size):
         idx = np.arange(start, start + batch_size)
         valid = (idx < n).astype(np.int32)

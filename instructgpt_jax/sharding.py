@@ -57,30 +57,33 @@ def normalize_rules(rules: Rules) -> tuple[tuple[str, Any], ...]:
 
 
 def mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...]:
-  """Resolves one -1 entry to fill `num_devices`; raises a ValueError naming what does not fit."""
+  """Resolves one -1 entry to fill `num_devices`; raises a ValueError naming what does not fit.
+
+  A mesh smaller than the device count is allowed when its size divides it (the first devices
+  are used); anything else is an error that says which sizes would work.
+  """
   shape = tuple(int(s) for s in shape)
   if len(shape) != len(MESH_AXES):
     raise ValueError(f"sharding.mesh_shape={shape} must have {len(MESH_AXES)} entries "
                      f"for the axes {MESH_AXES}.")
-  if shape.count(-1) > 1:
-    raise ValueError(f"sharding.mesh_shape={shape}: at most one entry may be -1.")
+  if shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
+    raise ValueError(f"sharding.mesh_shape={shape}: sizes must be positive, with at most one "
+                     f"-1 (the axis that takes the remaining devices).")
   known = math.prod(s for s in shape if s != -1)
-  if known <= 0 or num_devices % known:
+  if num_devices % known:
     raise ValueError(f"sharding.mesh_shape={shape} (axes {MESH_AXES}) does not divide the "
                      f"{num_devices} available devices; use sizes whose product divides "
                      f"{num_devices}, with -1 for the axis that takes the rest.")
-  shape = tuple(num_devices // known if s == -1 else s for s in shape)
-  if math.prod(shape) != num_devices:
-    raise ValueError(f"sharding.mesh_shape={shape} uses {math.prod(shape)} devices but "
-                     f"{num_devices} are available; the product must equal the device count "
-                     f"(put -1 on one axis to fill).")
-  return shape
+  return tuple(num_devices // known if s == -1 else s for s in shape)
 
 
 def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None) -> Mesh:
   """A ("data", "fsdp", "tensor") mesh with Auto axes (what linen's logical rules use)."""
   devices = list(devices if devices is not None else jax.devices())
   resolved = mesh_shape(shape, len(devices))
+  if math.prod(resolved) < len(devices):
+    logging.warning("Mesh %s uses %d of %d devices.", resolved, math.prod(resolved), len(devices))
+    devices = devices[:math.prod(resolved)]
   return jax.make_mesh(resolved, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
                        devices=devices)
 

@@ -15,7 +15,8 @@ from instructgpt_jax.tokenizer import Tokenizer, train_tokenizer
 
 
 def write_jsonl(path, rows) -> str:
-    with open(path, "w", encoding="utf-8") as f:
+    # latin-1 strings from BAD_LINES become raw (invalid UTF-8) bytes; others are ASCII JSON.
+    with open(path, "w", encoding="latin-1") as f:
         for row in rows:
             f.write(row if isinstance(row, str) else json.dumps(row))
             f.write("\n")
@@ -23,7 +24,7 @@ def write_jsonl(path, rows) -> str:
 
 
 def demo(i, user="u0"):
-    return {"prompt": f"prompt number {i}", "response": f"answer {i}", "user_id": user, "category": "open qa"}
+    return {"prompt": f"prompt number {i}", "response": f"answer {i} é ✓", "user_id": user, "category": "open qa"}
 
 
 def comparison(i, user="u0"):
@@ -41,7 +42,7 @@ VALID = {
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory) -> Tokenizer:
     texts = [f"prompt number {i} answer yes no maybe some text the fox" for i in range(200)]
-    return train_tokenizer(texts, str(tmp_path_factory.mktemp("tok") / "t.model"), vocab_size=300)
+    return train_tokenizer(texts, str(tmp_path_factory.mktemp("tok") / "t.model"), vocab_size=330)
 
 
 # ----------------------------------------------------------------------------- JSONL
@@ -77,6 +78,7 @@ BAD_LINES = [
     ("comparisons", {"prompt": "p", "responses": "ab", "ranking": [0, 1], "user_id": "u"}, "must be a list"),
     ("pretraining", {"text": ""}, "'text' is empty"),
     ("pretraining", {"txt": "x"}, "missing field 'text'"),
+    ("pretraining", b'{"text": "\xff"}'.decode("latin-1"), "not UTF-8"),
 ]
 
 
@@ -131,9 +133,9 @@ def test_split_by_user_is_disjoint_deterministic_and_proportional():
     assert data.split_by_user(records, (0.8, 0.1, 0.1)) == splits  # deterministic
     assert data.split_by_user(records, (0.8, 0.1, 0.1), salt="other") != splits
     # The same user lands in the same split whatever else is in the file.
-    assert data.assign_split("user3", (0.8, 0.1, 0.1)) == data.split_by_user(
-        [{"user_id": "user3"}], (0.8, 0.1, 0.1)
-    ) and data.assign_split("user3", (0.8, 0.1, 0.1)) in data.SPLITS
+    split = data.assign_split("user3", (0.8, 0.1, 0.1))
+    assert data.split_by_user([{"user_id": "user3"}], (0.8, 0.1, 0.1))[split] == [{"user_id": "user3"}]
+    assert "user3" in users[split]
 
 
 def test_apply_hygiene_counts_everything():
@@ -319,6 +321,8 @@ def test_finite_epochs_unshuffled_and_remainder():
     batches = list(data.make_batches(arrays(), 4, seed=0, shuffle=False, num_epochs=1, drop_remainder=False))
     assert [b["x"].tolist() for b in batches] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
     assert len(list(data.make_batches(arrays(), 4, seed=0, num_epochs=2))) == 5
+    with pytest.raises(ValueError, match="0 examples"):
+        data.make_batches(arrays(0), 4, seed=0)
 
 
 def test_process_slices_partition_the_global_batch():

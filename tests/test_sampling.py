@@ -120,15 +120,17 @@ def test_greedy_deterministic_and_matches_reference(family):
   np.testing.assert_array_equal(out1.tokens, out2.tokens)
   _check_layout(out1, tokens, mask)
 
-  # Reference: argmax of a full forward pass, one token at a time, in a Python loop.
-  seq, m = np.asarray(tokens), np.asarray(mask)
+  # Reference: argmax of a full forward pass (no cache), one token at a time in a Python loop.
+  # The sequence is kept at its final length P + R (future slots masked and, by causality,
+  # invisible) so that the forward pass compiles once.
+  seq = np.concatenate([np.asarray(tokens), np.full((len(tokens), R), PAD, np.int32)], 1)
+  m = np.concatenate([np.asarray(mask), np.zeros((len(tokens), R), np.int32)], 1)
   done = np.zeros(len(seq), bool)
-  for _ in range(R):
-    logits = _full_logits(family, seq, m)[:, -1]
-    nxt = np.where(done, PAD, logits.argmax(-1)).astype(np.int32)
-    seq = np.concatenate([seq, nxt[:, None]], 1)
-    m = np.concatenate([m, (~done)[:, None].astype(np.int32)], 1)
-    done |= nxt == EOS
+  for i in range(R):
+    logits = _full_logits(family, seq, m)[:, P + i - 1]
+    seq[:, P + i] = np.where(done, PAD, logits.argmax(-1))
+    m[:, P + i] = ~done
+    done |= seq[:, P + i] == EOS
   np.testing.assert_array_equal(out1.tokens, seq)
   np.testing.assert_array_equal(out1.mask, m)
 
@@ -145,6 +147,12 @@ def test_eos_stops_row_and_masks_rest():
       pad_id=PAD, greedy=True))
   assert out2.ended[row] and out2.lengths[row] <= 3
   _check_layout(out2, tokens, mask, eos=new_eos)
+  # The same row alone: every row has ended, so the while_loop exits early; the rest stays pad.
+  out1 = jax.device_get(sampling.generate_jit(
+      params, cfg, tokens[row:row + 1], mask[row:row + 1], jax.random.PRNGKey(0),
+      max_new_tokens=R, eos_id=new_eos, pad_id=PAD, greedy=True))
+  np.testing.assert_array_equal(out1.tokens[0], out2.tokens[row])
+  np.testing.assert_array_equal(out1.mask[0], out2.mask[row])
 
   # Sampling, many rows, a flat-ish distribution (high temperature) so that EOS shows up.
   cfg, params = _setup(family)

@@ -1,0 +1,121 @@
+"""Simulated labelers for the built-in task world.
+
+A :class:`Labeler` judges responses by a utility: the world's gold score plus a mild personal
+preference for longer or shorter answers (at most ``MAX_LENGTH_BIAS`` of utility, so the gold score
+stays what matters).  Choices are Bradley-Terry on that utility with a per-labeler temperature
+(``P(a > b) = sigmoid((u_a - u_b) / T)``), rankings the matching Plackett-Luce model (Gumbel
+perturbation), and now and then a lapse of attention (a uniformly random choice).  Identical responses
+(up to spacing) and responses of equal utility tie.
+
+Training labelers produce the comparisons the reward model learns from; held-out labelers (their own
+seeds, noise and preferences) judge the evaluation, as in the paper.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+import numpy as np
+
+from instructgpt_jax.world import World, count_words, normalize, tokenize
+
+MAX_LENGTH_BIAS = 0.04
+_TIE_EPS = 1e-9
+
+
+@dataclasses.dataclass(frozen=True)
+class Labeler:
+    """One simulated labeler."""
+
+    labeler_id: str
+    world: World
+    temperature: float  # Bradley-Terry temperature on the utility scale (gold score in [0, 1])
+    length_bias: float  # utility added per unit of tanh(relative length excess); |.| <= MAX_LENGTH_BIAS
+    lapse: float  # probability of a random choice
+
+    def utility(self, prompt: str, response: str) -> float:
+        """Gold score plus this labeler's mild length preference."""
+        spec = self.world.task(prompt)
+        ref = count_words(tokenize(spec.reference))
+        n = count_words(tokenize(response))
+        pref = self.length_bias * math.tanh((n - ref) / (ref + 2)) if n else 0.0
+        return self.world.gold_score(prompt, response) + pref
+
+
+def _make_labeler(world: World, labeler_id: str, rng: np.random.Generator) -> Labeler:
+    return Labeler(labeler_id=labeler_id, world=world, temperature=float(rng.uniform(0.06, 0.16)),
+                   length_bias=float(rng.uniform(-MAX_LENGTH_BIAS, MAX_LENGTH_BIAS)),
+                   lapse=float(rng.uniform(0.02, 0.08)))
+
+
+def make_labeler_pools(seed: int, n_train: int = 8, n_heldout: int = 4,
+                       world: World | None = None) -> tuple[list[Labeler], list[Labeler]]:
+    """(training labelers, held-out labelers), each with its own noise and preferences.
+
+    ``world`` defaults to ``World.from_seed(seed)``; pass the world your files came from
+    (``World.from_dir``) when it was written with non-default sizes."""
+    world = world or World.from_seed(seed)
+    rng = np.random.default_rng([seed, 7177])
+    train = [_make_labeler(world, f"train_{i:02d}", rng) for i in range(n_train)]
+    heldout = [_make_labeler(world, f"heldout_{i:02d}", rng) for i in range(n_heldout)]
+    return train, heldout
+
+
+def compare(labeler: Labeler, prompt: str, a: str, b: str, rng: np.random.Generator) -> float:
+    """1.0 if the labeler prefers ``a``, 0.0 if ``b``, 0.5 for a tie (identical or equally good)."""
+    if normalize(a) == normalize(b):
+        return 0.5
+    du = labeler.utility(prompt, a) - labeler.utility(prompt, b)
+    if abs(du) < _TIE_EPS:
+        return 0.5
+    if rng.random() < labeler.lapse:
+        return float(rng.random() < 0.5)
+    p = 1.0 / (1.0 + math.exp(-du / labeler.temperature))
+    return float(rng.random() < p)
+
+
+def rank(labeler: Labeler, prompt: str, responses: Sequence[str], rng: np.random.Generator) -> list[int]:
+    """ranking[i] = rank of responses[i] (0 = best, dense); identical or equally good responses tie."""
+    groups: list[tuple[float, list[int]]] = []  # (utility, members)
+    by_text: dict[str, int] = {}
+    for i, r in enumerate(responses):
+        key = normalize(r)
+        if key in by_text:
+            groups[by_text[key]][1].append(i)
+            continue
+        u = labeler.utility(prompt, r)
+        same = next((g for g, (gu, _) in enumerate(groups) if abs(gu - u) < _TIE_EPS), None)
+        if same is None:
+            by_text[key] = len(groups)
+            groups.append((u, [i]))
+        else:
+            by_text[key] = same
+            groups[same][1].append(i)
+    utilities = np.array([u for u, _ in groups])
+    if rng.random() < labeler.lapse:
+        keys = rng.random(len(groups))
+    else:
+        keys = utilities / labeler.temperature + rng.gumbel(size=len(groups))
+    ranking = [0] * len(responses)
+    for position, g in enumerate(np.argsort(-keys, kind="stable")):
+        for i in groups[g][1]:
+            ranking[i] = position
+    return ranking
+
+
+def labeler_agreement(pool: Sequence[Labeler], prompts_and_pairs: Sequence[tuple[str, str, str]],
+                      rng: np.random.Generator) -> float:
+    """How often two different labelers of ``pool``, drawn at random per pair, make the same choice
+    on (prompt, a, b); pairs of identical responses are skipped."""
+    if len(pool) < 2:
+        raise ValueError("agreement needs at least two labelers")
+    agree = total = 0
+    for prompt, a, b in prompts_and_pairs:
+        if normalize(a) == normalize(b):
+            continue
+        i, j = rng.choice(len(pool), size=2, replace=False)
+        agree += compare(pool[i], prompt, a, b, rng) == compare(pool[j], prompt, a, b, rng)
+        total += 1
+    return agree / total if total else float("nan")

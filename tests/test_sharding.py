@@ -1,0 +1,79 @@
+"""On 8 simulated devices: every mesh gives one device's losses, and parameters are split by the rules."""
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from instructgpt_jax import pretrain
+from instructgpt_jax import sharding
+from instructgpt_jax import train_state
+from tests import helpers
+
+MESHES = [(8, 1, 1), (2, 2, 2), (1, 2, 4), (1, 1, 8)]
+STEPS = 4
+
+
+def _run(cfg, params, mesh, batches):
+  tx = train_state.make_optimizer(helpers.optim_config(3e-3), 100)
+  state, shardings = train_state.create_train_state(cfg, tx, mesh, sharding.DEFAULT_RULES,
+                                                    jax.random.key(0), params=params)
+  step = jax.jit(pretrain.lm_train_step, in_shardings=(shardings, None, None),
+                 out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,))
+  losses = []
+  with jax.set_mesh(mesh):
+    logits = jax.jit(lambda p, b: state.apply_fn({"params": p}, b["tokens"], b["mask"]))(
+        state.params, sharding.shard_batch(batches[0], mesh))
+    for i, b in enumerate(batches):
+      state, m = step(state, sharding.shard_batch(b, mesh), jax.random.key(i))
+      losses.append(float(m["loss"]))
+  return np.asarray(logits), losses, state
+
+
+@pytest.mark.parametrize("family", ["gpt", "llama"])
+def test_meshes_agree_with_one_device(family):
+  assert jax.device_count() == 8
+  cfg = helpers.tiny_model(family, num_kv_heads=8 if family == "llama" else 0)
+  params = helpers.init_params(cfg)
+  rng = np.random.default_rng(0)
+  batches = [helpers.lm_batch(rng, 8, 16, cfg.vocab_size) for _ in range(STEPS)]
+  ref_logits, ref_losses, _ = _run(cfg, params, sharding.make_mesh((1, 1, 1)), batches)
+  for shape in MESHES:
+    logits, losses, state = _run(cfg, params, sharding.make_mesh(shape), batches)
+    np.testing.assert_allclose(logits, ref_logits, atol=2e-5, rtol=1e-4, err_msg=str(shape))
+    np.testing.assert_allclose(losses, ref_losses, rtol=2e-5, err_msg=str(shape))
+    assert losses[-1] < losses[0]
+    _check_partitioned(state.params, shape)
+
+
+def _check_partitioned(params, shape):
+  data, fsdp, tensor = shape
+  layer = params["layer_0"]
+  mlp = layer["mlp"]
+  wi = (mlp["wi"] if "wi" in mlp else mlp["wi_gate"])["kernel"]  # logical ("embed", "mlp") -> ("fsdp", "tensor")
+  assert wi.sharding.spec == P("fsdp", "tensor")
+  shard_shape = wi.addressable_shards[0].data.shape
+  assert shard_shape == (wi.shape[0] // fsdp, wi.shape[1] // tensor)
+  q = layer["attn"]["query"]["kernel"]  # ("embed", "heads", "kv")
+  assert q.addressable_shards[0].data.shape == (q.shape[0] // fsdp, q.shape[1] // tensor,
+                                                q.shape[2])
+  emb = params["token_embed"]["embedding"]  # ("vocab", "embed")
+  assert emb.addressable_shards[0].data.shape == (emb.shape[0] // tensor,
+                                                  emb.shape[1] // fsdp)
+
+
+def test_mesh_errors_are_actionable():
+  with pytest.raises(ValueError, match="does not divide the 8 available devices"):
+    sharding.make_mesh((3, -1, 1))
+  with pytest.raises(ValueError, match="at most one"):
+    sharding.make_mesh((-1, -1, 1))
+  assert sharding.make_mesh((2, -1, 2)).shape == {"data": 2, "fsdp": 2, "tensor": 2}
+  assert sharding.make_mesh((1, 1, 2)).devices.size == 2
+
+
+def test_non_divisible_parameter_is_named():
+  cfg = helpers.tiny_model("gpt", num_heads=4)
+  tx = train_state.make_optimizer(helpers.optim_config(), 10)
+  with pytest.raises(ValueError, match=r"attn.*not divisible by 8"):
+    train_state.create_train_state(cfg, tx, sharding.make_mesh((1, 1, 8)),
+                                   sharding.DEFAULT_RULES, jax.random.key(0))
