@@ -116,9 +116,15 @@ class Workspace:
     return train_state.model_config(self.config, **overrides)
 
   def load_params(self, stage: str, model_cfg: model_lib.ModelConfig) -> Any:
-    """The final parameters of a finished stage, placed on this run's mesh."""
+    """The final parameters of a finished stage, placed on this run's mesh.
+
+    `<stage>/final` (parameters post-processed after training, e.g. the RM's bias) wins over
+    the newest train checkpoint in `<stage>/ckpt`.
+    """
+    directory = os.path.join(self.stage_dir(stage), "final")
+    if not os.path.isdir(directory):
+      directory = os.path.join(self.stage_dir(stage), "ckpt")
     shardings = train_state.param_shardings(model_cfg, self.mesh, self.rules)
     abstract = nn.meta.unbox(jax.eval_shape(lambda r: train_state.boxed_params(model_cfg, r),
                                             jax.random.key(0)))
-    return checkpoint.restore_params(os.path.join(self.stage_dir(stage), "ckpt"),
-                                     checkpoint.abstract_like(abstract, shardings))
+    return checkpoint.restore_params(directory, checkpoint.abstract_like(abstract, shardings))
