@@ -103,9 +103,13 @@ def check_finite(step: int, metrics: Mapping[str, Any], last_checkpoint: str) ->
 def train(*, name: str, stage_dir: str, state: Any, state_shardings: Any,
           step_fn: Callable[[Any, Any, jax.Array], tuple[Any, Any]], batches: Iterator,
           total_steps: int, mesh: Mesh, seed: int, loop_cfg: Any,
-          extra_meta: Mapping[str, Any] | None = None) -> tuple[Any, list[dict[str, Any]]]:
+          extra_meta: Mapping[str, Any] | None = None, const_args: tuple = (),
+          const_shardings: tuple = ()) -> tuple[Any, list[dict[str, Any]]]:
   """Runs `step_fn` from the newest checkpoint in `stage_dir/ckpt` to `total_steps`.
 
+  `step_fn(state, batch, rng, *const_args) -> (state, metrics)`. `const_args` are arrays the
+  step reads but never changes (PPO's frozen reference and reward models); they are passed as
+  arguments, not closed over, so they are not baked into the program or checkpointed.
   `batches` must have `get_state()`/`set_state()` (a grain iterator) so the data position is
   checkpointed. Returns the final state and the logged metric rows of this invocation.
   """
@@ -118,7 +122,7 @@ def train(*, name: str, stage_dir: str, state: Any, state_shardings: Any,
     logging.info("[%s] resumed from %s at step %d", name, ckpt.directory, start)
   writer = metrics_lib.MetricWriter(stage_dir, resume_step=start)
   progress = metrics_lib.Progress(name, total_steps, start)
-  jitted = jax.jit(step_fn, in_shardings=(state_shardings, None, None),
+  jitted = jax.jit(step_fn, in_shardings=(state_shardings, None, None, *const_shardings),
                    out_shardings=(state_shardings, sharding.replicated(mesh)),
                    donate_argnums=(0,))
   base_key = jax.random.key(seed)
@@ -133,7 +137,7 @@ def train(*, name: str, stage_dir: str, state: Any, state_shardings: Any,
       t0 = time.perf_counter()
       for step in range(start, total_steps):
         batch = sharding.shard_batch(next(batches), mesh)
-        state, m = jitted(state, batch, jax.random.fold_in(base_key, step))
+        state, m = jitted(state, batch, jax.random.fold_in(base_key, step), *const_args)
         m = jax.device_get(m)
         last = ckpt.latest_step()
         check_finite(step + 1, m, f"{ckpt.directory}/{last}" if last is not None else "none")

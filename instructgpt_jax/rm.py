@@ -18,7 +18,6 @@ import numpy as np
 import optax
 from absl import logging
 
-from instructgpt_jax import checkpoint
 from instructgpt_jax import data as data_lib
 from instructgpt_jax import loop
 from instructgpt_jax import losses
@@ -143,7 +142,7 @@ def run(ws: Workspace) -> dict[str, Any]:
   bias = float(losses.rm_normalization_bias(demo_rewards))
   params = jax.device_get(state.params)
   params[SCALAR_HEAD]["bias"] = params[SCALAR_HEAD]["bias"] + bias
-  save_final_params(ws, "rm", params, rm_cfg)
+  ws.save_params("rm", params, rm_cfg)
 
   summary: dict[str, Any] = {"steps": steps, "comparisons": n, "demo_bias": bias,
                              "demo_reward_std": float(np.std(demo_rewards))}
@@ -156,11 +155,3 @@ def run(ws: Workspace) -> dict[str, Any]:
   summary["train"] = {"accuracy": rows[-1]["accuracy"]} if rows else {}
   return summary
 
-
-def save_final_params(ws: Workspace, stage: str, params: Any,
-                      model_cfg: model_lib.ModelConfig) -> None:
-  """Writes `params` as the stage's final checkpoint (what `Workspace.load_params` reads)."""
-  placed = train_state.place_params(params, model_cfg, ws.mesh, ws.rules)
-  ckpt = checkpoint.Checkpointer(os.path.join(ws.stage_dir(stage), "final"), keep=1)
-  ckpt.save(0, {"params": placed}, {"stage": stage}, force=True)
-  ckpt.close()

@@ -124,8 +124,8 @@ def generate(params, config: model_lib.ModelConfig, prompt_tokens: Array, prompt
     temperature: > 0; logits are divided by it before sampling and before the log-softmax.
     top_k: keep only the k most likely tokens (0 = off; static).
     top_p: nucleus sampling threshold (1.0 = off; may be traced).
-    greedy: argmax decoding (static); the returned log-probs are still those of the
-      temperature-scaled distribution.
+    greedy: argmax decoding (static; rng, top_k and top_p are then unused); the returned
+      log-probs are still those of the temperature-scaled distribution.
 
   Returns:
     A `SampleOutput` with `[B, P + R]` arrays (see the module docstring).

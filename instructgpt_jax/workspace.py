@@ -128,3 +128,10 @@ class Workspace:
     abstract = nn.meta.unbox(jax.eval_shape(lambda r: train_state.boxed_params(model_cfg, r),
                                             jax.random.key(0)))
     return checkpoint.restore_params(directory, checkpoint.abstract_like(abstract, shardings))
+
+  def save_params(self, stage: str, params: Any, model_cfg: model_lib.ModelConfig) -> None:
+    """Writes a stage's final parameters to `<stage>/final` (read back by `load_params`)."""
+    placed = train_state.place_params(params, model_cfg, self.mesh, self.rules)
+    ckpt = checkpoint.Checkpointer(os.path.join(self.stage_dir(stage), "final"), keep=1)
+    ckpt.save(0, {"params": placed}, {"stage": stage}, force=True)
+    ckpt.close()
