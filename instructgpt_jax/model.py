@@ -300,6 +300,10 @@ class Transformer(nn.Module):
         raise ValueError("positions are required when decoding with a cache.")
       positions = positions_from_mask(mask)
     cache_index = jnp.asarray(cache_index, jnp.int32)
+    length = mask.shape[1]  # Sequence length, or the cache length when decoding.
+    if cfg.family == "gpt" and length > cfg.max_len:
+      # Learned positions past the table would silently read NaN (jnp.take fills).
+      raise ValueError(f"Sequence length {length} exceeds model.max_len={cfg.max_len}.")
 
     embed = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=jnp.dtype(cfg.dtype),
                      param_dtype=jnp.dtype(cfg.param_dtype),

@@ -18,8 +18,8 @@ STAGES = ("pretrain", "sft", "label", "rm", "ppo", "eval")
 # "gpt2": the 124M shape; "gpt3_*": the paper's policy sizes, meant for TPU pods.
 # GPT-3 XL lists 24 heads of 128 for d_model 2048, which do not multiply out; we use 16 x 128.
 MODEL_PRESETS: dict[str, dict] = {
-    "tiny": dict(num_layers=2, d_model=64, num_heads=4, d_ff=256, max_len=128),
-    "small": dict(num_layers=4, d_model=192, num_heads=4, d_ff=768, max_len=128),
+    "tiny": dict(num_layers=2, d_model=64, num_heads=4, d_ff=256, max_len=192),
+    "small": dict(num_layers=4, d_model=192, num_heads=4, d_ff=768, max_len=192),
     "gpt2": dict(num_layers=12, d_model=768, num_heads=12, d_ff=3072, max_len=1024),
     "gpt3_1.3b": dict(num_layers=24, d_model=2048, num_heads=16, d_ff=8192, max_len=2048,
                       dtype="bfloat16", scan_layers=True, remat="full"),
@@ -80,8 +80,8 @@ def pipeline_config(stage: str, preset: str = "small") -> ml_collections.ConfigD
 
   c.data = ml_collections.ConfigDict(dict(
       # Empty paths mean the built-in task world; point these at your own JSONL files.
-      pretrain_jsonl="", demonstrations_jsonl="", prompts_jsonl="", eval_prompts_jsonl="",
-      comparisons_jsonl="",
+      pretrain_jsonl="", demonstrations_jsonl="", prompts_jsonl="", rm_prompts_jsonl="",
+      eval_prompts_jsonl="", comparisons_jsonl="",
       world_seed=1234, world_scale=0.25 if tiny else 1.0,
       tokenizer_path="",  # Empty: train a sentencepiece model on the pretraining text.
       prompt_len=48, response_len=32, seq_len=128 if tiny else 128,
@@ -125,8 +125,8 @@ def pipeline_config(stage: str, preset: str = "small") -> ml_collections.ConfigD
       keep_checkpoints=3, on_nonfinite="stop"))
 
   c.eval = ml_collections.ConfigDict(dict(
-      num_prompts=32 if tiny else 300, temperature=1.0, samples_per_prompt=1,
-      fewshot_examples=3, batch_size=32 if tiny else 100))
+      num_prompts=32 if tiny else 300, temperature=1.0, fewshot_examples=3,
+      fewshot_prompt_len=96, batch_size=32 if tiny else 100))
   return c
 
 

@@ -39,13 +39,17 @@ Jitting: `generate` is a pure function of arrays plus static configuration. Call
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from instructgpt_jax import data as data_lib
 from instructgpt_jax import model as model_lib
+from instructgpt_jax import sharding
 
 Array = jax.Array
 
@@ -218,3 +222,29 @@ def score_logprobs(params, config: model_lib.ModelConfig, tokens: Array, mask: A
   valid = (mask[:, 1:] != 0) & (mask[:, :-1] != 0)
   lp = jnp.where(valid, lp, 0.0)
   return jnp.concatenate([jnp.zeros_like(lp[:, :1]), lp], axis=1)
+
+
+def generate_batched(params, config: model_lib.ModelConfig, prompt_tokens, prompt_mask,
+                     rng: Array, mesh, *, batch_size: int, max_new_tokens: int, eos_id: int,
+                     pad_id: int, temperature: float = 1.0, greedy: bool = False) -> dict[str, Any]:
+  """Host-side helper: `generate` over many prompts in fixed-size batches on `mesh`.
+
+  prompt_tokens/prompt_mask: numpy [N, P]. The last batch is padded (so one program serves
+  every batch) and the padding rows are dropped. Returns numpy arrays of `SampleOutput`'s fields.
+  """
+  div = sharding.batch_divisor(mesh)
+  batch_size = -(-batch_size // div) * div
+  fn = jax.jit(lambda p, t, m, r, temp: generate(
+      p, config, t, m, r, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id,
+      temperature=temp, greedy=greedy))
+  outs = []
+  with jax.set_mesh(mesh):
+    for i, batch in enumerate(data_lib.iterate_split_batches(
+        {"tokens": np.asarray(prompt_tokens), "mask": np.asarray(prompt_mask)}, batch_size)):
+      placed = sharding.shard_batch({"tokens": batch["tokens"], "mask": batch["mask"]}, mesh)
+      out = jax.device_get(fn(params, placed["tokens"], placed["mask"], jax.random.fold_in(rng, i),
+                              jnp.float32(temperature)))
+      valid = batch["valid"] > 0
+      outs.append({f.name: np.asarray(getattr(out, f.name))[valid]
+                   for f in dataclasses.fields(out)})
+  return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}

@@ -31,6 +31,7 @@ JSONL_KEYS = {
     "pretraining": ("pretrain_jsonl", "pretrain.jsonl"),
     "demonstrations": ("demonstrations_jsonl", "demonstrations.jsonl"),
     "prompts": ("prompts_jsonl", "prompts.jsonl"),
+    "rm_prompts": ("rm_prompts_jsonl", "rm_prompts.jsonl"),
     "eval_prompts": ("eval_prompts_jsonl", "eval_prompts.jsonl"),
 }
 
@@ -58,7 +59,8 @@ class Workspace:
     return not any(self.config.data[key] for key, _ in JSONL_KEYS.values())
 
   def world(self) -> world_lib.World:
-    return world_lib.World.from_seed(self.config.data.world_seed, scale=self.config.data.world_scale)
+    return world_lib.World.from_seed(self.config.data.world_seed,
+                                     scale=self.config.data.world_scale)
 
   def jsonl(self, kind: str) -> str:
     """The user's file for `kind`, or the built-in world's (written on first use)."""
@@ -90,7 +92,7 @@ class Workspace:
   def records(self, kind: str, split: str, path: str | None = None) -> list[dict[str, Any]]:
     """One split of a user-facing file, through its tfds builder (cached per run)."""
     path = path or self.jsonl(kind)
-    data_kind = "prompts" if kind == "eval_prompts" else kind
+    data_kind = "prompts" if kind in ("eval_prompts", "rm_prompts") else kind
     key = (path, split)
     if key not in self._records:
       self._records[key] = data_lib.load_split(data_kind, path, os.path.join(self.workdir, "data"),

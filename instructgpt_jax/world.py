@@ -32,7 +32,9 @@ the world from the seed (:meth:`World.from_dir` reads the seed and pool sizes fr
 :func:`write_world` writes consecutive slices of the training pool: ``demonstrations.jsonl``,
 ``prompts.jsonl`` (PPO) and a separate ``rm_prompts.jsonl`` (prompts whose policy samples are ranked
 by the simulated labelers to make comparisons), plus ``eval_prompts.jsonl`` from the evaluation pool,
-``pretrain.jsonl`` and ``world.json``.  Prompt texts are unique across all files; users follow a
+``pretrain.jsonl`` and ``world.json``.  Default sizes (:class:`WorldSizes`): 50k pretraining sentences
+(~300k words), 1500 demonstrations, 2000 PPO prompts, 600 RM prompts, 300 eval prompts, from pools of
+6000/600; ``World.from_seed(seed, scale=0.25)`` scales every count (generation takes about a second).  Prompt texts are unique across all files; users follow a
 skewed distribution (a couple submit more than 200 prompts), and ~3 % of passage prompts have a
 near-duplicate sibling from the same user that shares the passage.
 
@@ -231,6 +233,12 @@ class WorldSizes:
     wordy_rate: float = 0.15
     slip_rate: float = 0.065
 
+    def scaled(self, scale: float) -> "WorldSizes":
+        """Every count times ``scale`` (at least 1); the noise rates stay."""
+        counts = {f.name: max(1, round(getattr(self, f.name) * scale))
+                  for f in dataclasses.fields(self) if f.name.startswith(("n_", "train_", "eval_"))}
+        return dataclasses.replace(self, **counts)
+
 
 @dataclasses.dataclass
 class Claim:
@@ -304,9 +312,11 @@ class World:
     # --- construction ---------------------------------------------------------------------
 
     @classmethod
-    def from_seed(cls, seed: int = 0, sizes: WorldSizes | None = None) -> "World":
-        """The world of ``seed`` (pool sizes from ``sizes``; defaults match :func:`write_world`)."""
-        return cls(seed, sizes)
+    def from_seed(cls, seed: int = 0, sizes: WorldSizes | None = None, scale: float = 1.0) -> "World":
+        """The world of ``seed``; ``sizes`` (default :class:`WorldSizes`) times ``scale`` set how much
+        :func:`write_world` writes and how large the prompt pools are.  The entities do not change
+        with the sizes, and a smaller training pool is a prefix of a larger one."""
+        return cls(seed, (sizes or WorldSizes()).scaled(scale) if scale != 1.0 else sizes)
 
     @classmethod
     def from_dir(cls, out_dir: str) -> "World":
@@ -1370,17 +1380,20 @@ def fewshot_prefix(world: World, n: int = 3) -> str:
     return "".join(f"{s.prompt} {s.variants[0]}\n" for s in picked)
 
 
-def write_world(out_dir: str, seed: int = 0, sizes: WorldSizes | None = None) -> dict[str, str]:
-    """Write pretrain/demonstrations/prompts/rm_prompts/eval_prompts JSONL and world.json; return the paths.
+def write_world(out_dir: str, world: World | int = 0, sizes: WorldSizes | None = None) -> dict[str, str]:
+    """Write pretrain/demonstrations/prompts/rm_prompts/eval_prompts JSONL and world.json; return the
+    paths by name ("pretrain", "demonstrations", "prompts", "rm_prompts", "eval_prompts", "world").
 
-    Demonstrations, PPO prompts and RM prompts are consecutive, disjoint slices of the training pool
-    (training users); eval prompts come from the evaluation pool (held-out users)."""
-    sizes = sizes or WorldSizes()
+    ``world`` is a :class:`World` (its sizes apply) or a seed (with ``sizes``).  Demonstrations, PPO
+    prompts and RM prompts are consecutive, disjoint slices of the training pool (training users);
+    eval prompts come from the evaluation pool (held-out users)."""
+    if not isinstance(world, World):
+        world = World.from_seed(int(world), sizes)
+    sizes = world.sizes
     need = sizes.n_demos + sizes.n_ppo + sizes.n_rm
     if need > sizes.train_pool or sizes.n_eval > sizes.eval_pool:
         raise ValueError(f"sizes exceed the pools: {need} > {sizes.train_pool} or "
                          f"{sizes.n_eval} > {sizes.eval_pool}")
-    world = World.from_seed(seed, sizes)
     os.makedirs(out_dir, exist_ok=True)
     a, b = sizes.n_demos, sizes.n_demos + sizes.n_ppo
     files = {
@@ -1397,6 +1410,6 @@ def write_world(out_dir: str, seed: int = 0, sizes: WorldSizes | None = None) ->
             f.writelines(json.dumps(r) + "\n" for r in records)
     paths["world"] = os.path.join(out_dir, "world.json")
     with open(paths["world"], "w") as f:
-        json.dump({"seed": seed, "sizes": dataclasses.asdict(sizes), "answer_cue": ANSWER_CUE,
+        json.dump({"seed": world.seed, "sizes": dataclasses.asdict(sizes), "answer_cue": ANSWER_CUE,
                    "counts": {k: len(v) for k, v in files.items()}}, f, indent=1)
     return paths

@@ -34,7 +34,7 @@ def world() -> World:
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, str]:
-    return write_world(str(tmp_path_factory.mktemp("world")), seed=1, sizes=SMALL)
+    return write_world(str(tmp_path_factory.mktemp("world")), 1, SMALL)
 
 
 def read_jsonl(path: str) -> list[dict]:
@@ -61,6 +61,18 @@ def test_world_is_deterministic_from_seed():
     assert a.pretraining_corpus(300) == b.pretraining_corpus(300)
     assert make_demonstrations(a, 100) == make_demonstrations(b, 100)
     assert [s.prompt for s in a.train_pool] != [s.prompt for s in c.train_pool]
+
+
+def test_scaled_world_is_a_prefix_and_writes_itself(tmp_path):
+    full, half = World.from_seed(1, SMALL), World.from_seed(1, SMALL, scale=0.5)
+    assert half.sizes.n_demos == SMALL.n_demos // 2 and half.sizes.train_pool == SMALL.train_pool // 2
+    assert [s.prompt for s in half.train_pool] == [s.prompt for s in full.train_pool[: len(half.train_pool)]]
+    paths = write_world(str(tmp_path), half)
+    assert len(read_jsonl(paths["prompts"])) == half.sizes.n_ppo
+    again = World.from_dir(str(tmp_path))
+    assert again.sizes == half.sizes
+    for r in read_jsonl(paths["eval_prompts"]):
+        again.task(r["prompt"])
 
 
 def test_every_category_present(world):

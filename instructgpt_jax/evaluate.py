@@ -1,0 +1,155 @@
+"""Stage "eval": what the paper measured, on held-out prompts judged by held-out labelers.
+
+For each policy (base, base few-shot, SFT, PPO, PPO-ptx) one response per evaluation prompt is
+sampled; the report has, per policy: win rate against SFT by held-out labelers (ties count half),
+mean gold score, KL(pi || pi_SFT) on its own samples, LM loss on held-out pretraining text (the
+"alignment tax"), closed-domain hallucination rate and explicit-constraint adherence; plus the
+reward model's held-out accuracy and how often two training labelers agree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+from instructgpt_jax import data as data_lib
+from instructgpt_jax import labelers as labelers_lib
+from instructgpt_jax import loop
+from instructgpt_jax import pretrain
+from instructgpt_jax import sampling
+from instructgpt_jax import sharding
+from instructgpt_jax import world as world_lib
+from instructgpt_jax.workspace import Workspace
+
+POLICIES = ("base", "base_fewshot", "sft", "ppo", "ppo_ptx")
+# Policy name -> the stage whose final parameters it is.
+POLICY_STAGES = {"base": "pretrain", "base_fewshot": "pretrain", "sft": "sft",
+                 "ppo": "ppo/ppo", "ppo_ptx": "ppo/ppo_ptx"}
+
+
+def _available(ws: Workspace) -> list[str]:
+  return [p for p in POLICIES
+          if os.path.isdir(os.path.join(ws.stage_dir(POLICY_STAGES[p]), "final"))
+          or os.path.isdir(os.path.join(ws.stage_dir(POLICY_STAGES[p]), "ckpt"))]
+
+
+def _sample(ws: Workspace, params: Any, prompts: list[str], prefix: str, seed: int
+            ) -> tuple[list[str], np.ndarray, np.ndarray]:
+  """Samples one response per prompt (after `prefix`); returns texts, response tokens and
+  masks [N, R] and the per-sample log-prob sum under the sampling policy [N]."""
+  tok, d = ws.tokenizer(), ws.config.data
+  P = d.prompt_len + (ws.config.eval.fewshot_prompt_len if prefix else 0)
+  enc = data_lib.encode_prompts(tok, [prefix + p for p in prompts], P)
+  if enc.n_dropped:
+    raise ValueError(f"{enc.n_dropped} evaluation prompts do not fit in {P} tokens "
+                     f"(raise eval.fewshot_prompt_len or data.prompt_len).")
+  out = sampling.generate_batched(params, ws.model_config(), enc.tokens, enc.mask,
+                                  jax.random.key(seed), ws.mesh,
+                                  batch_size=ws.config.eval.batch_size,
+                                  max_new_tokens=d.response_len, eos_id=tok.eos_id,
+                                  pad_id=tok.pad_id, temperature=ws.config.eval.temperature)
+  resp_tokens, resp_mask = out["tokens"][:, P:], out["response_mask"][:, P:]
+  texts = [tok.decode(t[m > 0]) for t, m in zip(resp_tokens, resp_mask)]
+  return texts, np.stack([resp_tokens, resp_mask]), out["logprobs"].sum(axis=1)
+
+
+def _sft_logprob(ws: Workspace, sft_params: Any, prompt_enc: data_lib.EncodedPrompts,
+                 response: np.ndarray) -> np.ndarray:
+  """log pi_SFT(response | prompt) per sample [N]; response: tokens and mask [2, N, R]."""
+  tokens = np.concatenate([prompt_enc.tokens, response[0]], axis=1)
+  mask = np.concatenate([prompt_enc.mask, response[1]], axis=1)
+  cfg, T = ws.model_config(), ws.config.eval.temperature
+  fn = jax.jit(lambda p, t, m: sampling.score_logprobs(p, cfg, t, m, T))
+  out = []
+  with jax.set_mesh(ws.mesh):
+    for batch in data_lib.iterate_split_batches({"tokens": tokens, "mask": mask},
+                                                ws.config.eval.batch_size):
+      placed = sharding.shard_batch({"tokens": batch["tokens"], "mask": batch["mask"]},
+                                    ws.mesh)
+      lp = np.asarray(jax.device_get(fn(sft_params, placed["tokens"], placed["mask"])))
+      out.append(lp[:, prompt_enc.tokens.shape[1]:].sum(axis=1)[batch["valid"] > 0])
+  return np.concatenate(out)
+
+
+def _rate(values: list[Any]) -> float | None:
+  vals = [float(v) for v in values if v is not None]
+  return float(np.mean(vals)) if vals else None
+
+
+def run(ws: Workspace) -> dict[str, Any]:
+  cfg = ws.config.eval
+  if not ws.uses_world:
+    raise ValueError("The evaluation report needs the built-in world's gold scorer and "
+                     "held-out labelers; with your own data, run the stages up to ppo.")
+  world = ws.world()
+  _, heldout = labelers_lib.make_labeler_pools(ws.config.data.world_seed, world=world)
+  tok = ws.tokenizer()
+  recs = [r for split in data_lib.SPLITS for r in ws.records("eval_prompts", split)]
+  fits = data_lib.encode_prompts(tok, [r["prompt"] for r in recs], ws.config.data.prompt_len)
+  prompts = [recs[i]["prompt"] for i in fits.kept][:cfg.num_prompts]
+  prompt_enc = data_lib.encode_prompts(tok, prompts, ws.config.data.prompt_len)
+  lm_eval = pretrain.lm_arrays(ws, "validation")
+  policy_cfg = ws.model_config()
+  sft_params = ws.load_params("sft", policy_cfg)
+
+  samples, policies = {}, {}
+  for i, name in enumerate(_available(ws)):
+    params = ws.load_params(POLICY_STAGES[name], policy_cfg)
+    prefix = world_lib.fewshot_prefix(world, cfg.fewshot_examples) if name == "base_fewshot" \
+        else ""
+    texts, response, logp = _sample(ws, params, prompts, prefix, ws.config.seed + 40 + i)
+    samples[name] = texts
+    kl = 0.0 if name == "sft" else float(np.mean(
+        logp - _sft_logprob(ws, sft_params, prompt_enc, response)))
+    analyses = [world.analyze(p, t) for p, t in zip(prompts, texts)]
+    policies[name] = {
+        "gold_score": float(np.mean([a["score"] for a in analyses])),
+        "kl_vs_sft": kl,
+        "pretrain_loss": pretrain.evaluate_lm(ws, params, policy_cfg, lm_eval),
+        "hallucination_rate": _rate([a["hallucinated"] for a in analyses]),
+        "constraint_rate": _rate([a["constraint_ok"] for a in analyses]),
+        "eos_rate": float(np.mean(response[1].sum(axis=1) > 0)),
+    }
+  rng = np.random.default_rng(ws.config.seed + 50)
+  for name, texts in samples.items():
+    if "sft" in samples:
+      wins = [labelers_lib.compare(heldout[rng.integers(len(heldout))], p, a, b, rng)
+              for p, a, b in zip(prompts, texts, samples["sft"])]
+      policies[name]["win_rate_vs_sft"] = float(np.mean(wins))
+  rm_done = loop.stage_done(ws.stage_dir("rm")) or {}
+  label_done = loop.stage_done(ws.stage_dir("label")) or {}
+  report = {
+      "rm": {"accuracy": rm_done.get("heldout", {}).get("accuracy"),
+             "labeler_agreement": label_done.get("labeler_agreement")},
+      "policies": policies,
+      "num_prompts": len(prompts),
+      "examples": {name: [{"prompt": p, "response": t} for p, t in
+                          list(zip(prompts, texts))[:5]] for name, texts in samples.items()},
+  }
+  path = os.path.join(ws.workdir, "report.json")
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(report, f, indent=2)
+  print(format_report(report), flush=True)
+  return {"report": path, **{f"{k}_win_rate": v.get("win_rate_vs_sft") for k, v in
+                             policies.items()}}
+
+
+def format_report(report: dict[str, Any]) -> str:
+  """The report as a fixed-width table."""
+  cols = ("win_rate_vs_sft", "gold_score", "kl_vs_sft", "pretrain_loss", "hallucination_rate",
+          "constraint_rate")
+  lines = [f"{'policy':<14}" + "".join(f"{c:>20}" for c in cols)]
+  for name, row in report["policies"].items():
+    cells = "".join(f"{row.get(c):>20.3f}" if isinstance(row.get(c), float) else f"{'-':>20}"
+                    for c in cols)
+    lines.append(f"{name:<14}" + cells)
+  rm_ = report["rm"]
+  acc = rm_.get("accuracy")
+  agree = rm_.get("labeler_agreement")
+  lines.append(f"reward model held-out accuracy: {acc if acc is None else round(acc, 3)}; "
+               f"training-labeler agreement: {agree if agree is None else round(agree, 3)}")
+  return "\n".join(lines)
