@@ -38,9 +38,10 @@ def _available(ws: Workspace) -> list[str]:
 
 
 def _sample(ws: Workspace, params: Any, prompts: list[str], prefix: str, seed: int
-            ) -> tuple[list[str], np.ndarray, np.ndarray]:
+            ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
   """Samples one response per prompt (after `prefix`); returns texts, response tokens and
-  masks [N, R] and the per-sample log-prob sum under the sampling policy [N]."""
+  masks [2, N, R], the per-sample log-prob sum under the sampling policy [N] and whether each
+  sample ended with EOS [N]."""
   tok, d = ws.tokenizer(), ws.config.data
   P = d.prompt_len + (ws.config.eval.fewshot_prompt_len if prefix else 0)
   enc = data_lib.encode_prompts(tok, [prefix + p for p in prompts], P)
@@ -54,7 +55,7 @@ def _sample(ws: Workspace, params: Any, prompts: list[str], prefix: str, seed: i
                                   pad_id=tok.pad_id, temperature=ws.config.eval.temperature)
   resp_tokens, resp_mask = out["tokens"][:, P:], out["response_mask"][:, P:]
   texts = [tok.decode(t[m > 0]) for t, m in zip(resp_tokens, resp_mask)]
-  return texts, np.stack([resp_tokens, resp_mask]), out["logprobs"].sum(axis=1)
+  return texts, np.stack([resp_tokens, resp_mask]), out["logprobs"].sum(axis=1), out["ended"]
 
 
 def _sft_logprob(ws: Workspace, sft_params: Any, prompt_enc: data_lib.EncodedPrompts,
@@ -101,7 +102,7 @@ def run(ws: Workspace) -> dict[str, Any]:
     params = ws.load_params(POLICY_STAGES[name], policy_cfg)
     prefix = world_lib.fewshot_prefix(world, cfg.fewshot_examples) if name == "base_fewshot" \
         else ""
-    texts, response, logp = _sample(ws, params, prompts, prefix, ws.config.seed + 40 + i)
+    texts, response, logp, ended = _sample(ws, params, prompts, prefix, ws.config.seed + 40 + i)
     samples[name] = texts
     kl = 0.0 if name == "sft" else float(np.mean(
         logp - _sft_logprob(ws, sft_params, prompt_enc, response)))
@@ -112,7 +113,7 @@ def run(ws: Workspace) -> dict[str, Any]:
         "pretrain_loss": pretrain.evaluate_lm(ws, params, policy_cfg, lm_eval),
         "hallucination_rate": _rate([a["hallucinated"] for a in analyses]),
         "constraint_rate": _rate([a["constraint_ok"] for a in analyses]),
-        "eos_rate": float(np.mean(response[1].sum(axis=1) > 0)),
+        "eos_rate": float(np.mean(ended)),
     }
   rng = np.random.default_rng(ws.config.seed + 50)
   for name, texts in samples.items():
