@@ -1,0 +1,94 @@
+"""Integration: every stage on the tiny preset, through the same entry point users run."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from instructgpt_jax import loop
+from instructgpt_jax import metrics as metrics_lib
+from instructgpt_jax import pipeline
+from instructgpt_jax import presets
+from instructgpt_jax.workspace import Workspace
+
+STAGE_DIRS = ("pretrain", "sft", "label", "rm", "ppo", "eval")
+
+
+def tiny_config(**overrides):
+  config = presets.pipeline_config("ppo", "tiny")
+  for key, value in overrides.items():
+    section, name = key.split(".")
+    config[section][name] = value
+  return config
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("tiny_pipeline"))
+  ws = Workspace(tiny_config(), workdir)
+  summaries = pipeline.run(ws, "ppo")
+  return ws, summaries
+
+
+def test_every_stage_finishes_and_records(tiny_run):
+  ws, summaries = tiny_run
+  assert list(summaries) == list(STAGE_DIRS)
+  for stage in STAGE_DIRS:
+    assert loop.stage_done(ws.stage_dir(stage)) is not None, stage
+  for stage in ("pretrain", "sft", "rm", "ppo/ppo", "ppo/ppo_ptx"):
+    rows = metrics_lib.read_metrics(os.path.join(ws.stage_dir(stage), "metrics.jsonl"))
+    assert rows and all("step" in r and "loss" in r or "score" in r for r in rows), stage
+    assert os.path.isdir(os.path.join(ws.stage_dir(stage), "tensorboard")), stage
+  sft_rows = metrics_lib.read_metrics(os.path.join(ws.stage_dir("sft"), "metrics.jsonl"))
+  assert np.isfinite(sft_rows[-1]["loss"])
+
+
+def test_report_has_every_policy_and_metric(tiny_run):
+  ws, _ = tiny_run
+  with open(os.path.join(ws.workdir, "report.json")) as f:
+    report = json.load(f)
+  assert set(report["rm"]) >= {"accuracy", "labeler_agreement"}
+  assert set(report["policies"]) == {"base", "base_fewshot", "sft", "ppo", "ppo_ptx"}
+  for name, row in report["policies"].items():
+    for key in ("win_rate_vs_sft", "gold_score", "kl_vs_sft", "pretrain_loss",
+                "hallucination_rate", "constraint_rate"):
+      assert key in row, (name, key)
+    assert 0.0 <= row["win_rate_vs_sft"] <= 1.0
+  assert report["policies"]["sft"]["win_rate_vs_sft"] == 0.5
+  assert report["policies"]["sft"]["kl_vs_sft"] == 0.0
+
+
+def test_comparisons_file_has_the_user_format(tiny_run):
+  ws, _ = tiny_run
+  with open(os.path.join(ws.stage_dir("label"), "comparisons.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  assert rows
+  for row in rows:
+    assert set(row) == {"prompt", "responses", "ranking", "user_id"}
+    assert 2 <= len(row["responses"]) <= 9 and len(row["ranking"]) == len(row["responses"])
+    assert all(r.strip() for r in row["responses"])
+
+
+def test_rm_demonstrations_score_mean_zero(tiny_run):
+  ws, _ = tiny_run
+  from instructgpt_jax import rm, sft  # pylint: disable=import-outside-toplevel
+  cfg = ws.model_config(head="scalar")
+  params = ws.load_params("rm", cfg)
+  demos = sft.sft_arrays(ws, "train")
+  rewards = rm.score_sequences(ws, params, cfg, demos["tokens"], demos["mask"])
+  assert abs(float(np.mean(rewards))) < 1e-3
+
+
+def test_finished_stages_are_reused_not_overwritten(tiny_run):
+  ws, _ = tiny_run
+  done = os.path.join(ws.stage_dir("sft"), loop.DONE_FILE)
+  before = os.path.getmtime(done)
+  summaries = pipeline.run(Workspace(ws.config, ws.workdir), "sft")
+  assert os.path.getmtime(done) == before
+  assert summaries["sft"] == loop.stage_done(ws.stage_dir("sft"))
+
+
+def test_unknown_stage_lists_valid_ones():
+  with pytest.raises(ValueError, match="valid stages"):
+    pipeline.stages_to_run("rlhf")
