@@ -52,7 +52,8 @@ def _sample(ws: Workspace, params: Any, prompts: list[str], prefix: str, seed: i
                                   jax.random.key(seed), ws.mesh,
                                   batch_size=ws.config.eval.batch_size,
                                   max_new_tokens=d.response_len, eos_id=tok.eos_id,
-                                  pad_id=tok.pad_id, temperature=ws.config.eval.temperature)
+                                  pad_id=tok.pad_id, temperature=ws.config.eval.temperature,
+                                  progress_name="eval")
   resp_tokens, resp_mask = out["tokens"][:, P:], out["response_mask"][:, P:]
   texts = [tok.decode(t[m > 0]) for t, m in zip(resp_tokens, resp_mask)]
   return texts, np.stack([resp_tokens, resp_mask]), out["logprobs"].sum(axis=1), out["ended"]

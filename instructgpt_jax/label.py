@@ -33,7 +33,8 @@ def sample_texts(ws: Workspace, params: Any, prompts: list[str], rng: jax.Array,
   out = sampling.generate_batched(params, ws.model_config(), enc.tokens, enc.mask, rng, ws.mesh,
                                   batch_size=batch_size,
                                   max_new_tokens=ws.config.data.response_len,
-                                  eos_id=tok.eos_id, pad_id=tok.pad_id, temperature=temperature)
+                                  eos_id=tok.eos_id, pad_id=tok.pad_id, temperature=temperature,
+                                  progress_name="label")
   P = ws.config.data.prompt_len
   texts = [tok.decode(row[P:][m[P:] > 0]) for row, m in zip(out["tokens"], out["mask"])]
   return texts, out

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import Any
 
 from absl import app
 from absl import flags
@@ -46,7 +47,8 @@ def main(argv: list[str]) -> int:
   logging.info("Config:\n%s", config)
   ws = workspace.Workspace(config, workdir)
   try:
-    summaries = pipeline.run(ws, config.stage)
+    with loop.PreemptionGuard():  # SIGTERM: save at the next step boundary, exit 0.
+      summaries = pipeline.run(ws, config.stage)
   except loop.Preempted as e:
     print(str(e), flush=True)
     return 0
@@ -54,8 +56,24 @@ def main(argv: list[str]) -> int:
   return 0
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's parser, with a mistyped `--config.a.b=...` key reported in one line, not a trace."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (KeyError, AttributeError) as e:
+    cause: Any = e
+    while isinstance(cause, BaseException) and cause.args:
+      cause = cause.args[0]
+    msg = str(cause).replace("\n", " ")
+    overrides = [a for a in argv[1:] if a.startswith("--config.")]
+    sys.stderr.write(f"FATAL Flags parsing error: unknown config key {msg} in the overrides "
+                     f"{overrides}. Valid keys are the fields of the config file (see "
+                     f"instructgpt_jax/presets.py).\n")
+    sys.exit(1)
+
+
 def run() -> None:
-  app.run(lambda argv: sys.exit(main(argv)))
+  app.run(lambda argv: sys.exit(main(argv)), flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

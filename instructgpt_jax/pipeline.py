@@ -7,6 +7,7 @@ reusing whatever a previous (possibly preempted) run already finished.
 
 from __future__ import annotations
 
+import shutil
 import time
 from typing import Any, Callable
 
@@ -44,15 +45,22 @@ def run(ws: Workspace, stage: str) -> dict[str, Any]:
   """Runs the missing stages up to `stage`; returns {stage: summary}."""
   runners = _runners()
   summaries = {}
+  ran = False
   for name in stages_to_run(stage):
     stage_dir = ws.stage_dir(name)
     done = loop.stage_done(stage_dir)
-    rerun = name == stage and ws.config.overwrite
+    # The evaluation report is redone whenever a stage it reads was (re)trained in this run.
+    rerun = (name == stage and ws.config.overwrite) or (name == "eval" and ran)
     if done is not None and not rerun:
       logging.info("[%s] already complete in %s (reused; --config.overwrite=True redoes the "
                    "requested stage)", name, stage_dir)
       summaries[name] = done
       continue
+    loop.raise_if_preempted(f"before stage {name!r}")
+    if done is not None:  # Asked to redo a finished stage: from scratch, not from its checkpoint.
+      logging.warning("[%s] overwrite: removing the finished stage in %s", name, stage_dir)
+      shutil.rmtree(stage_dir)
+    ran = True
     t0 = time.perf_counter()
     summary = dict(runners[name](ws))
     summary["seconds"] = round(time.perf_counter() - t0, 1)

@@ -254,8 +254,9 @@ def train_variant(ws: Workspace, variant: str, ptx_coef: float,
   seed = ws.config.seed + 100
   sft_params = ws.load_params("sft", policy_cfg)
   rm_params = ws.load_params("rm", value_cfg)
-  policy_tx = train_state.make_optimizer(cfg.optim, cfg.iterations * s.num_minibatches)
-  value_tx = train_state.make_optimizer(cfg.value_optim, cfg.iterations * s.num_minibatches)
+  skip = cfg.on_nonfinite == "skip"
+  policy_tx = train_state.make_optimizer(cfg.optim, cfg.iterations * s.num_minibatches, skip)
+  value_tx = train_state.make_optimizer(cfg.value_optim, cfg.iterations * s.num_minibatches, skip)
   policy, policy_sh = train_state.create_train_state(policy_cfg, policy_tx, ws.mesh, ws.rules,
                                                      jax.random.key(seed), sft_params)
   value, value_sh = train_state.create_train_state(value_cfg, value_tx, ws.mesh, ws.rules,

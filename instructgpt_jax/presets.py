@@ -89,7 +89,7 @@ def pipeline_config(stage: str, preset: str = "small") -> ml_collections.ConfigD
       validation_fraction=0.1, test_fraction=0.1))
 
   c.pretrain = ml_collections.ConfigDict(dict(
-      steps=60 if tiny else 1500, optim=_optim(3e-3 if tiny else 1e-3, warmup_steps=20 if tiny else 100),
+      steps=60 if tiny else 800, optim=_optim(3e-3 if tiny else 2e-3, warmup_steps=20 if tiny else 50),
       **_loop(16 if tiny else 32, 10 if tiny else 50, 30 if tiny else 500)))
 
   # SFT: cosine decay to 10 %, no warmup, residual dropout 0.2 (paper C.1). The paper trains 16
@@ -121,7 +121,7 @@ def pipeline_config(stage: str, preset: str = "small") -> ml_collections.ConfigD
                    warmup_init_fraction=0.1),
       value_optim=_optim(3e-4 if tiny else 5e-5, schedule="constant", warmup_steps=10,
                          warmup_init_fraction=0.1),
-      variants=["ppo", "ppo_ptx"], log_every=1, checkpoint_every=5 if tiny else 10,
+      variants=("ppo", "ppo_ptx"), log_every=1, checkpoint_every=5 if tiny else 10,
       keep_checkpoints=3, on_nonfinite="stop"))
 
   c.eval = ml_collections.ConfigDict(dict(

@@ -48,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from instructgpt_jax import data as data_lib
+from instructgpt_jax import metrics as metrics_lib
 from instructgpt_jax import model as model_lib
 from instructgpt_jax import sharding
 
@@ -226,7 +227,8 @@ def score_logprobs(params, config: model_lib.ModelConfig, tokens: Array, mask: A
 
 def generate_batched(params, config: model_lib.ModelConfig, prompt_tokens, prompt_mask,
                      rng: Array, mesh, *, batch_size: int, max_new_tokens: int, eos_id: int,
-                     pad_id: int, temperature: float = 1.0, greedy: bool = False) -> dict[str, Any]:
+                     pad_id: int, temperature: float = 1.0, greedy: bool = False,
+                     progress_name: str = "sample") -> dict[str, Any]:
   """Host-side helper: `generate` over many prompts in fixed-size batches on `mesh`.
 
   prompt_tokens/prompt_mask: numpy [N, P]. The last batch is padded (so one program serves
@@ -238,6 +240,8 @@ def generate_batched(params, config: model_lib.ModelConfig, prompt_tokens, promp
       p, config, t, m, r, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id,
       temperature=temp, greedy=greedy))
   outs = []
+  num_batches = -(-len(prompt_tokens) // batch_size)
+  progress = metrics_lib.Progress(progress_name, num_batches, unit="batch")
   with jax.set_mesh(mesh):
     for i, batch in enumerate(data_lib.iterate_split_batches(
         {"tokens": np.asarray(prompt_tokens), "mask": np.asarray(prompt_mask)}, batch_size)):
@@ -247,4 +251,5 @@ def generate_batched(params, config: model_lib.ModelConfig, prompt_tokens, promp
       valid = batch["valid"] > 0
       outs.append({f.name: np.asarray(getattr(out, f.name))[valid]
                    for f in dataclasses.fields(out)})
+      progress.update(i + 1)
   return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from typing import Any
 
 import flax.linen as nn
@@ -134,6 +135,8 @@ class Workspace:
   def save_params(self, stage: str, params: Any, model_cfg: model_lib.ModelConfig) -> None:
     """Writes a stage's final parameters to `<stage>/final` (read back by `load_params`)."""
     placed = train_state.place_params(params, model_cfg, self.mesh, self.rules)
+    # A run killed after writing `final` but before DONE.json redoes this write.
+    shutil.rmtree(os.path.join(self.stage_dir(stage), "final"), ignore_errors=True)
     ckpt = checkpoint.Checkpointer(os.path.join(self.stage_dir(stage), "final"), keep=1)
     ckpt.save(0, {"params": placed}, {"stage": stage}, force=True)
     ckpt.close()
