@@ -69,6 +69,9 @@ def read_metrics(path: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in f if line.strip()]
 
 
+_HEADLINE = ["loss", "score", "kl", "accuracy", "ptx_loss", "eos_rate"]
+
+
 class Progress:
   """A periodic log line: stage, step/total, steps per second, ETA and a few metrics."""
 
@@ -90,7 +93,10 @@ class Progress:
     eta = (self.total - step) / rate if rate > 0 else float("nan")
     shown = ""
     if metrics:
-      shown = " ".join(f"{k}={_fmt(v)}" for k, v in list(metrics.items())[:6])
+      # The headline metrics first, then the rest alphabetically, at most six.
+      keys = sorted(metrics, key=lambda k: (k not in _HEADLINE, _HEADLINE.index(k)
+                                            if k in _HEADLINE else 0, k))[:6]
+      shown = " ".join(f"{k}={_fmt(metrics[k])}" for k in keys)
     pct = 100.0 * step / max(self.total, 1)
     line = (f"[{self.name}] {self.unit} {step}/{self.total} ({pct:.0f}%) "
             f"{rate:.2f} {self.unit}/s ETA {_fmt_time(eta)} {shown}")

@@ -1,4 +1,4 @@
-"""Preemption, crashes, numerical faults, bad input and full disks (docs/reliability.md).
+"""Preemption, crashes, numerical faults, bad input and full disks (the README's reliability section).
 
 The end-to-end tests run `python -m instructgpt_jax.main` on the tiny preset in subprocesses
 (one CPU device each, for speed) and kill them; the rest run in-process on a small model.
