@@ -58,16 +58,16 @@ def run(ws: Workspace) -> dict[str, Any]:
   recs = [recs[i] for i in fits.kept][:cfg.num_prompts]
   rng = np.random.default_rng(ws.config.seed + 30)
   ks = rng.integers(cfg.k_min, cfg.k_max + 1, size=len(recs))
-  # All K_max samples of a prompt in one pass (fixed shapes); the first K are used.
-  repeated = [r["prompt"] for r in recs for _ in range(cfg.k_max)]
+  repeated = [r["prompt"] for r, k in zip(recs, ks) for _ in range(k)]
+  offsets = np.concatenate([[0], np.cumsum(ks)])
   params = ws.load_params("sft", ws.model_config())
   texts, _ = sample_texts(ws, params, repeated, jax.random.key(ws.config.seed + 31),
                           cfg.temperature, cfg.batch_size)
   rows, pairs, empty = [], [], 0
-  for i, (rec, k) in enumerate(zip(recs, ks)):
+  for i, rec in enumerate(recs):
     # The comparisons format refuses empty responses (an immediate EOS), so they are dropped
     # and counted; a prompt left with fewer than two responses is skipped.
-    sampled = texts[i * cfg.k_max:i * cfg.k_max + k]
+    sampled = texts[offsets[i]:offsets[i + 1]]
     responses = [t for t in sampled if t.strip()]
     empty += len(sampled) - len(responses)
     if len(responses) < 2:

@@ -37,6 +37,12 @@ def main(argv: list[str]) -> int:
     pipeline.check_stage(config.stage)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
+  if config.dry_run:
+    # Compile the stage's train step on abstract arrays over the configured mesh and report
+    # parameters, FLOPs and bytes per device; nothing is allocated or trained.
+    from instructgpt_jax import dry_run  # pylint: disable=import-outside-toplevel
+    print(json.dumps(dry_run.dry_run(config), indent=1, default=str))
+    return 0
   workdir = _WORKDIR.value or os.path.join("runs", config.preset)
   sharding.maybe_initialize_distributed(config.sharding.distributed)
   if config.compilation_cache:

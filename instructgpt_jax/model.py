@@ -201,13 +201,20 @@ class Attention(nn.Module):
 
     B, T = x.shape[:2]
     S = k.shape[1]
-    q = q.reshape(B, T, K, H // K, D) * (D ** -0.5)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
     q_idx = cache_index + jnp.arange(T)
     allowed = (jnp.arange(S)[None, :] <= q_idx[:, None])[None] & key_mask[:, None, :].astype(bool)
-    scores = jnp.where(allowed[:, None, None], scores, _MASK_VALUE)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(B, T, H, D)
+    # One additive [B, T, S] bias shared by all heads: cheaper on XLA:CPU than a select per head.
+    bias = jnp.where(allowed, 0.0, _MASK_VALUE).astype(jnp.float32)
+    q = q * (D ** -0.5)
+    if K == H:  # Multi-head attention: 4-D einsums (no size-1 group axis) are faster.
+      scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32)
+      probs = jax.nn.softmax(scores + bias[:, None], axis=-1).astype(v.dtype)
+      out = jnp.einsum("bhts,bshd->bthd", probs, v)
+    else:  # Grouped-query attention: G = H / K query heads share each key/value head.
+      qg = q.reshape(B, T, K, H // K, D)
+      scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
+      probs = jax.nn.softmax(scores + bias[:, None, None], axis=-1).astype(v.dtype)
+      out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(B, T, H, D)
 
     out = nn.DenseGeneral(
         cfg.d_model, axis=(-2, -1), use_bias=use_bias, dtype=jnp.dtype(cfg.dtype),

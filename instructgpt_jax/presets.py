@@ -64,6 +64,7 @@ def pipeline_config(stage: str, preset: str = "small") -> ml_collections.ConfigD
   c.stage = stage
   c.preset = preset
   c.seed = 0
+  c.dry_run = False  # Compile the stage's step on abstract arrays and report memory/FLOPs.
   c.overwrite = False  # A stage never replaces an earlier stage's finished output unless asked.
   c.compilation_cache = True
 
@@ -92,21 +93,22 @@ def pipeline_config(stage: str, preset: str = "small") -> ml_collections.ConfigD
       steps=60 if tiny else 800, optim=_optim(3e-3 if tiny else 2e-3, warmup_steps=20 if tiny else 50),
       **_loop(16 if tiny else 32, 10 if tiny else 50, 30 if tiny else 500)))
 
-  # SFT: cosine decay to 10 %, no warmup, residual dropout 0.2 (paper C.1). The paper trains 16
-  # epochs and selects by RM score; at our scale fewer epochs avoid the same over-fitting.
+  # SFT: cosine decay to 10 %, no warmup, residual dropout (paper C.1: 16 epochs, dropout 0.2).
+  # Our 4-layer model trained from scratch needs a larger learning rate than a fine-tuned GPT-3;
+  # 8 epochs at dropout 0.1 gave the best sampled gold score of the settings we tried (0.245,
+  # against 0.063 for 4 epochs at 3e-4 with dropout 0.2).
   c.sft = ml_collections.ConfigDict(dict(
-      epochs=1 if tiny else 4, dropout=0.2 if not tiny else 0.0,
-      optim=_optim(1e-3 if tiny else 3e-4), **_loop(16 if tiny else 32, 10 if tiny else 25,
-                                                    20 if tiny else 200)))
+      epochs=1 if tiny else 8, dropout=0.0 if tiny else 0.1,
+      optim=_optim(1e-3), **_loop(16 if tiny else 32, 10 if tiny else 25, 20 if tiny else 200)))
 
   # Comparisons: K = 4..9 samples per prompt, ranked by the simulated training labelers.
   c.label = ml_collections.ConfigDict(dict(
-      num_prompts=32 if tiny else 1200, k_min=4, k_max=9, temperature=1.0,
+      num_prompts=32 if tiny else 2400, k_min=4, k_max=9, temperature=1.0,
       batch_size=32 if tiny else 128))
 
   # RM: 1 epoch, cosine to 10 %, all C(K,2) pairs of a prompt in one batch element (paper C.2).
   c.rm = ml_collections.ConfigDict(dict(
-      epochs=1, optim=_optim(1e-3 if tiny else 3e-4),
+      epochs=1, optim=_optim(1e-3),
       **_loop(8 if tiny else 16, 5 if tiny else 10, 20 if tiny else 100)))
 
   # PPO (paper C.4): fixed beta 0.02, 1 inner epoch, clip 0.2, gamma 1, temperature 1, ptx 27.8,
@@ -117,9 +119,9 @@ def pipeline_config(stage: str, preset: str = "small") -> ml_collections.ConfigD
       kl_target=6.0, kl_horizon=10000, gamma=1.0, lam=0.95, clip_eps=0.2, value_clip_eps=0.2,
       vf_coef=1.0, temperature=1.0, missing_eos_penalty=-1.0, whiten_rewards=False,
       ptx_coef=27.8, ptx_batch_size=8 if tiny else 32,
-      optim=_optim(3e-4 if tiny else 2e-5, schedule="constant", warmup_steps=10,
+      optim=_optim(3e-4 if tiny else 1e-4, schedule="constant", warmup_steps=10,
                    warmup_init_fraction=0.1),
-      value_optim=_optim(3e-4 if tiny else 5e-5, schedule="constant", warmup_steps=10,
+      value_optim=_optim(3e-4 if tiny else 1e-4, schedule="constant", warmup_steps=10,
                          warmup_init_fraction=0.1),
       variants=("ppo", "ppo_ptx"), log_every=1, checkpoint_every=5 if tiny else 10,
       keep_checkpoints=3, on_nonfinite="stop"))

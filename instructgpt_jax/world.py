@@ -226,9 +226,9 @@ class WorldSizes:
     n_pretrain_sentences: int = 50000
     n_demos: int = 1500
     n_ppo: int = 2000
-    n_rm: int = 600
+    n_rm: int = 2400
     n_eval: int = 300
-    train_pool: int = 6000
+    train_pool: int = 8000
     eval_pool: int = 600
     wordy_rate: float = 0.15
     slip_rate: float = 0.065

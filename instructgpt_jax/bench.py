@@ -1,0 +1,767 @@
+"""Throughput benchmark of the project's own code paths, comparable with the PyTorch peer.
+
+    python -m instructgpt_jax.bench --preset=tiny|gpt2 [--quick] [--skip=peak,train,generate,ppo]
+    python -m instructgpt_jax.bench --preset=tiny --compare --peer-python=/tmp/peervenv/bin/python
+
+Prints one JSON object per line per figure, `{"preset", "metric", "value", "unit", ...}`, with the
+metric names of ../shared/bench/peer_torch.py (`train_tokens_per_s`,
+`mfu_6N_attn_lmhead_vs_jax_peak`, `generate_new_tokens_per_s`, `matmul_fp32_peak_jax`) on the
+same shapes (see PRESETS), plus `ppo_iteration_time` and its breakdown on the tiny shape with the
+TRL step's completions and lengths (32 completions, prompt 32, 64 new tokens).
+
+What runs is the project's code: `train_state.create_train_state` + `pretrain.lm_train_step`
+(jitted like `loop.train`, state donated), `sampling.generate`, `ppo.ppo_iteration` (and, for the
+breakdown, `sampling.generate`, `ppo.policy_logprobs`, `ppo.value_estimates`,
+`rm.sequence_rewards` and `ppo.ppo_update` jitted separately). Every timed program reports
+`compile_s` (first call minus the steady median: tracing + XLA compilation) apart from the
+steady-state median of the later calls.
+
+Generation always produces exactly `new` tokens per row, like the peer's
+`min_new_tokens = max_new_tokens`: the EOS id given to the sampler is one that never occurs (-1).
+
+`--compare` runs the peer script with `--peer-python` after our own figures, in the same sitting
+(never concurrently: the CPU is shared) and prints `ratio_*` records (ours / peer).
+
+`--experiments` times variants of the hot paths (LM head + cross-entropy, attention core); they
+are measurement prototypes for proposals to model.py / losses.py, not code paths the project uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from instructgpt_jax import losses
+from instructgpt_jax import model as model_lib
+from instructgpt_jax import ppo
+from instructgpt_jax import presets
+from instructgpt_jax import pretrain
+from instructgpt_jax import rm
+from instructgpt_jax import sampling
+from instructgpt_jax import sharding
+from instructgpt_jax import train_state
+
+PEER_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "shared", "bench", "peer_torch.py")
+
+# Same shapes as peer_torch.py's PRESETS (GPT-2 architecture: learned positions, tied LM head).
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(n_layer=4, n_embd=256, n_head=4, vocab=8192, n_positions=256,
+                 seq=256, batch=16, gen_batch=32, gen_prompt=32, gen_new=64,
+                 train_warmup=2, train_iters=10, gen_warmup=1, gen_iters=5,
+                 ppo_batch=32, ppo_prompt=32, ppo_new=64, ppo_iters=5),
+    "gpt2": dict(n_layer=12, n_embd=768, n_head=12, vocab=50257, n_positions=1024,
+                 seq=512, batch=4, gen_batch=8, gen_prompt=64, gen_new=64,
+                 train_warmup=2, train_iters=5, gen_warmup=1, gen_iters=5,
+                 ppo_batch=8, ppo_prompt=64, ppo_new=64, ppo_iters=3),
+}
+# --quick: a few calls on a much smaller model (smoke tests); record names are unchanged.
+QUICK = dict(n_layer=2, n_embd=64, n_head=4, vocab=512, n_positions=128, seq=64, batch=4,
+             gen_batch=4, gen_prompt=8, gen_new=8, train_warmup=0, train_iters=2, gen_warmup=0,
+             gen_iters=2, ppo_batch=4, ppo_prompt=8, ppo_new=8, ppo_iters=2)
+
+PRESET_NAME: str | None = None
+_EMIT: Callable[[dict], None] = lambda rec: print(json.dumps(rec), flush=True)
+
+
+def emit(metric: str, value: Any, unit: str, **extra: Any) -> dict:
+  rec = {"preset": PRESET_NAME, "metric": metric, "value": value, "unit": unit}
+  rec.update(extra)
+  _EMIT(rec)
+  return rec
+
+
+def _block(x):
+  return jax.block_until_ready(x)
+
+
+def time_calls(fn: Callable[[], Any], warmup: int, iters: int) -> dict[str, Any]:
+  """First call (compile + run), then `warmup` untimed calls and `iters` timed ones."""
+  t0 = time.perf_counter()
+  _block(fn())
+  first = time.perf_counter() - t0
+  for _ in range(warmup):
+    _block(fn())
+  ts = []
+  for _ in range(max(iters, 1)):
+    t0 = time.perf_counter()
+    _block(fn())
+    ts.append(time.perf_counter() - t0)
+  med = statistics.median(ts)
+  return {"median": med, "first": first, "compile": max(first - med, 0.0),
+          "iters": [round(t, 4) for t in ts]}
+
+
+def model_config(p: dict[str, Any], head: str = "lm") -> model_lib.ModelConfig:
+  return model_lib.ModelConfig(
+      vocab_size=p["vocab"], num_layers=p["n_layer"], d_model=p["n_embd"], num_heads=p["n_head"],
+      d_ff=4 * p["n_embd"], max_len=p["n_positions"], family="gpt", tie_embeddings=True,
+      dropout=0.0, dtype="float32", param_dtype="float32", head=head)
+
+
+def adamw(steps: int = 1000):
+  """AdamW as in the peer (lr 1e-4, betas (0.9, 0.95), weight decay 0.1, no clipping)."""
+  cfg = presets._optim(1e-4, schedule="constant", weight_decay=0.1, clip_norm=0.0)  # pylint: disable=protected-access
+  return train_state.make_optimizer(cfg, steps)
+
+
+def one_device_mesh():
+  return sharding.make_mesh((1, 1, 1), jax.devices()[:1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures
+# ---------------------------------------------------------------------------------------------
+
+
+def matmul_peak(n: int = 2048, warmup: int = 3, iters: int = 10) -> float:
+  """Dense fp32 matmul FLOP/s through JAX (as ../shared/bench/peak_jax.py)."""
+  ka, kb = jax.random.split(jax.random.key(0))
+  a = jax.random.normal(ka, (n, n), jnp.float32)
+  b = jax.random.normal(kb, (n, n), jnp.float32)
+  mm = jax.jit(lambda x, y: jnp.dot(x, y, precision=jax.lax.Precision.HIGHEST))
+  t = time_calls(lambda: mm(a, b), warmup, iters)
+  peak = 2.0 * n ** 3 / t["median"]
+  emit("matmul_fp32_peak_jax", peak / 1e9, "GFLOP/s", n=n, median_s=t["median"])
+  return peak
+
+
+def flops_per_token(cfg: model_lib.ModelConfig, seq: int) -> tuple[int, int]:
+  """(6N + attn, 6N + attn + LM head) per trained token, the peer's accounting."""
+  n_nonemb = cfg.num_params(include_embeddings=False)
+  attn = 12 * cfg.num_layers * seq * cfg.d_model
+  lmhead = 6 * cfg.vocab_size * cfg.d_model
+  return 6 * n_nonemb + attn, 6 * n_nonemb + attn + lmhead
+
+
+def bench_train(p: dict[str, Any], peak: float | None) -> dict[str, float]:
+  cfg = model_config(p)
+  mesh = one_device_mesh()
+  rules = sharding.DEFAULT_RULES
+  state, shardings = train_state.create_train_state(cfg, adamw(), mesh, rules, jax.random.key(0))
+  emit("params_total", cfg.num_params(), "params", note="tied LM head counted once")
+  emit("params_nonembedding", cfg.num_params(include_embeddings=False), "params",
+       note="total - token embedding - position embedding")
+  B, T = p["batch"], p["seq"]
+  tokens = np.asarray(jax.random.randint(jax.random.key(1), (B, T), 0, p["vocab"]), np.int32)
+  ones = np.ones((B, T), np.int32)
+  step = train_state.jit_step(pretrain.lm_train_step, shardings, mesh)
+  rng = jax.random.key(2)
+  box = {"state": state}
+  with jax.set_mesh(mesh):
+    batch = sharding.shard_batch({"tokens": tokens, "mask": ones, "loss_mask": ones}, mesh)
+
+    def run():
+      box["state"], m = step(box["state"], batch, rng)
+      return m["loss"]
+
+    t = time_calls(run, p["train_warmup"], p["train_iters"])
+  toks = B * T / t["median"]
+  emit("train_step_time", t["median"], "s", batch=B, seq=T, iters=t["iters"])
+  emit("train_compile_time", t["compile"], "s", first_call_s=t["first"])
+  emit("train_tokens_per_s", toks, "tokens/s", batch=B, seq=T, dtype="fp32")
+  f_a, f_b = flops_per_token(cfg, T)
+  emit("flops_per_token_6N_attn_lmhead", f_b, "FLOP/token",
+       formula="6*N_nonemb + 12*n_layer*seq*d_model + 6*vocab*d_model")
+  if peak:
+    emit("mfu_6N_attn_vs_jax_peak", f_a * toks / peak, "fraction",
+         achieved_gflops=f_a * toks / 1e9, peak_gflops=peak / 1e9)
+    emit("mfu_6N_attn_lmhead_vs_jax_peak", f_b * toks / peak, "fraction",
+         achieved_gflops=f_b * toks / 1e9, peak_gflops=peak / 1e9)
+  return {"tokens_per_s": toks}
+
+
+def _generate_fn(cfg: model_lib.ModelConfig, new: int, pad_id: int):
+  return jax.jit(lambda params, t, m, r: sampling.generate(
+      params, cfg, t, m, r, max_new_tokens=new, eos_id=-1, pad_id=pad_id))
+
+
+def bench_generate(p: dict[str, Any]) -> dict[str, float]:
+  cfg = model_config(p)
+  params = jax.jit(lambda r: nn.meta.unbox(train_state.boxed_params(cfg, r)))(
+      jax.random.key(0))
+  B, P, N = p["gen_batch"], p["gen_prompt"], p["gen_new"]
+  prompt = jax.random.randint(jax.random.key(3), (B, P), 0, p["vocab"] - 1, jnp.int32)
+  mask = jnp.ones((B, P), jnp.int32)
+  gen = _generate_fn(cfg, N, p["vocab"] - 1)
+  rng = jax.random.key(4)
+  t = time_calls(lambda: gen(params, prompt, mask, rng), p["gen_warmup"], p["gen_iters"])
+  out = gen(params, prompt, mask, rng)
+  assert out.tokens.shape == (B, P + N) and int(out.lengths.min()) == N, out.lengths
+  emit("generate_time", t["median"], "s", batch=B, prompt=P, new=N, iters=t["iters"])
+  emit("generate_compile_time", t["compile"], "s", first_call_s=t["first"])
+  emit("generate_new_tokens_per_s", B * N / t["median"], "tokens/s", batch=B, prompt=P, new=N,
+       note="end-to-end incl. prefill; KV cache; sampling.generate")
+  return {"new_tokens_per_s": B * N / t["median"]}
+
+
+def ppo_setup(p: dict[str, Any], ptx_coef: float = 27.8):
+  """PPO state, batch, frozen models and settings for `ppo_iteration` on the preset's shapes.
+
+  One minibatch and one epoch: one policy and one value update per iteration, like the TRL
+  step's single optimizer step over its completions. The ptx batch is 8 rows of prompt + new
+  tokens (the project's PPO-ptx; TRL has no such term, so this is extra work on our side).
+  """
+  policy_cfg, value_cfg = model_config(p), model_config(p, head="scalar")
+  B, P, N = p["ppo_batch"], p["ppo_prompt"], p["ppo_new"]
+  s = ppo.PPOSettings(
+      policy_cfg=policy_cfg, value_cfg=value_cfg, prompt_len=P, response_len=N, eos_id=-1,
+      pad_id=p["vocab"] - 1, num_minibatches=1, epochs=1, temperature=1.0, clip_eps=0.2,
+      value_clip_eps=0.2, vf_coef=1.0, gamma=1.0, lam=0.95, ptx_coef=float(ptx_coef),
+      whiten_rewards=False, missing_eos_penalty=None, adaptive_kl=False, kl_target=6.0,
+      kl_horizon=10000.0)
+  mesh = one_device_mesh()
+  rules = sharding.DEFAULT_RULES
+  policy, policy_sh = train_state.create_train_state(policy_cfg, adamw(), mesh, rules,
+                                                     jax.random.key(10))
+  value, value_sh = train_state.create_train_state(value_cfg, adamw(), mesh, rules,
+                                                   jax.random.key(11))
+  rep = sharding.replicated(mesh)
+  state = ppo.PPOState(policy=policy, value=value,
+                       kl_coef=jax.device_put(jnp.asarray(0.02, jnp.float32), rep))
+  shardings = ppo.PPOState(policy=policy_sh, value=value_sh, kl_coef=rep)
+  ref_params = jax.tree.map(jnp.copy, policy.params)
+  rm_params = jax.tree.map(jnp.copy, value.params)
+  ptx_rows, ptx_len = 8, P + N
+  g = np.random.default_rng(5)
+  batch = {
+      "prompts": g.integers(0, p["vocab"] - 1, (B, P)).astype(np.int32),
+      "prompt_mask": np.ones((B, P), np.int32),
+      "tokens": g.integers(0, p["vocab"], (ptx_rows, ptx_len)).astype(np.int32),
+      "mask": np.ones((ptx_rows, ptx_len), np.int32),
+      "loss_mask": np.ones((ptx_rows, ptx_len), np.int32),
+  }
+  return s, mesh, state, shardings, batch, ref_params, rm_params
+
+
+def jit_ppo_iteration(s: ppo.PPOSettings, shardings: Any, mesh) -> Callable:
+  """`ppo.ppo_iteration` jitted the way `loop.train` does it (state donated)."""
+  step_fn = lambda st, b, r, ref, rmp: ppo.ppo_iteration(st, b, r, ref, rmp, s)
+  return jax.jit(step_fn, in_shardings=(shardings, None, None, None, None),
+                 out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,))
+
+
+def bench_ppo(p: dict[str, Any], ptx_coef: float = 27.8) -> dict[str, float]:
+  s, mesh, state, shardings, batch, ref_params, rm_params = ppo_setup(p, ptx_coef)
+  warm, iters = 1 if p["ppo_iters"] > 2 else 0, p["ppo_iters"]
+  B, P, N = p["ppo_batch"], s.prompt_len, s.response_len
+  info = dict(completions=B, prompt=P, new=N, ptx_coef=s.ptx_coef, minibatches=1, epochs=1)
+  rng = jax.random.key(6)
+  with jax.set_mesh(mesh):
+    dev_batch = sharding.shard_batch(batch, mesh)
+    prompts, pmask = dev_batch["prompts"], dev_batch["prompt_mask"]
+    ptx = {k: dev_batch[k] for k in ("tokens", "mask", "loss_mask")}
+    parts: dict[str, dict[str, Any]] = {}
+
+    # Breakdown: the same functions ppo.rollout / ppo.ppo_update call, jitted one by one.
+    gen = jax.jit(lambda params, t, m, r: sampling.generate(
+        params, s.policy_cfg, t, m, r, max_new_tokens=N, eos_id=s.eos_id, pad_id=s.pad_id,
+        temperature=s.temperature))
+    pp = state.policy.params
+    parts["rollout_generate"] = time_calls(lambda: gen(pp, prompts, pmask, rng), warm, iters)
+    out = gen(pp, prompts, pmask, rng)
+    tok, msk = out.tokens, out.mask
+    logp_fn = jax.jit(lambda params, t, m: ppo.policy_logprobs(params, s, t, m))
+    value_fn = jax.jit(lambda params, t, m: ppo.value_estimates(params, s, t, m))
+    apply_v = model_lib.Transformer(s.value_cfg).apply
+    reward_fn = jax.jit(lambda params, t, m: rm.sequence_rewards(params, apply_v, t, m))
+    parts["score_policy_logprobs"] = time_calls(lambda: logp_fn(pp, tok, msk), warm, iters)
+    parts["score_reference"] = time_calls(lambda: logp_fn(ref_params, tok, msk), warm, iters)
+    parts["score_reward"] = time_calls(lambda: reward_fn(rm_params, tok, msk), warm, iters)
+    parts["score_value"] = time_calls(lambda: value_fn(state.value.params, tok, msk), warm, iters)
+    roll_fn = jax.jit(lambda st, ref, rmp, t, m, r: ppo.rollout(st, ref, rmp, t, m, r, s))
+    parts["rollout_and_scoring_fused"] = time_calls(
+        lambda: roll_fn(state, ref_params, rm_params, prompts, pmask, rng), warm, iters)
+    ro = roll_fn(state, ref_params, rm_params, prompts, pmask, rng)
+    train_batch = {k: ro[k] for k in ("tokens", "mask", "rmask", "logp", "values", "advantages",
+                                      "returns")}
+    upd = jax.jit(lambda st, b, x, r: ppo.ppo_update(st, b, x, r, s))
+    parts["update"] = time_calls(lambda: upd(state, train_batch, ptx, rng), warm, iters)
+
+    # The fused iteration, as loop.train runs it.
+    step = jit_ppo_iteration(s, shardings, mesh)
+    box = {"state": jax.tree.map(jnp.copy, state)}
+
+    def run():
+      box["state"], m = step(box["state"], dev_batch, rng, ref_params, rm_params)
+      return m
+
+    total = time_calls(run, warm, iters)
+  for name, t in parts.items():
+    emit(f"ppo_{name}_time", t["median"], "s", compile_s=round(t["compile"], 3), **info)
+  emit("ppo_iteration_time", total["median"], "s", compile_s=round(total["compile"], 3),
+       first_call_s=round(total["first"], 3), iters=total["iters"], **info,
+       note="fused ppo.ppo_iteration: rollout + ref/reward/value scoring + GAE + update")
+  emit("ppo_iteration_compile_time", total["compile"], "s")
+  emit("ppo_completion_tokens_per_s", B * N / total["median"], "tokens/s", **info)
+  return {"iteration_s": total["median"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Experiments (measurement prototypes for proposals; not used by the project)
+# ---------------------------------------------------------------------------------------------
+
+
+def time_interleaved(fns: dict[str, Callable[[], Any]], rounds: int = 7) -> dict[str, float]:
+  """Median time of each variant, timed round-robin so that load from other jobs hits all alike."""
+  for fn in fns.values():
+    _block(fn())
+    _block(fn())
+  ts: dict[str, list[float]] = {k: [] for k in fns}
+  for _ in range(rounds):
+    for k, fn in fns.items():
+      t0 = time.perf_counter()
+      _block(fn())
+      ts[k].append(time.perf_counter() - t0)
+  return {k: statistics.median(v) for k, v in ts.items()}
+
+
+def _experiment_lm_head(p: dict[str, Any]) -> None:
+  """LM head + cross-entropy, forward + backward wrt hidden and embedding, in variants."""
+  B, T, d, V = p["batch"], p["seq"], p["n_embd"], p["vocab"]
+  kh, ke, kt = jax.random.split(jax.random.key(0), 3)
+  hidden = jax.random.normal(kh, (B, T, d), jnp.float32)
+  emb = jax.random.normal(ke, (V, d), jnp.float32) * 0.02
+  tokens = jax.random.randint(kt, (B, T), 0, V)
+  mask = jnp.ones((B, T), jnp.float32)
+
+  def current(h, e):  # model.py + pretrain.lm_loss_fn + losses.lm_loss as they are
+    logits = jnp.einsum("btd,vd->btv", h, e).astype(jnp.float32)
+    return losses.lm_loss(logits[:, :-1], tokens[:, 1:], mask[:, 1:])[0]
+
+  def no_accuracy(h, e):  # the same without the argmax accuracy pass over the logits
+    logits = jnp.einsum("btd,vd->btv", h, e).astype(jnp.float32)
+    logp = losses.token_log_probs(logits[:, :-1], tokens[:, 1:])
+    return losses.masked_mean(-logp, mask[:, 1:])
+
+  def slice_hidden_first(h, e):  # drop the last position before the unembedding
+    logits = jnp.einsum("btd,vd->btv", h[:, :-1], e).astype(jnp.float32)
+    return losses.lm_loss(logits, tokens[:, 1:], mask[:, 1:])[0]
+
+  def fused_ce(h, e):  # slice first, no accuracy, picked logit via a dot with the embedding row
+    hs = h[:, :-1]
+    logits = jnp.einsum("btd,vd->btv", hs, e)
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    picked = jnp.einsum("btd,btd->bt", hs, e[tokens[:, 1:]])
+    return losses.masked_mean(lse - picked, mask[:, 1:])
+
+  def fused_ce_custom_vjp(h, e):
+    hs = h[:, :-1].reshape(-1, d)
+    tgt = tokens[:, 1:].reshape(-1)
+    w = mask[:, 1:].reshape(-1)
+    return _ce_custom(hs, e, tgt, w) / jnp.maximum(w.sum(), 1.0)
+
+  def with_accuracy(h, e):  # what the train step really computes: loss AND argmax accuracy
+    logits = jnp.einsum("btd,vd->btv", h, e).astype(jnp.float32)
+    loss, m = losses.lm_loss(logits[:, :-1], tokens[:, 1:], mask[:, 1:])
+    return loss + 0.0 * m["accuracy"]
+
+  def accuracy_via_max(h, e):  # accuracy as picked >= max (shares logsumexp's max), no argmax
+    logits = jnp.einsum("btd,vd->btv", h, e).astype(jnp.float32)[:, :-1]
+    tgt = tokens[:, 1:]
+    mx = jnp.max(logits, axis=-1)
+    lse = mx + jnp.log(jnp.sum(jnp.exp(logits - jax.lax.stop_gradient(mx)[..., None]), -1))
+    picked = jnp.take_along_axis(logits, tgt[..., None], axis=-1)[..., 0]
+    acc = losses.masked_mean((picked >= mx).astype(jnp.float32), mask[:, 1:])
+    return losses.masked_mean(lse - picked, mask[:, 1:]) + 0.0 * acc
+
+  def no_slice_rolled_targets(h, e):  # full logits, targets shifted instead of logits sliced
+    logits = jnp.einsum("btd,vd->btv", h, e).astype(jnp.float32)
+    tgt = jnp.concatenate([tokens[:, 1:], jnp.zeros_like(tokens[:, :1])], axis=1)
+    msk = jnp.concatenate([mask[:, 1:], jnp.zeros_like(mask[:, :1])], axis=1)
+    logp = losses.token_log_probs(logits, tgt)
+    return losses.masked_mean(-logp, msk)
+
+  def one_hot_picked(h, e):  # picked logit by a one-hot product (no gather / scatter)
+    logits = jnp.einsum("btd,vd->btv", h, e).astype(jnp.float32)[:, :-1]
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    picked = jnp.sum(logits * jax.nn.one_hot(tokens[:, 1:], V, dtype=logits.dtype), -1)
+    return losses.masked_mean(lse - picked, mask[:, 1:])
+
+  variants = {"current": current, "with_accuracy": with_accuracy,
+              "accuracy_via_max": accuracy_via_max, "no_slice_rolled_targets":
+              no_slice_rolled_targets, "one_hot_picked": one_hot_picked,
+              "no_accuracy": no_accuracy,
+              "slice_hidden_first": slice_hidden_first, "fused_ce": fused_ce,
+              "fused_ce_custom_vjp": fused_ce_custom_vjp}
+  grads = {k: jax.jit(jax.value_and_grad(fn, argnums=(0, 1))) for k, fn in variants.items()}
+  meds = time_interleaved({name: (lambda g=g: g(hidden, emb)) for name, g in grads.items()})
+  for name, med in meds.items():
+    emit(f"experiment_lm_head_ce_{name}", med, "s", batch=B, seq=T, vocab=V,
+         loss=float(grads[name](hidden, emb)[0]))
+
+
+@jax.custom_vjp
+def _ce_custom(h, e, tgt, w):
+  logits = h @ e.T
+  lse = jax.nn.logsumexp(logits, axis=-1)
+  picked = jnp.take_along_axis(logits, tgt[:, None], axis=-1)[:, 0]
+  return jnp.sum((lse - picked) * w)
+
+
+def _ce_custom_fwd(h, e, tgt, w):
+  logits = h @ e.T
+  lse = jax.nn.logsumexp(logits, axis=-1)
+  picked = jnp.take_along_axis(logits, tgt[:, None], axis=-1)[:, 0]
+  return jnp.sum((lse - picked) * w), (h, e, tgt, w, lse)
+
+
+def _ce_custom_bwd(res, g):
+  h, e, tgt, w, lse = res
+  logits = h @ e.T  # recomputed: one matmul instead of storing [N, V]
+  dlogits = jnp.exp(logits - lse[:, None]) * (w * g)[:, None]
+  dlogits = dlogits.at[jnp.arange(h.shape[0]), tgt].add(-(w * g))
+  return dlogits @ e, dlogits.T @ h, None, None
+
+
+_ce_custom.defvjp(_ce_custom_fwd, _ce_custom_bwd)
+
+
+def _experiment_attention(p: dict[str, Any]) -> None:
+  """Attention core (scores, mask, softmax, AV), forward + backward, in variants."""
+  B, T, H = p["batch"], p["seq"], p["n_head"]
+  D = p["n_embd"] // H
+  kq, kk, kv = jax.random.split(jax.random.key(0), 3)
+  q = jax.random.normal(kq, (B, T, H, D))
+  k = jax.random.normal(kk, (B, T, H, D))
+  v = jax.random.normal(kv, (B, T, H, D))
+  key_mask = jnp.ones((B, T), jnp.int32)
+
+  def current(q, k, v):  # model.Attention as it is (K = H, G = 1)
+    qq = q.reshape(B, T, H, 1, D) * (D ** -0.5)
+    s = jnp.einsum("btkgd,bskd->bkgts", qq, k, preferred_element_type=jnp.float32)
+    allowed = (jnp.arange(T)[None, :] <= jnp.arange(T)[:, None])[None] & key_mask[:, None, :].astype(bool)
+    s = jnp.where(allowed[:, None, None], s, model_lib._MASK_VALUE)  # pylint: disable=protected-access
+    pr = jax.nn.softmax(s, axis=-1)
+    return jnp.einsum("bkgts,bskd->btkgd", pr, v).reshape(B, T, H, D)
+
+  def bias_add(q, k, v):  # additive [B, 1, T, S] bias instead of a select, 4-D einsums
+    s = jnp.einsum("bthd,bshd->bhts", q * (D ** -0.5), k)
+    allowed = (jnp.arange(T)[None, :] <= jnp.arange(T)[:, None])[None] & key_mask[:, None, :].astype(bool)
+    bias = jnp.where(allowed, 0.0, model_lib._MASK_VALUE)[:, None]  # pylint: disable=protected-access
+    pr = jax.nn.softmax(s + bias, axis=-1)
+    return jnp.einsum("bhts,bshd->bthd", pr, v)
+
+  def select_4d(q, k, v):  # the current select, but 4-D einsums (no size-1 group axis)
+    s = jnp.einsum("bthd,bshd->bhts", q * (D ** -0.5), k)
+    allowed = (jnp.arange(T)[None, :] <= jnp.arange(T)[:, None])[None] & key_mask[:, None, :].astype(bool)
+    s = jnp.where(allowed[:, None], s, model_lib._MASK_VALUE)  # pylint: disable=protected-access
+    return jnp.einsum("bhts,bshd->bthd", jax.nn.softmax(s, axis=-1), v)
+
+  def bias_5d(q, k, v):  # additive bias, the current 5-D einsums
+    qq = q.reshape(B, T, H, 1, D) * (D ** -0.5)
+    s = jnp.einsum("btkgd,bskd->bkgts", qq, k, preferred_element_type=jnp.float32)
+    allowed = (jnp.arange(T)[None, :] <= jnp.arange(T)[:, None])[None] & key_mask[:, None, :].astype(bool)
+    bias = jnp.where(allowed, 0.0, model_lib._MASK_VALUE)[:, None, None]  # pylint: disable=protected-access
+    pr = jax.nn.softmax(s + bias, axis=-1)
+    return jnp.einsum("bkgts,bskd->btkgd", pr, v).reshape(B, T, H, D)
+
+  def manual_softmax(q, k, v):  # exp/sum by hand (jax.nn.softmax's custom jvp avoided)
+    s = jnp.einsum("bthd,bshd->bhts", q * (D ** -0.5), k)
+    allowed = (jnp.arange(T)[None, :] <= jnp.arange(T)[:, None])[None] & key_mask[:, None, :].astype(bool)
+    s = jnp.where(allowed[:, None], s, model_lib._MASK_VALUE)  # pylint: disable=protected-access
+    s = s - jax.lax.stop_gradient(s.max(-1, keepdims=True))
+    e = jnp.exp(s)
+    pr = e / e.sum(-1, keepdims=True)
+    return jnp.einsum("bhts,bshd->bthd", pr, v)
+
+  def jax_dpa(q, k, v):  # jax.nn.dot_product_attention (what the naive version used)
+    allowed = (jnp.arange(T)[None, :] <= jnp.arange(T)[:, None])[None] & key_mask[:, None, :].astype(bool)
+    return jax.nn.dot_product_attention(q, k, v, mask=allowed[:, None])
+
+  def loss_of(fn):
+    return lambda q, k, v: jnp.sum(fn(q, k, v) ** 2)
+
+  variants = {"current": current, "bias_add": bias_add, "select_4d": select_4d,
+              "bias_5d": bias_5d, "manual_softmax": manual_softmax, "jax_dpa": jax_dpa}
+  grads = {k: jax.jit(jax.value_and_grad(loss_of(fn), argnums=(0, 1, 2)))
+           for k, fn in variants.items()}
+  meds = time_interleaved({name: (lambda g=g: g(q, k, v)) for name, g in grads.items()})
+  for name, med in meds.items():
+    g = grads[name]
+    emit(f"experiment_attention_{name}", med, "s", layers_in_model=p["n_layer"],
+         batch=B, seq=T, heads=H, check=float(g(q, k, v)[0]))
+
+
+def _train_runner(p: dict[str, Any]) -> Callable[[], Any]:
+  """A closure running one `lm_train_step` (compiled on its first call, done here)."""
+  cfg = model_config(p)
+  mesh = one_device_mesh()
+  state, shardings = train_state.create_train_state(cfg, adamw(), mesh, sharding.DEFAULT_RULES,
+                                                    jax.random.key(0))
+  B, T = p["batch"], p["seq"]
+  tokens = np.asarray(jax.random.randint(jax.random.key(1), (B, T), 0, p["vocab"]), np.int32)
+  ones = np.ones((B, T), np.int32)
+  step = train_state.jit_step(pretrain.lm_train_step, shardings, mesh)
+  box = {"state": state}
+  with jax.set_mesh(mesh):
+    batch = sharding.shard_batch({"tokens": tokens, "mask": ones, "loss_mask": ones}, mesh)
+
+  def run():
+    with jax.set_mesh(mesh):
+      box["state"], m = step(box["state"], batch, jax.random.key(2))
+    return m["loss"]
+
+  _block(run())
+  return run
+
+
+class _AttentionBias4D(model_lib.Attention):
+  """Experiment: model.Attention with an additive mask bias and, for G = 1, 4-D einsums."""
+
+  @nn.compact
+  def __call__(self, x, positions, key_mask, cache, cache_index):
+    cfg = self.config
+    H, K, D = cfg.num_heads, cfg.kv_heads, cfg.head_dim
+    use_bias = cfg.family == "gpt"
+    dense = lambda feats, names, bnames, name: nn.DenseGeneral(
+        feats, use_bias=use_bias, dtype=jnp.dtype(cfg.dtype),
+        param_dtype=jnp.dtype(cfg.param_dtype),
+        kernel_init=model_lib._logical(model_lib._dense_init(), names),  # pylint: disable=protected-access
+        bias_init=model_lib._logical(nn.initializers.zeros, bnames), name=name)  # pylint: disable=protected-access
+    q = dense((H, D), ("embed", "heads", "kv"), ("heads", "kv"), "query")(x)
+    k = dense((K, D), ("embed", "kv_heads", "kv"), ("kv_heads", "kv"), "key")(x)
+    v = dense((K, D), ("embed", "kv_heads", "kv"), ("kv_heads", "kv"), "value")(x)
+    if cfg.family == "llama":
+      q = model_lib._apply_rope(q, positions, cfg.rope_theta)  # pylint: disable=protected-access
+      k = model_lib._apply_rope(k, positions, cfg.rope_theta)  # pylint: disable=protected-access
+    if cache is not None:
+      start = (0, cache_index, 0, 0)
+      k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start)
+      v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)
+      cache = {"k": k, "v": v}
+    B, T = x.shape[:2]
+    S = k.shape[1]
+    q_idx = cache_index + jnp.arange(T)
+    allowed = (jnp.arange(S)[None, :] <= q_idx[:, None])[None] & key_mask[:, None, :].astype(bool)
+    bias = jnp.where(allowed, 0.0, model_lib._MASK_VALUE).astype(jnp.float32)  # [B, T, S]  # pylint: disable=protected-access
+    q = q * (D ** -0.5)
+    if K == H:
+      scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32)
+      probs = jax.nn.softmax(scores + bias[:, None], axis=-1).astype(v.dtype)
+      out = jnp.einsum("bhts,bshd->bthd", probs, v)
+    else:
+      qg = q.reshape(B, T, K, H // K, D)
+      scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
+      probs = jax.nn.softmax(scores + bias[:, None, None], axis=-1).astype(v.dtype)
+      out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(B, T, H, D)
+    out = nn.DenseGeneral(
+        cfg.d_model, axis=(-2, -1), use_bias=use_bias, dtype=jnp.dtype(cfg.dtype),
+        param_dtype=jnp.dtype(cfg.param_dtype),
+        kernel_init=model_lib._logical(model_lib._dense_init(1.0 / cfg.num_layers),  # pylint: disable=protected-access
+                                       ("heads", "kv", "embed")),
+        bias_init=model_lib._logical(nn.initializers.zeros, ("embed",)), name="out")(out)  # pylint: disable=protected-access
+    return out, cache
+
+
+def _lm_loss_fast(logits, targets, loss_mask):
+  """Experiment: losses.lm_loss with the picked logit by one-hot product and accuracy from the
+  max that logsumexp computes anyway (no argmax pass, no gather/scatter)."""
+  logits = logits.astype(jnp.float32)
+  mx = jnp.max(logits, axis=-1)
+  lse = mx + jnp.log(jnp.sum(jnp.exp(logits - jax.lax.stop_gradient(mx)[..., None]), axis=-1))
+  onehot = jax.nn.one_hot(targets, logits.shape[-1], dtype=logits.dtype)
+  picked = jnp.sum(logits * onehot, axis=-1)
+  mask = losses._mask_like(loss_mask, lse)  # pylint: disable=protected-access
+  loss = losses.masked_mean(lse - picked, mask)
+  return loss, {"loss": loss, "accuracy": losses.masked_mean((picked >= mx).astype(jnp.float32),
+                                                             mask), "tokens": jnp.sum(mask)}
+
+
+def _lm_loss_fn_rolled(params, apply_fn, batch, rng=None, deterministic=True):
+  """Experiment: pretrain.lm_loss_fn on the full logits with shifted targets (no logits slice)."""
+  rngs = {} if deterministic else {"dropout": rng}
+  logits = apply_fn({"params": params}, batch["tokens"], batch["mask"],
+                    deterministic=deterministic, rngs=rngs)
+  tok = batch["tokens"]
+  tgt = jnp.concatenate([tok[:, 1:], jnp.zeros_like(tok[:, :1])], axis=1)
+  lm = batch["loss_mask"]
+  msk = jnp.concatenate([lm[:, 1:], jnp.zeros_like(lm[:, :1])], axis=1)
+  return losses.lm_loss(logits, tgt, msk)
+
+
+def _experiment_train_variants(p: dict[str, Any], rounds: int = 5) -> None:
+  """The whole train step with losses.lm_loss / pretrain.lm_loss_fn / model.Attention swapped.
+
+  Each swap is a monkeypatch active only while that variant is traced (here); the project's
+  code is unchanged.
+  """
+  patches = {
+      "current": {},
+      "attention_bias_4d": {(model_lib, "Attention"): _AttentionBias4D},
+      "lm_loss_fast": {(losses, "lm_loss"): _lm_loss_fast},
+      "lm_loss_fast+rolled": {(losses, "lm_loss"): _lm_loss_fast,
+                              (pretrain, "lm_loss_fn"): _lm_loss_fn_rolled},
+      "all": {(model_lib, "Attention"): _AttentionBias4D, (losses, "lm_loss"): _lm_loss_fast,
+              (pretrain, "lm_loss_fn"): _lm_loss_fn_rolled},
+  }
+  runners = {}
+  for name, patch in patches.items():
+    saved = {key: getattr(*key) for key in patch}
+    try:
+      for (mod, attr), val in patch.items():
+        setattr(mod, attr, val)
+      runners[name] = _train_runner(p)
+    finally:
+      for (mod, attr), val in saved.items():
+        setattr(mod, attr, val)
+  meds = time_interleaved(runners, rounds=rounds)
+  for name, med in meds.items():
+    emit(f"experiment_train_step_{name}", med, "s", tokens_per_s=p["batch"] * p["seq"] / med,
+         vs_current=med / meds["current"])
+
+
+def _quiet(fn):
+  global _EMIT
+  saved = _EMIT
+  _EMIT = lambda rec: None
+  try:
+    return fn()
+  finally:
+    _EMIT = saved
+
+
+def profile_train(p: dict[str, Any], logdir: str) -> None:
+  """Writes a jax.profiler trace of a few train steps (for TensorBoard / Perfetto)."""
+  cfg = model_config(p)
+  mesh = one_device_mesh()
+  state, shardings = train_state.create_train_state(cfg, adamw(), mesh, sharding.DEFAULT_RULES,
+                                                    jax.random.key(0))
+  B, T = p["batch"], p["seq"]
+  tokens = np.asarray(jax.random.randint(jax.random.key(1), (B, T), 0, p["vocab"]), np.int32)
+  ones = np.ones((B, T), np.int32)
+  step = train_state.jit_step(pretrain.lm_train_step, shardings, mesh)
+  with jax.set_mesh(mesh):
+    batch = sharding.shard_batch({"tokens": tokens, "mask": ones, "loss_mask": ones}, mesh)
+    state, m = step(state, batch, jax.random.key(2))
+    _block(m)
+    with jax.profiler.trace(logdir):
+      for _ in range(3):
+        state, m = step(state, batch, jax.random.key(2))
+        _block(m)
+  emit("profile_written", 0, "n/a", logdir=logdir)
+
+
+# ---------------------------------------------------------------------------------------------
+# Peer comparison
+# ---------------------------------------------------------------------------------------------
+
+# (our metric, peer metric, direction): "higher" = throughput (ratio > 1 is better for us),
+# "lower" = time (ratio < 1 is better for us).
+RATIOS = (
+    ("train_tokens_per_s", "train_tokens_per_s", "higher"),
+    ("mfu_6N_attn_lmhead_vs_jax_peak", "mfu_6N_attn_lmhead_vs_jax_peak", "higher"),
+    ("generate_new_tokens_per_s", "generate_new_tokens_per_s", "higher"),
+    ("ppo_iteration_time", "trl_rloo_step_time", "lower"),
+    ("ppo_completion_tokens_per_s", "trl_rloo_completion_tokens_per_s", "higher"),
+)
+
+
+def run_peer(peer_python: str, preset: str, jax_peak_gflops: float | None,
+             skip: set[str]) -> list[dict]:
+  cmd = [peer_python, PEER_SCRIPT, "--preset", preset]
+  if jax_peak_gflops:
+    cmd += ["--jax-peak-gflops", str(jax_peak_gflops)]
+  peer_skip = {"train": "train", "generate": "generate", "ppo": "trl"}
+  sk = [peer_skip[k] for k in skip if k in peer_skip]
+  if sk:
+    cmd += ["--skip", ",".join(sk)]
+  proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+  recs = []
+  for line in proc.stdout.splitlines():
+    line = line.strip()
+    if line.startswith("{"):
+      try:
+        recs.append(json.loads(line))
+      except json.JSONDecodeError:
+        pass
+  if proc.returncode:
+    emit("peer_failed", proc.returncode, "exit code", stderr=proc.stderr[-2000:])
+  return recs
+
+
+def compare(ours: list[dict], peer: list[dict]) -> None:
+  o = {r["metric"]: r["value"] for r in ours}
+  pr = {r["metric"]: r["value"] for r in peer}
+  for mine, theirs, direction in RATIOS:
+    if mine in o and theirs in pr and pr[theirs]:
+      emit(f"ratio_{mine}", o[mine] / pr[theirs], "ours/peer", ours=o[mine], peer=pr[theirs],
+           peer_metric=theirs, better="higher" if direction == "higher" else "lower")
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+  global PRESET_NAME, _EMIT
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--preset", choices=sorted(PRESETS), required=True)
+  ap.add_argument("--quick", action="store_true", help="small model, few calls (smoke test)")
+  ap.add_argument("--skip", default="", help="comma list of: peak,train,generate,ppo")
+  ap.add_argument("--ppo-ptx-coef", type=float, default=27.8)
+  ap.add_argument("--compare", action="store_true")
+  ap.add_argument("--peer-python", default=None)
+  ap.add_argument("--experiments", action="store_true",
+                  help="time variants of the LM head/CE and attention (proposals)")
+  ap.add_argument("--profile-dir", default=None, help="write a jax.profiler trace of train")
+  args = ap.parse_args(argv)
+  PRESET_NAME = args.preset
+  p = dict(PRESETS[args.preset])
+  if args.quick:
+    p.update(QUICK)
+  skip = set(filter(None, args.skip.split(",")))
+  records: list[dict] = []
+  printer = _EMIT
+
+  def collect(rec):
+    records.append(rec)
+    printer(rec)
+
+  _EMIT = collect
+  try:
+    t_start = time.perf_counter()
+    emit("env", 0, "n/a", jax=jax.__version__, devices=[str(d) for d in jax.devices()[:1]],
+         python=sys.version.split()[0], quick=args.quick, date=time.strftime("%Y-%m-%d"),
+         config=p)
+    peak = None
+    if "peak" not in skip:
+      peak = matmul_peak(512 if args.quick else 2048, 1 if args.quick else 3,
+                         2 if args.quick else 10)
+    if args.profile_dir:
+      profile_train(p, args.profile_dir)
+    if args.experiments:
+      _experiment_lm_head(p)
+      _experiment_attention(p)
+      _experiment_train_variants(p)
+    if "train" not in skip:
+      bench_train(p, peak)
+    if "generate" not in skip:
+      bench_generate(p)
+    if "ppo" not in skip:
+      bench_ppo(p, args.ppo_ptx_coef)
+    emit("wall_time", time.perf_counter() - t_start, "s")
+    if args.compare:
+      if not args.peer_python:
+        raise SystemExit("--compare needs --peer-python=/path/to/venv/bin/python")
+      peer = run_peer(args.peer_python, args.preset, peak / 1e9 if peak else None, skip)
+      for rec in peer:
+        collect(dict(rec, source="peer"))
+      compare([r for r in records if r.get("source") != "peer"], peer)
+  finally:
+    _EMIT = printer
+  return records
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,204 @@
+"""`--config.dry_run=True`: compile a stage's train step ahead of time, allocating nothing.
+
+For the config's stage (pretrain/sft: `pretrain.lm_train_step`; rm: `rm.rm_train_step`; ppo:
+`ppo.ppo_iteration`) the state comes from `jax.eval_shape` and the batch is a tree of
+`jax.ShapeDtypeStruct`s carrying their shardings on the configured mesh
+(`config.sharding.mesh_shape`, `config.sharding.rules`). The step is jitted exactly as
+`loop.train` jits it, then `.lower(...)` and `.compile()`d. Reported:
+
+  params                   parameter count(s) of the model(s), from the abstract state
+  state_bytes_per_device   bytes of the sharded train state on the most loaded device
+                           (computed from shapes and shardings, so known even without compiling)
+  flops_per_step           `compiled.cost_analysis()["flops"]` (XLA's count for one device's
+                           program; on a loop, XLA may count the body once)
+  bytes_per_device         `compiled.memory_analysis()`: argument, output, temp, generated code,
+                           alias (donated) sizes, and peak_estimate = argument + output + temp -
+                           alias
+
+Big models on a CPU: a mesh needs that many devices, so simulate them with
+`XLA_FLAGS=--xla_force_host_platform_device_count=N` (N = the mesh size, e.g. 64 for
+(1, 8, 8)). Compiling a 175B program for the CPU backend takes long; `compile=False` (used
+automatically above `COMPILE_PARAM_LIMIT` parameters unless `compile=True` is passed) stops after
+lowering and reports what lowering gives (parameters, state bytes per device from the shardings,
+and the lowered module's cost analysis where JAX provides one).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from instructgpt_jax import data as data_lib
+from instructgpt_jax import model as model_lib
+from instructgpt_jax import ppo
+from instructgpt_jax import pretrain
+from instructgpt_jax import rm
+from instructgpt_jax import sharding
+from instructgpt_jax import train_state
+
+STAGES = ("pretrain", "sft", "rm", "ppo")
+# Above this many parameters the default is to lower only (XLA:CPU compile time grows with size).
+COMPILE_PARAM_LIMIT = 2_000_000_000
+
+
+def _abstract_state(model_cfg: model_lib.ModelConfig, tx, mesh, rules):
+  """(abstract TrainState of ShapeDtypeStructs with shardings, its shardings); no allocation."""
+  apply_fn = model_lib.Transformer(model_cfg).apply
+  boxed = jax.eval_shape(lambda r: train_state.TrainState.create(
+      apply_fn=apply_fn, params=train_state.boxed_params(model_cfg, r), tx=tx),
+                         jax.random.key(0))
+  shardings = sharding.logical_shardings(boxed, mesh, rules)
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          nn.meta.unbox(boxed), shardings)
+  return abstract, shardings
+
+
+def _batch_struct(shapes: dict[str, tuple[int, ...]], mesh) -> dict[str, jax.ShapeDtypeStruct]:
+  return {k: jax.ShapeDtypeStruct(v, jnp.int32, sharding=sharding.batch_sharding(mesh, len(v)))
+          for k, v in shapes.items()}
+
+
+def _count(tree: Any) -> int:
+  return int(sum(math.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+def _bytes_per_device(tree: Any) -> int:
+  """Bytes of the largest shard set of an abstract tree with shardings (one device's share)."""
+  total = 0
+  for x in jax.tree.leaves(tree):
+    shard = x.sharding.shard_shape(x.shape) if getattr(x, "sharding", None) else x.shape
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      total += 8  # a threefry key: two uint32
+      continue
+    total += math.prod(shard) * jnp.dtype(x.dtype).itemsize
+  return int(total)
+
+
+def _key_struct():
+  return jax.eval_shape(lambda: jax.random.key(0))
+
+
+def build(config: ml_collections.ConfigDict, mesh=None):
+  """(jitted step, abstract args, info) for the config's stage on `mesh` (default: configured)."""
+  stage = config.stage
+  if stage not in STAGES:
+    raise ValueError(f"dry_run supports the stages {list(STAGES)}, not {stage!r}.")
+  mesh = mesh if mesh is not None else sharding.make_mesh(config.sharding.mesh_shape)
+  rules = sharding.normalize_rules(config.sharding.rules)
+  d = config.data
+  div = sharding.batch_divisor(mesh)
+  info: dict[str, Any] = {"stage": stage, "preset": config.get("preset"),
+                          "mesh": dict(mesh.shape), "devices": int(mesh.size)}
+
+  def round_up(b: int) -> int:
+    return -(-int(b) // div) * div
+
+  if stage in ("pretrain", "sft"):
+    cfg = config[stage]
+    dropout = cfg.get("dropout", 0.0) if stage == "sft" else config.model.dropout
+    model_cfg = train_state.model_config(config, dropout=dropout)
+    tx = train_state.make_optimizer(cfg.optim, 1000, cfg.on_nonfinite == "skip")
+    state, shardings = _abstract_state(model_cfg, tx, mesh, rules)
+    seq = d.seq_len if stage == "pretrain" else d.prompt_len + d.response_len
+    b = round_up(cfg.batch_size)
+    batch = _batch_struct({"tokens": (b, seq), "mask": (b, seq), "loss_mask": (b, seq)}, mesh)
+    step_fn = lambda st, bt, r: pretrain.lm_train_step(st, bt, r, dropout=dropout > 0)
+    jitted = train_state.jit_step(step_fn, shardings, mesh)
+    args = (state, batch, _key_struct())
+    info.update(params=_count(state.params), batch=b, seq=seq)
+  elif stage == "rm":
+    cfg = config.rm
+    model_cfg = train_state.model_config(config, head="scalar")
+    tx = train_state.make_optimizer(cfg.optim, 1000, cfg.on_nonfinite == "skip")
+    state, shardings = _abstract_state(model_cfg, tx, mesh, rules)
+    seq, k = d.prompt_len + d.response_len, data_lib.MAX_RESPONSES
+    b = round_up(cfg.batch_size)
+    batch = _batch_struct({"tokens": (b, k, seq), "mask": (b, k, seq), "ranks": (b, k)}, mesh)
+    jitted = train_state.jit_step(rm.rm_train_step, shardings, mesh)
+    args = (state, batch, _key_struct())
+    info.update(params=_count(state.params), batch=b, responses_per_prompt=k, seq=seq)
+  else:
+    cfg = config.ppo
+    policy_cfg = train_state.model_config(config)
+    value_cfg = train_state.model_config(config, head="scalar")
+    vocab = policy_cfg.vocab_size
+    s = ppo.PPOSettings.from_config(cfg, policy_cfg, value_cfg, d, eos_id=vocab - 1,
+                                    pad_id=vocab - 2, ptx_coef=cfg.ptx_coef)
+    policy, policy_sh = _abstract_state(
+        policy_cfg, train_state.make_optimizer(cfg.optim, 1000), mesh, rules)
+    value, value_sh = _abstract_state(
+        value_cfg, train_state.make_optimizer(cfg.value_optim, 1000), mesh, rules)
+    rep = sharding.replicated(mesh)
+    state = ppo.PPOState(policy=policy, value=value,
+                         kl_coef=jax.ShapeDtypeStruct((), jnp.float32, sharding=rep))
+    shardings = ppo.PPOState(policy=policy_sh, value=value_sh, kl_coef=rep)
+    b = round_up(cfg.rollout_batch_size)
+    ptx_rows = round_up(cfg.epochs * s.num_minibatches * cfg.ptx_batch_size)
+    batch = _batch_struct({"prompts": (b, d.prompt_len), "prompt_mask": (b, d.prompt_len),
+                           "tokens": (ptx_rows, d.seq_len), "mask": (ptx_rows, d.seq_len),
+                           "loss_mask": (ptx_rows, d.seq_len)}, mesh)
+    ref, rmp = policy.params, value.params
+    step_fn = lambda st, bt, r, ref_p, rm_p: ppo.ppo_iteration(st, bt, r, ref_p, rm_p, s)
+    jitted = jax.jit(step_fn, in_shardings=(shardings, None, None, policy_sh.params,
+                                            value_sh.params),
+                     out_shardings=(shardings, rep), donate_argnums=(0,))
+    args = (state, batch, _key_struct(), ref, rmp)
+    info.update(params={"policy": _count(policy.params), "value": _count(value.params)},
+                rollout_batch=b, prompt_len=d.prompt_len, response_len=d.response_len,
+                ptx_rows=ptx_rows)
+  info["state_bytes_per_device"] = _bytes_per_device(args[0])
+  info["args_bytes_per_device"] = _bytes_per_device(args)
+  return jitted, args, mesh, info
+
+
+def _first(x):
+  return x[0] if isinstance(x, (list, tuple)) and x else x
+
+
+def dry_run(config: ml_collections.ConfigDict, compile: bool | None = None,  # pylint: disable=redefined-builtin
+            mesh=None) -> dict[str, Any]:
+  """Lowers (and by default compiles) the config's train step on abstract arrays; see module doc."""
+  jitted, args, mesh, info = build(config, mesh)
+  nparams = info["params"] if isinstance(info["params"], int) else sum(info["params"].values())
+  if compile is None:
+    compile = nparams <= COMPILE_PARAM_LIMIT
+  t0 = time.perf_counter()
+  with jax.set_mesh(mesh):
+    lowered = jitted.lower(*args)
+  info["lower_s"] = round(time.perf_counter() - t0, 3)
+  if not compile:
+    info["compiled"] = False
+    try:
+      cost = _first(lowered.cost_analysis())
+      if cost and "flops" in cost:
+        info["flops_per_step_lowered"] = float(cost["flops"])
+    except Exception as e:  # pylint: disable=broad-except
+      info["lowered_cost_analysis_error"] = f"{type(e).__name__}: {e}"[:200]
+    info["note"] = ("lowered only (not compiled): flops from the unpartitioned module where "
+                    "available; bytes per device from the shardings")
+    return info
+  t0 = time.perf_counter()
+  compiled = lowered.compile()
+  info["compile_s"] = round(time.perf_counter() - t0, 3)
+  info["compiled"] = True
+  cost = _first(compiled.cost_analysis())
+  if cost:
+    info["flops_per_step"] = float(cost.get("flops", float("nan")))
+    if "bytes accessed" in cost:
+      info["bytes_accessed_per_step"] = float(cost["bytes accessed"])
+  mem = compiled.memory_analysis()
+  if mem is not None:
+    fields = {"argument": "argument_size_in_bytes", "output": "output_size_in_bytes",
+              "temp": "temp_size_in_bytes", "generated_code": "generated_code_size_in_bytes",
+              "alias": "alias_size_in_bytes"}
+    per_dev = {k: int(getattr(mem, f, 0) or 0) for k, f in fields.items()}
+    per_dev["peak_estimate"] = (per_dev["argument"] + per_dev["output"] + per_dev["temp"]
+                                - per_dev["alias"])
+    info["bytes_per_device"] = per_dev
+  return info

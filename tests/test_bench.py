@@ -1,0 +1,92 @@
+"""The benchmark and the dry run: no recompilation across PPO iterations, dry-run memory that
+shrinks with FSDP, and a quick smoke run of bench.py. Nothing here asserts on a timing."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from instructgpt_jax import bench
+from instructgpt_jax import dry_run
+from instructgpt_jax import presets
+from instructgpt_jax import sharding
+
+
+class _CompileCounter:
+  """Counts XLA backend compilations through jax.monitoring (one event per compiled program)."""
+
+  EVENT = "/jax/core/compile/backend_compile_duration"
+
+  def __init__(self):
+    self.count = 0
+    self.active = False
+    jax.monitoring.register_event_duration_secs_listener(self._on_event)
+
+  def _on_event(self, event, duration, **kwargs):
+    del duration, kwargs
+    if self.active and event == self.EVENT:
+      self.count += 1
+
+
+_COUNTER = _CompileCounter()
+
+
+def test_ppo_iteration_compiles_once():
+  p = dict(bench.PRESETS["tiny"], **bench.QUICK)
+  s, mesh, state, shardings, batch, ref_params, rm_params = bench.ppo_setup(p)
+  step = bench.jit_ppo_iteration(s, shardings, mesh)
+  compiles = []
+  with jax.set_mesh(mesh):
+    dev_batch = sharding.shard_batch(batch, mesh)
+    for i in range(3):
+      _COUNTER.count, _COUNTER.active = 0, True
+      try:
+        state, metrics = step(state, dev_batch, jax.random.key(i), ref_params, rm_params)
+        jax.block_until_ready(metrics)
+      finally:
+        _COUNTER.active = False
+      compiles.append(_COUNTER.count)
+  assert compiles[0] >= 1, compiles  # the listener works
+  assert compiles[1:] == [0, 0], compiles  # later iterations reuse the program
+  assert step._cache_size() == 1  # pylint: disable=protected-access
+  assert np.isfinite(float(metrics["kl"]))
+
+
+def test_dry_run_bytes_per_device_shrink_with_fsdp():
+  config = presets.pipeline_config("pretrain", "tiny")
+  devices = jax.devices()
+  assert len(devices) == 8
+  results = {}
+  for fsdp in (1, 2, 8):
+    mesh = sharding.make_mesh((1, fsdp, 1), devices[:fsdp])
+    results[fsdp] = dry_run.dry_run(config, mesh=mesh)
+  for r in results.values():
+    assert r["compiled"] and r["flops_per_step"] > 0
+    assert r["params"] == 145152
+  args = [results[f]["bytes_per_device"]["argument"] for f in (1, 2, 8)]
+  state = [results[f]["state_bytes_per_device"] for f in (1, 2, 8)]
+  peak = [results[f]["bytes_per_device"]["peak_estimate"] for f in (1, 2, 8)]
+  assert args[0] > args[1] > args[2], args
+  assert state[0] > state[1] > state[2], state
+  assert peak[0] > peak[1] > peak[2], peak
+
+
+def test_dry_run_ppo_lowers_on_8_devices():
+  config = presets.pipeline_config("ppo", "tiny")
+  info = dry_run.dry_run(config, compile=False)
+  assert info["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
+  assert info["params"]["policy"] > 0 and info["params"]["value"] > 0
+  assert info["compiled"] is False and info["state_bytes_per_device"] > 0
+
+
+def test_bench_quick_smoke(capsys):
+  records = bench.main(["--preset=tiny", "--quick", "--skip=ppo"])
+  names = {r["metric"] for r in records}
+  for name in ("matmul_fp32_peak_jax", "train_tokens_per_s", "mfu_6N_attn_lmhead_vs_jax_peak",
+               "generate_new_tokens_per_s", "train_compile_time", "generate_compile_time"):
+    assert name in names, sorted(names)
+  for r in records:
+    assert set(r) >= {"preset", "metric", "value", "unit"} and r["preset"] == "tiny"
+  out = capsys.readouterr().out.strip().splitlines()
+  assert len(out) == len(records)  # one JSON object per line per figure
+
