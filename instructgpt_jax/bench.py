@@ -517,111 +517,6 @@ def _train_runner(p: dict[str, Any]) -> Callable[[], Any]:
   return run
 
 
-class _AttentionBias4D(model_lib.Attention):
-  """Experiment: model.Attention with an additive mask bias and, for G = 1, 4-D einsums."""
-
-  @nn.compact
-  def __call__(self, x, positions, key_mask, cache, cache_index):
-    cfg = self.config
-    H, K, D = cfg.num_heads, cfg.kv_heads, cfg.head_dim
-    use_bias = cfg.family == "gpt"
-    dense = lambda feats, names, bnames, name: nn.DenseGeneral(
-        feats, use_bias=use_bias, dtype=jnp.dtype(cfg.dtype),
-        param_dtype=jnp.dtype(cfg.param_dtype),
-        kernel_init=model_lib._logical(model_lib._dense_init(), names),  # pylint: disable=protected-access
-        bias_init=model_lib._logical(nn.initializers.zeros, bnames), name=name)  # pylint: disable=protected-access
-    q = dense((H, D), ("embed", "heads", "kv"), ("heads", "kv"), "query")(x)
-    k = dense((K, D), ("embed", "kv_heads", "kv"), ("kv_heads", "kv"), "key")(x)
-    v = dense((K, D), ("embed", "kv_heads", "kv"), ("kv_heads", "kv"), "value")(x)
-    if cfg.family == "llama":
-      q = model_lib._apply_rope(q, positions, cfg.rope_theta)  # pylint: disable=protected-access
-      k = model_lib._apply_rope(k, positions, cfg.rope_theta)  # pylint: disable=protected-access
-    if cache is not None:
-      start = (0, cache_index, 0, 0)
-      k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start)
-      v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)
-      cache = {"k": k, "v": v}
-    B, T = x.shape[:2]
-    S = k.shape[1]
-    q_idx = cache_index + jnp.arange(T)
-    allowed = (jnp.arange(S)[None, :] <= q_idx[:, None])[None] & key_mask[:, None, :].astype(bool)
-    bias = jnp.where(allowed, 0.0, model_lib._MASK_VALUE).astype(jnp.float32)  # [B, T, S]  # pylint: disable=protected-access
-    q = q * (D ** -0.5)
-    if K == H:
-      scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32)
-      probs = jax.nn.softmax(scores + bias[:, None], axis=-1).astype(v.dtype)
-      out = jnp.einsum("bhts,bshd->bthd", probs, v)
-    else:
-      qg = q.reshape(B, T, K, H // K, D)
-      scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
-      probs = jax.nn.softmax(scores + bias[:, None, None], axis=-1).astype(v.dtype)
-      out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(B, T, H, D)
-    out = nn.DenseGeneral(
-        cfg.d_model, axis=(-2, -1), use_bias=use_bias, dtype=jnp.dtype(cfg.dtype),
-        param_dtype=jnp.dtype(cfg.param_dtype),
-        kernel_init=model_lib._logical(model_lib._dense_init(1.0 / cfg.num_layers),  # pylint: disable=protected-access
-                                       ("heads", "kv", "embed")),
-        bias_init=model_lib._logical(nn.initializers.zeros, ("embed",)), name="out")(out)  # pylint: disable=protected-access
-    return out, cache
-
-
-def _lm_loss_fast(logits, targets, loss_mask):
-  """Experiment: losses.lm_loss with the picked logit by one-hot product and accuracy from the
-  max that logsumexp computes anyway (no argmax pass, no gather/scatter)."""
-  logits = logits.astype(jnp.float32)
-  mx = jnp.max(logits, axis=-1)
-  lse = mx + jnp.log(jnp.sum(jnp.exp(logits - jax.lax.stop_gradient(mx)[..., None]), axis=-1))
-  onehot = jax.nn.one_hot(targets, logits.shape[-1], dtype=logits.dtype)
-  picked = jnp.sum(logits * onehot, axis=-1)
-  mask = losses._mask_like(loss_mask, lse)  # pylint: disable=protected-access
-  loss = losses.masked_mean(lse - picked, mask)
-  return loss, {"loss": loss, "accuracy": losses.masked_mean((picked >= mx).astype(jnp.float32),
-                                                             mask), "tokens": jnp.sum(mask)}
-
-
-def _lm_loss_fn_rolled(params, apply_fn, batch, rng=None, deterministic=True):
-  """Experiment: pretrain.lm_loss_fn on the full logits with shifted targets (no logits slice)."""
-  rngs = {} if deterministic else {"dropout": rng}
-  logits = apply_fn({"params": params}, batch["tokens"], batch["mask"],
-                    deterministic=deterministic, rngs=rngs)
-  tok = batch["tokens"]
-  tgt = jnp.concatenate([tok[:, 1:], jnp.zeros_like(tok[:, :1])], axis=1)
-  lm = batch["loss_mask"]
-  msk = jnp.concatenate([lm[:, 1:], jnp.zeros_like(lm[:, :1])], axis=1)
-  return losses.lm_loss(logits, tgt, msk)
-
-
-def _experiment_train_variants(p: dict[str, Any], rounds: int = 5) -> None:
-  """The whole train step with losses.lm_loss / pretrain.lm_loss_fn / model.Attention swapped.
-
-  Each swap is a monkeypatch active only while that variant is traced (here); the project's
-  code is unchanged.
-  """
-  patches = {
-      "current": {},
-      "attention_bias_4d": {(model_lib, "Attention"): _AttentionBias4D},
-      "lm_loss_fast": {(losses, "lm_loss"): _lm_loss_fast},
-      "lm_loss_fast+rolled": {(losses, "lm_loss"): _lm_loss_fast,
-                              (pretrain, "lm_loss_fn"): _lm_loss_fn_rolled},
-      "all": {(model_lib, "Attention"): _AttentionBias4D, (losses, "lm_loss"): _lm_loss_fast,
-              (pretrain, "lm_loss_fn"): _lm_loss_fn_rolled},
-  }
-  runners = {}
-  for name, patch in patches.items():
-    saved = {key: getattr(*key) for key in patch}
-    try:
-      for (mod, attr), val in patch.items():
-        setattr(mod, attr, val)
-      runners[name] = _train_runner(p)
-    finally:
-      for (mod, attr), val in saved.items():
-        setattr(mod, attr, val)
-  meds = time_interleaved(runners, rounds=rounds)
-  for name, med in meds.items():
-    emit(f"experiment_train_step_{name}", med, "s", tokens_per_s=p["batch"] * p["seq"] / med,
-         vs_current=med / meds["current"])
-
-
 def _quiet(fn):
   global _EMIT
   saved = _EMIT
@@ -634,22 +529,10 @@ def _quiet(fn):
 
 def profile_train(p: dict[str, Any], logdir: str) -> None:
   """Writes a jax.profiler trace of a few train steps (for TensorBoard / Perfetto)."""
-  cfg = model_config(p)
-  mesh = one_device_mesh()
-  state, shardings = train_state.create_train_state(cfg, adamw(), mesh, sharding.DEFAULT_RULES,
-                                                    jax.random.key(0))
-  B, T = p["batch"], p["seq"]
-  tokens = np.asarray(jax.random.randint(jax.random.key(1), (B, T), 0, p["vocab"]), np.int32)
-  ones = np.ones((B, T), np.int32)
-  step = train_state.jit_step(pretrain.lm_train_step, shardings, mesh)
-  with jax.set_mesh(mesh):
-    batch = sharding.shard_batch({"tokens": tokens, "mask": ones, "loss_mask": ones}, mesh)
-    state, m = step(state, batch, jax.random.key(2))
-    _block(m)
-    with jax.profiler.trace(logdir):
-      for _ in range(3):
-        state, m = step(state, batch, jax.random.key(2))
-        _block(m)
+  run = _train_runner(p)  # Compiles outside the trace.
+  with jax.profiler.trace(logdir):
+    for _ in range(3):
+      _block(run())
   emit("profile_written", 0, "n/a", logdir=logdir)
 
 
@@ -743,7 +626,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.experiments:
       _experiment_lm_head(p)
       _experiment_attention(p)
-      _experiment_train_variants(p)
     if "train" not in skip:
       bench_train(p, peak)
     if "generate" not in skip:

@@ -108,7 +108,7 @@ def pipeline_config(stage: str, preset: str = "small") -> ml_collections.ConfigD
 
   # RM: 1 epoch, cosine to 10 %, all C(K,2) pairs of a prompt in one batch element (paper C.2).
   c.rm = ml_collections.ConfigDict(dict(
-      epochs=1, optim=_optim(1e-3),
+      epochs=1, optim=_optim(1e-3), init_from="sft",
       **_loop(8 if tiny else 16, 5 if tiny else 10, 20 if tiny else 100)))
 
   # PPO (paper C.4): fixed beta 0.02, 1 inner epoch, clip 0.2, gamma 1, temperature 1, ptx 27.8,

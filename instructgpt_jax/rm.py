@@ -125,7 +125,9 @@ def run(ws: Workspace) -> dict[str, Any]:
   lm_cfg = ws.model_config()
   rm_cfg = ws.model_config(head="scalar")
   fresh = train_state.boxed_params(rm_cfg, jax.random.key(ws.config.seed + 20))
-  params = trunk_with_scalar_head(jax.device_get(ws.load_params("sft", lm_cfg)),
+  if cfg.init_from not in ("sft", "pretrain"):
+    raise ValueError(f"rm.init_from={cfg.init_from!r} is not one of ['sft', 'pretrain'].")
+  params = trunk_with_scalar_head(jax.device_get(ws.load_params(cfg.init_from, lm_cfg)),
                                   jax.device_get(nn.meta.unbox(fresh)))
   tx = train_state.make_optimizer(cfg.optim, steps, cfg.on_nonfinite == "skip")
   state, shardings = train_state.create_train_state(rm_cfg, tx, ws.mesh, ws.rules,

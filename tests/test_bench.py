@@ -2,9 +2,7 @@
 shrinks with FSDP, and a quick smoke run of bench.py. Nothing here asserts on a timing."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from instructgpt_jax import bench
 from instructgpt_jax import dry_run
