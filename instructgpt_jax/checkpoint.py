@@ -104,8 +104,23 @@ def _mismatch_error(directory: str, step: int, problems: list[str]) -> Checkpoin
         "or use a fresh --workdir.")
 
 
+def _remove_tmp_dirs(directory: str) -> None:
+  """Deletes `<step>.orbax-checkpoint-tmp*` left by a kill mid-write, before the manager opens.
+
+  Done here, synchronously: orbax's own clean-up may still be running when a save of the same
+  step starts.
+  """
+  if jax.process_index() != 0 or not os.path.isdir(directory):
+    return
+  for name in os.listdir(directory):
+    if ".orbax-checkpoint-tmp" in name:
+      logging.warning("Removing the incomplete checkpoint %s/%s", directory, name)
+      shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+
+
 def _manager(directory: str, keep: int = 3, save_every: int = 1, async_save: bool = True,
              partial: bool = False) -> ocp.CheckpointManager:
+  _remove_tmp_dirs(directory)
   options = ocp.CheckpointManagerOptions(
       max_to_keep=keep, save_interval_steps=max(int(save_every), 1),
       enable_async_checkpointing=async_save, create=True,

@@ -15,6 +15,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from absl import logging
 
 from instructgpt_jax import data as data_lib
 from instructgpt_jax import labelers as labelers_lib
@@ -91,8 +92,18 @@ def run(ws: Workspace) -> dict[str, Any]:
   _, heldout = labelers_lib.make_labeler_pools(ws.config.data.world_seed, world=world)
   tok = ws.tokenizer()
   recs = [r for split in data_lib.SPLITS for r in ws.records("eval_prompts", split)]
-  fits = data_lib.encode_prompts(tok, [r["prompt"] for r in recs], ws.config.data.prompt_len)
-  prompts = [recs[i]["prompt"] for i in fits.kept][:cfg.num_prompts]
+  # Every policy answers the same prompts: those that fit the context alone and after the
+  # few-shot prefix (the paper drops over-long prompts too); the rest are counted.
+  prefix = world_lib.fewshot_prefix(world, cfg.fewshot_examples)
+  texts = [r["prompt"] for r in recs]
+  plain = set(data_lib.encode_prompts(tok, texts, ws.config.data.prompt_len).kept.tolist())
+  fewshot = data_lib.encode_prompts(tok, [prefix + t for t in texts],
+                                    ws.config.data.prompt_len + cfg.fewshot_prompt_len)
+  prompts = [texts[i] for i in fewshot.kept.tolist() if i in plain][:cfg.num_prompts]
+  dropped = len(texts) - len(plain & set(fewshot.kept.tolist()))
+  if dropped:
+    logging.warning("eval: %d of %d prompts do not fit the context (with the few-shot prefix) "
+                    "and are not used", dropped, len(texts))
   prompt_enc = data_lib.encode_prompts(tok, prompts, ws.config.data.prompt_len)
   lm_eval = pretrain.lm_arrays(ws, "validation")
   policy_cfg = ws.model_config()
@@ -101,9 +112,9 @@ def run(ws: Workspace) -> dict[str, Any]:
   samples, policies = {}, {}
   for i, name in enumerate(_available(ws)):
     params = ws.load_params(POLICY_STAGES[name], policy_cfg)
-    prefix = world_lib.fewshot_prefix(world, cfg.fewshot_examples) if name == "base_fewshot" \
-        else ""
-    texts, response, logp, ended = _sample(ws, params, prompts, prefix, ws.config.seed + 40 + i)
+    texts, response, logp, ended = _sample(ws, params, prompts,
+                                           prefix if name == "base_fewshot" else "",
+                                           ws.config.seed + 40 + i)
     samples[name] = texts
     kl = 0.0 if name == "sft" else float(np.mean(
         logp - _sft_logprob(ws, sft_params, prompt_enc, response)))
@@ -136,7 +147,8 @@ def run(ws: Workspace) -> dict[str, Any]:
   with open(path, "w", encoding="utf-8") as f:
     json.dump(report, f, indent=2)
   print(format_report(report), flush=True)
-  return {"report": path, **{f"{k}_win_rate": v.get("win_rate_vs_sft") for k, v in
+  return {"report": path, "prompts": len(prompts), "prompts_too_long": dropped,
+          **{f"{k}_win_rate": v.get("win_rate_vs_sft") for k, v in
                              policies.items()}}
 
 
