@@ -42,6 +42,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import grain
+import jax
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
@@ -721,3 +722,19 @@ def iterate_split_batches(
         valid = (idx < n).astype(np.int32)
         idx = np.where(valid == 1, idx, 0)
         yield {**{k: v[idx] for k, v in arrays.items()}, "valid": valid}
+
+
+def map_batches(
+    fn: Any, arrays: Mapping[str, Any], batch_size: int, mesh: Any
+) -> Iterator[tuple[dict[str, np.ndarray], Any]]:
+    """Applies `fn` (a jitted function of a batch dict) to every row of `arrays` on `mesh`.
+
+    The batch size is rounded up to the data-parallel degree and the last batch is padded
+    (`iterate_split_batches`), so one compiled program serves every batch. Yields
+    (host batch with its "valid" [batch] entry, `fn`'s outputs fetched to the host).
+    """
+    from instructgpt_jax import sharding  # pylint: disable=import-outside-toplevel
+
+    with jax.set_mesh(mesh):
+        for batch in iterate_split_batches(arrays, sharding.round_batch(batch_size, mesh)):
+            yield batch, jax.device_get(fn(sharding.shard_batch(batch, mesh)))

@@ -92,12 +92,11 @@ def build(config: ml_collections.ConfigDict, mesh=None):
   mesh = mesh if mesh is not None else sharding.make_mesh(config.sharding.mesh_shape)
   rules = sharding.normalize_rules(config.sharding.rules)
   d = config.data
-  div = sharding.batch_divisor(mesh)
   info: dict[str, Any] = {"stage": stage, "preset": config.get("preset"),
                           "mesh": dict(mesh.shape), "devices": int(mesh.size)}
 
   def round_up(b: int) -> int:
-    return -(-int(b) // div) * div
+    return sharding.round_batch(int(b), mesh)
 
   if stage in ("pretrain", "sft"):
     cfg = config[stage]

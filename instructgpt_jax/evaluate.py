@@ -22,7 +22,6 @@ from instructgpt_jax import labelers as labelers_lib
 from instructgpt_jax import loop
 from instructgpt_jax import pretrain
 from instructgpt_jax import sampling
-from instructgpt_jax import sharding
 from instructgpt_jax import world as world_lib
 from instructgpt_jax.workspace import Workspace
 
@@ -66,15 +65,11 @@ def _sft_logprob(ws: Workspace, sft_params: Any, prompt_enc: data_lib.EncodedPro
   tokens = np.concatenate([prompt_enc.tokens, response[0]], axis=1)
   mask = np.concatenate([prompt_enc.mask, response[1]], axis=1)
   cfg, T = ws.model_config(), ws.config.eval.temperature
-  fn = jax.jit(lambda p, t, m: sampling.score_logprobs(p, cfg, t, m, T))
-  out = []
-  with jax.set_mesh(ws.mesh):
-    for batch in data_lib.iterate_split_batches({"tokens": tokens, "mask": mask},
-                                                ws.config.eval.batch_size):
-      placed = sharding.shard_batch({"tokens": batch["tokens"], "mask": batch["mask"]},
-                                    ws.mesh)
-      lp = np.asarray(jax.device_get(fn(sft_params, placed["tokens"], placed["mask"])))
-      out.append(lp[:, prompt_enc.tokens.shape[1]:].sum(axis=1)[batch["valid"] > 0])
+  fn = jax.jit(lambda b: sampling.score_logprobs(sft_params, cfg, b["tokens"], b["mask"], T))
+  P = prompt_enc.tokens.shape[1]
+  out = [np.asarray(lp)[:, P:].sum(axis=1)[batch["valid"] > 0] for batch, lp in
+         data_lib.map_batches(fn, {"tokens": tokens, "mask": mask}, ws.config.eval.batch_size,
+                              ws.mesh)]
   return np.concatenate(out)
 
 

@@ -276,6 +276,6 @@ def train(*, name: str, stage_dir: str, state: Any, state_shardings: Any,
   return state, rows
 
 
-def infinite_epochs_steps(num_examples: int, batch_size: int, epochs: float) -> int:
+def steps_for_epochs(num_examples: int, batch_size: int, epochs: float) -> int:
   """Optimizer steps for `epochs` passes over `num_examples` (at least one)."""
   return max(1, math.ceil(num_examples * epochs / batch_size))

@@ -16,7 +16,6 @@ from instructgpt_jax import data as data_lib
 from instructgpt_jax import loop
 from instructgpt_jax import losses
 from instructgpt_jax import model as model_lib
-from instructgpt_jax import sharding
 from instructgpt_jax import train_state
 from instructgpt_jax.workspace import Workspace
 
@@ -77,17 +76,14 @@ def evaluate_lm(ws: Workspace, params: Any, model_cfg: Any, arrays: dict[str, An
                 batch_size: int = 32) -> float:
   """Token-weighted mean LM loss of `params` over every row of `arrays` (dropout off)."""
   apply_fn = model_lib.Transformer(model_cfg.replace(dropout=0.0)).apply
-  batch_size = -(-batch_size // sharding.batch_divisor(ws.mesh)) * sharding.batch_divisor(ws.mesh)
 
   @jax.jit
-  def loss_sum(params, batch):
+  def loss_sum(batch):
     batch = dict(batch, loss_mask=batch["loss_mask"] * batch["valid"][:, None])
     loss, metrics = lm_loss_fn(params, apply_fn, batch)
     return loss * metrics["tokens"], metrics["tokens"]
 
   total = count = 0.0
-  with jax.set_mesh(ws.mesh):
-    for batch in data_lib.iterate_split_batches(arrays, batch_size):
-      s, n = jax.device_get(loss_sum(params, sharding.shard_batch(batch, ws.mesh)))
-      total, count = total + float(s), count + float(n)
+  for _, (s, n) in data_lib.map_batches(loss_sum, arrays, batch_size, ws.mesh):
+    total, count = total + float(s), count + float(n)
   return total / max(count, 1.0)

@@ -23,7 +23,6 @@ from instructgpt_jax import loop
 from instructgpt_jax import losses
 from instructgpt_jax import model as model_lib
 from instructgpt_jax import sft
-from instructgpt_jax import sharding
 from instructgpt_jax import train_state
 from instructgpt_jax.workspace import Workspace
 
@@ -84,20 +83,17 @@ def evaluate_rm(ws: Workspace, params: Any, model_cfg: model_lib.ModelConfig,
                 arrays: dict[str, Any], batch_size: int = 16) -> dict[str, float]:
   """Pair-weighted accuracy and loss over every comparison of `arrays`."""
   apply_fn = model_lib.Transformer(model_cfg).apply
-  div = sharding.batch_divisor(ws.mesh)
-  batch_size = -(-batch_size // div) * div
 
   @jax.jit
-  def stats(params, batch):
+  def stats(batch):
     ranks = jnp.where(batch["valid"][:, None] > 0, batch["ranks"], -1)
     _, m = rm_loss_fn(params, apply_fn, dict(batch, ranks=ranks))
     return m["accuracy"] * m["num_pairs"], m["loss"] * m["num_prompts"], m["num_pairs"], m[
         "num_prompts"]
 
   totals = np.zeros(4)
-  with jax.set_mesh(ws.mesh):
-    for batch in data_lib.iterate_split_batches(arrays, batch_size):
-      totals += np.asarray(jax.device_get(stats(params, sharding.shard_batch(batch, ws.mesh))))
+  for _, out in data_lib.map_batches(stats, arrays, batch_size, ws.mesh):
+    totals += np.asarray(out)
   return {"accuracy": totals[0] / max(totals[2], 1), "loss": totals[1] / max(totals[3], 1),
           "pairs": int(totals[2])}
 
@@ -106,14 +102,9 @@ def score_sequences(ws: Workspace, params: Any, model_cfg: model_lib.ModelConfig
                     tokens: np.ndarray, mask: np.ndarray, batch_size: int = 64) -> np.ndarray:
   """RM rewards [N] for sequences [N, seq] in the project layout."""
   apply_fn = model_lib.Transformer(model_cfg).apply
-  div = sharding.batch_divisor(ws.mesh)
-  batch_size = -(-batch_size // div) * div
-  fn = jax.jit(lambda p, b: sequence_rewards(p, apply_fn, b["tokens"], b["mask"]))
-  out = []
-  with jax.set_mesh(ws.mesh):
-    for batch in data_lib.iterate_split_batches({"tokens": tokens, "mask": mask}, batch_size):
-      r = np.asarray(jax.device_get(fn(params, sharding.shard_batch(batch, ws.mesh))))
-      out.append(r[batch["valid"] > 0])
+  fn = jax.jit(lambda b: sequence_rewards(params, apply_fn, b["tokens"], b["mask"]))
+  out = [np.asarray(r)[batch["valid"] > 0] for batch, r in
+         data_lib.map_batches(fn, {"tokens": tokens, "mask": mask}, batch_size, ws.mesh)]
   return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
 
@@ -121,7 +112,7 @@ def run(ws: Workspace) -> dict[str, Any]:
   cfg = ws.config.rm
   arrays = comparison_arrays(ws, "train")
   n = int(arrays["tokens"].shape[0])
-  steps = loop.infinite_epochs_steps(n, cfg.batch_size, cfg.epochs)
+  steps = loop.steps_for_epochs(n, cfg.batch_size, cfg.epochs)
   lm_cfg = ws.model_config()
   rm_cfg = ws.model_config(head="scalar")
   fresh = train_state.boxed_params(rm_cfg, jax.random.key(ws.config.seed + 20))

@@ -40,6 +40,7 @@ Jitting: `generate` is a pure function of arrays plus static configuration. Call
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from typing import Any
 
 import flax.struct
@@ -234,22 +235,19 @@ def generate_batched(params, config: model_lib.ModelConfig, prompt_tokens, promp
   prompt_tokens/prompt_mask: numpy [N, P]. The last batch is padded (so one program serves
   every batch) and the padding rows are dropped. Returns numpy arrays of `SampleOutput`'s fields.
   """
-  div = sharding.batch_divisor(mesh)
-  batch_size = -(-batch_size // div) * div
-  fn = jax.jit(lambda p, t, m, r, temp: generate(
+  gen = jax.jit(lambda p, t, m, r, temp: generate(
       p, config, t, m, r, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id,
       temperature=temp, greedy=greedy))
-  outs = []
-  num_batches = -(-len(prompt_tokens) // batch_size)
+  batch_index = itertools.count()
+  fn = lambda b: gen(params, b["tokens"], b["mask"], jax.random.fold_in(rng, next(batch_index)),
+                     jnp.float32(temperature))
+  arrays = {"tokens": np.asarray(prompt_tokens), "mask": np.asarray(prompt_mask)}
+  num_batches = -(-len(prompt_tokens) // sharding.round_batch(batch_size, mesh))
   progress = metrics_lib.Progress(progress_name, num_batches, unit="batch")
-  with jax.set_mesh(mesh):
-    for i, batch in enumerate(data_lib.iterate_split_batches(
-        {"tokens": np.asarray(prompt_tokens), "mask": np.asarray(prompt_mask)}, batch_size)):
-      placed = sharding.shard_batch({"tokens": batch["tokens"], "mask": batch["mask"]}, mesh)
-      out = jax.device_get(fn(params, placed["tokens"], placed["mask"], jax.random.fold_in(rng, i),
-                              jnp.float32(temperature)))
-      valid = batch["valid"] > 0
-      outs.append({f.name: np.asarray(getattr(out, f.name))[valid]
-                   for f in dataclasses.fields(out)})
-      progress.update(i + 1)
+  outs = []
+  for i, (batch, out) in enumerate(data_lib.map_batches(fn, arrays, batch_size, mesh)):
+    valid = batch["valid"] > 0
+    outs.append({f.name: np.asarray(getattr(out, f.name))[valid]
+                 for f in dataclasses.fields(out)})
+    progress.update(i + 1)
   return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}

@@ -39,7 +39,7 @@ def run(ws: Workspace) -> dict[str, Any]:
   cfg = ws.config.sft
   arrays = sft_arrays(ws, "train")
   n = int(arrays["tokens"].shape[0])
-  steps = loop.infinite_epochs_steps(n, cfg.batch_size, cfg.epochs)
+  steps = loop.steps_for_epochs(n, cfg.batch_size, cfg.epochs)
   model_cfg = ws.model_config(dropout=cfg.dropout)
   params = ws.load_params("pretrain", model_cfg)
   tx = train_state.make_optimizer(cfg.optim, steps, cfg.on_nonfinite == "skip")

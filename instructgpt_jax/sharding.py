@@ -148,6 +148,12 @@ def batch_divisor(mesh: Mesh) -> int:
   return mesh.shape["data"] * mesh.shape["fsdp"]
 
 
+def round_batch(batch_size: int, mesh: Mesh) -> int:
+  """`batch_size` rounded up to a multiple of the data-parallel degree."""
+  div = batch_divisor(mesh)
+  return -(-batch_size // div) * div
+
+
 def init_sharded(init_fn: Callable[..., Any], mesh: Mesh, rules: Rules,
                  *args: Any) -> tuple[Any, Any]:
   """Runs `init_fn(*args)` (returning a boxed tree) directly into its shardings, unboxed.
