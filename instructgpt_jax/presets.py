@@ -76,7 +76,7 @@ def pipeline_config(stage: str, preset: str = "small") -> ml_collections.ConfigD
   c.model.update(MODEL_PRESETS[preset])
 
   c.sharding = ml_collections.ConfigDict(dict(
-      mesh_shape=MESH_PRESETS[preset], rules=[list(r) for r in sharding.DEFAULT_RULES],
+      mesh_shape=MESH_PRESETS[preset], rules=sharding.DEFAULT_RULES,
       distributed=False))
 
   c.data = ml_collections.ConfigDict(dict(

@@ -1,5 +1,10 @@
 """On 8 simulated devices: every mesh gives one device's losses, and parameters are split by the rules."""
 
+import json
+import os
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import pytest
@@ -77,3 +82,21 @@ def test_non_divisible_parameter_is_named():
   with pytest.raises(ValueError, match=r"attn.*not divisible by 8"):
     train_state.create_train_state(cfg, tx, sharding.make_mesh((1, 1, 8)),
                                    sharding.DEFAULT_RULES, jax.random.key(0))
+
+
+def test_rules_are_overridable_from_the_command_line():
+  """Parallelism is configuration: replicating every weight by a flag grows the state 8x/device."""
+  replicated = tuple((name, axes if name in ("batch", "activation_batch") else None)
+                     for name, axes in sharding.DEFAULT_RULES)
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+  def state_bytes(*extra):
+    out = subprocess.run(
+        [sys.executable, "-m", "instructgpt_jax.main", "--config=configs/pretrain.py:tiny",
+         "--config.dry_run=True", *extra], cwd=root, capture_output=True, text=True, check=True,
+        env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8"))
+    return json.loads(out.stdout[out.stdout.index("{"):])["state_bytes_per_device"]
+
+  sharded = state_bytes()
+  full = state_bytes(f"--config.sharding.rules={replicated!r}")
+  assert full > 6 * sharded
