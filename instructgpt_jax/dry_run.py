@@ -144,9 +144,8 @@ def build(config: ml_collections.ConfigDict, mesh=None):
                            "loss_mask": (ptx_rows, d.seq_len)}, mesh)
     ref, rmp = policy.params, value.params
     step_fn = lambda st, bt, r, ref_p, rm_p: ppo.ppo_iteration(st, bt, r, ref_p, rm_p, s)
-    jitted = jax.jit(step_fn, in_shardings=(shardings, None, None, policy_sh.params,
-                                            value_sh.params),
-                     out_shardings=(shardings, rep), donate_argnums=(0,))
+    jitted = train_state.jit_step(step_fn, shardings, mesh,
+                                  const_shardings=(policy_sh.params, value_sh.params))
     args = (state, batch, _key_struct(), ref, rmp)
     info.update(params={"policy": _count(policy.params), "value": _count(value.params)},
                 rollout_batch=b, prompt_len=d.prompt_len, response_len=d.response_len,

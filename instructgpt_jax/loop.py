@@ -26,6 +26,7 @@ from jax.sharding import Mesh
 from instructgpt_jax import checkpoint as ckpt_lib
 from instructgpt_jax import metrics as metrics_lib
 from instructgpt_jax import sharding
+from instructgpt_jax import train_state
 
 DONE_FILE = "DONE.json"
 
@@ -210,9 +211,8 @@ def train(*, name: str, stage_dir: str, state: Any, state_shardings: Any,
     writer = metrics_lib.MetricWriter(stage_dir, resume_step=start)
     rows = metrics_lib.read_metrics(writer.path)
     progress = metrics_lib.Progress(name, total_steps, start)
-    jitted = jax.jit(step_fn, in_shardings=(state_shardings, None, None, *const_shardings),
-                     out_shardings=(state_shardings, sharding.replicated(mesh)),
-                     donate_argnums=(0,))
+    jitted = train_state.jit_step(step_fn, state_shardings, mesh,
+                                  const_shardings=const_shardings)
     base_key = jax.random.key(seed)
     saved = start
 

@@ -137,11 +137,13 @@ def place_params(params: Any, model_cfg: model_lib.ModelConfig, mesh: Mesh, rule
 
 
 def jit_step(step_fn: Callable, state_shardings: Any, mesh: Mesh, donate: bool = True,
-             static_argnums: tuple[int, ...] = ()) -> Callable:
-  """`jax.jit(step_fn)` for `(state, batch, rng) -> (state, metrics)` with the state's shardings.
+             const_shardings: tuple = ()) -> Callable:
+  """`jax.jit(step_fn)` for `(state, batch, rng, *consts) -> (state, metrics)` with shardings.
 
-  The batch keeps the sharding it was put on (`sharding.shard_batch`); metrics are replicated.
+  The state keeps its shardings (and is donated), the batch keeps the sharding it was put on
+  (`sharding.shard_batch`), `consts` (frozen models) get `const_shardings`; metrics are
+  replicated.
   """
-  return jax.jit(step_fn, in_shardings=(state_shardings, None, None),
+  return jax.jit(step_fn, in_shardings=(state_shardings, None, None, *const_shardings),
                  out_shardings=(state_shardings, sharding.replicated(mesh)),
-                 donate_argnums=(0,) if donate else (), static_argnums=static_argnums)
+                 donate_argnums=(0,) if donate else ())

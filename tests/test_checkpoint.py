@@ -17,8 +17,7 @@ def _setup(cfg, params, mesh):
   tx = train_state.make_optimizer(helpers.optim_config(3e-3), 100)
   state, shardings = train_state.create_train_state(cfg, tx, mesh, sharding.DEFAULT_RULES,
                                                     jax.random.key(0), params=params)
-  step = jax.jit(pretrain.lm_train_step, in_shardings=(shardings, None, None),
-                 out_shardings=(shardings, sharding.replicated(mesh)))
+  step = train_state.jit_step(pretrain.lm_train_step, shardings, mesh, donate=False)
   return state, shardings, step
 
 
@@ -96,8 +95,7 @@ def test_lm_learns_a_small_corpus():
   tx = train_state.make_optimizer(helpers.optim_config(1e-2), 200)
   state, shardings = train_state.create_train_state(cfg, tx, mesh, sharding.DEFAULT_RULES,
                                                     jax.random.key(0))
-  step = jax.jit(pretrain.lm_train_step, in_shardings=(shardings, None, None),
-                 out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,))
+  step = train_state.jit_step(pretrain.lm_train_step, shardings, mesh)
   losses = []
   with jax.set_mesh(mesh):
     for i in range(60):

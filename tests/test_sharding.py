@@ -23,8 +23,7 @@ def _run(cfg, params, mesh, batches):
   tx = train_state.make_optimizer(helpers.optim_config(3e-3), 100)
   state, shardings = train_state.create_train_state(cfg, tx, mesh, sharding.DEFAULT_RULES,
                                                     jax.random.key(0), params=params)
-  step = jax.jit(pretrain.lm_train_step, in_shardings=(shardings, None, None),
-                 out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,))
+  step = train_state.jit_step(pretrain.lm_train_step, shardings, mesh)
   losses = []
   with jax.set_mesh(mesh):
     logits = jax.jit(lambda p, b: state.apply_fn({"params": p}, b["tokens"], b["mask"]))(
