@@ -10,8 +10,8 @@ activations carry logical axis names; `sharding.py` maps them onto the mesh.
 
 Sequences use one layout everywhere: left-padded prompt then right-padded response, a `mask` that
 is 1 on real tokens, and positions `cumsum(mask) - 1` (so a prompt starts at position 0 whatever
-its padding). Decoding uses an explicit KV cache `{"k", "v"}: [layers, batch, cache_len,
-kv_heads, head_dim]` that is passed in and returned, so generation is a pure function.
+its padding). Decoding uses an explicit KV cache `{"k", "v"}: [layers, batch,
+kv_heads, cache_len, head_dim]` that is passed in and returned, so generation is a pure function.
 """
 
 from __future__ import annotations
@@ -125,8 +125,8 @@ def positions_from_mask(mask: Array) -> Array:
 
 
 def init_cache(config: ModelConfig, batch: int, length: int) -> Cache:
-  """An empty KV cache `{"k", "v"}: [layers, batch, length, kv_heads, head_dim]`."""
-  shape = (config.num_layers, batch, length, config.kv_heads, config.head_dim)
+  """An empty KV cache `{"k", "v"}: [layers, batch, kv_heads, length, head_dim]`."""
+  shape = (config.num_layers, batch, config.kv_heads, length, config.head_dim)
   zeros = jnp.zeros(shape, jnp.dtype(config.dtype))
   return {"k": zeros, "v": zeros}
 
@@ -174,8 +174,12 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, positions: Array, key_mask: Array, cache: Cache | None,
-               cache_index: Array) -> tuple[Array, Cache | None]:
-    """x: [batch, seq, embed]; key_mask: [batch, keys] (keys = seq, or the cache length)."""
+               cache_index: Array, layer: int | None = None) -> tuple[Array, Cache | None]:
+    """x: [batch, seq, embed]; key_mask: [batch, keys] (keys = seq, or the cache length).
+
+    `cache` is this layer's `[batch, kv_heads, len, head_dim]` arrays (under `nn.scan`), or with
+    `layer` set the whole `[layers, ...]` cache, of which only this layer's new slots are written.
+    """
     cfg = self.config
     H, K, D = cfg.num_heads, cfg.kv_heads, cfg.head_dim
     use_bias = cfg.family == "gpt"
@@ -193,28 +197,44 @@ class Attention(nn.Module):
     q = nn.with_logical_constraint(q, ("activation_batch", "activation_length", "activation_heads",
                                        "activation_kv"))
 
-    if cache is not None:
-      start = (0, cache_index, 0, 0)
-      k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start)
-      v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)
-      cache = {"k": k, "v": v}
-
     B, T = x.shape[:2]
-    S = k.shape[1]
+    if cache is not None:
+      # The cache is head-major ([batch, kv_heads, len, head_dim] per layer): the layout the
+      # attention matmuls read without first copying the whole cache into it at every step.
+      k = k.transpose(0, 2, 1, 3).astype(cache["k"].dtype)
+      v = v.transpose(0, 2, 1, 3).astype(cache["v"].dtype)
+      if layer is None:  # This layer's cache (under nn.scan).
+        start = (0, 0, cache_index, 0)
+        cache = {"k": jax.lax.dynamic_update_slice(cache["k"], k, start),
+                 "v": jax.lax.dynamic_update_slice(cache["v"], v, start)}
+        k, v = cache["k"], cache["v"]
+      else:
+        # Written into the stacked cache (not sliced out and stacked back) so that XLA updates
+        # it in place: no copy of the whole cache per token.
+        start = (layer, 0, 0, cache_index, 0)
+        cache = {"k": jax.lax.dynamic_update_slice(cache["k"], k[None], start),
+                 "v": jax.lax.dynamic_update_slice(cache["v"], v[None], start)}
+        k, v = cache["k"][layer], cache["v"][layer]
+      S = k.shape[2]
+      kv = "bhsd"
+    else:
+      S = k.shape[1]
+      kv = "bshd"
     q_idx = cache_index + jnp.arange(T)
     allowed = (jnp.arange(S)[None, :] <= q_idx[:, None])[None] & key_mask[:, None, :].astype(bool)
     # One additive [B, T, S] bias shared by all heads: cheaper on XLA:CPU than a select per head.
     bias = jnp.where(allowed, 0.0, _MASK_VALUE).astype(jnp.float32)
     q = q * (D ** -0.5)
     if K == H:  # Multi-head attention: 4-D einsums (no size-1 group axis) are faster.
-      scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32)
+      scores = jnp.einsum(f"bthd,{kv}->bhts", q, k, preferred_element_type=jnp.float32)
       probs = jax.nn.softmax(scores + bias[:, None], axis=-1).astype(v.dtype)
-      out = jnp.einsum("bhts,bshd->bthd", probs, v)
+      out = jnp.einsum(f"bhts,{kv}->bthd", probs, v)
     else:  # Grouped-query attention: G = H / K query heads share each key/value head.
       qg = q.reshape(B, T, K, H // K, D)
-      scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
+      kvg = kv.replace("h", "k")
+      scores = jnp.einsum(f"btkgd,{kvg}->bkgts", qg, k, preferred_element_type=jnp.float32)
       probs = jax.nn.softmax(scores + bias[:, None, None], axis=-1).astype(v.dtype)
-      out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(B, T, H, D)
+      out = jnp.einsum(f"bkgts,{kvg}->btkgd", probs, v).reshape(B, T, H, D)
 
     out = nn.DenseGeneral(
         cfg.d_model, axis=(-2, -1), use_bias=use_bias, dtype=jnp.dtype(cfg.dtype),
@@ -257,11 +277,11 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, cache: Cache | None, positions: Array, key_mask: Array,
-               cache_index: Array) -> tuple[Array, Cache | None]:
+               cache_index: Array, layer: int | None = None) -> tuple[Array, Cache | None]:
     cfg = self.config
     drop = nn.Dropout(cfg.dropout, deterministic=self.deterministic)
     h, cache = Attention(cfg, name="attn")(Norm(cfg, name="ln_attn")(x), positions, key_mask,
-                                           cache, cache_index)
+                                           cache, cache_index, layer)
     x = x + drop(h)
     x = x + drop(Mlp(cfg, name="mlp")(Norm(cfg, name="ln_mlp")(x)))
     x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
@@ -273,7 +293,8 @@ def _block_class(cfg: ModelConfig) -> type[nn.Module]:
     return Block
   policy = None if cfg.remat == "full" else jax.checkpoint_policies.checkpoint_dots
   # prevent_cse is only needed outside scan (scan already stops CSE across iterations).
-  return nn.remat(Block, policy=policy, prevent_cse=not cfg.scan_layers)
+  # `layer` (argument 6, counting self) is a Python int: static.
+  return nn.remat(Block, policy=policy, prevent_cse=not cfg.scan_layers, static_argnums=(6,))
 
 
 class Transformer(nn.Module):
@@ -332,14 +353,9 @@ class Transformer(nn.Module):
                         length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
       x, cache = scanned(cfg, deterministic, name="layers")(x, cache, positions, mask, cache_index)
     else:
-      new_layers = []
       for i in range(cfg.num_layers):
-        layer_cache = None if cache is None else jax.tree.map(lambda c: c[i], cache)
-        x, layer_cache = block_cls(cfg, deterministic, name=f"layer_{i}")(
-            x, layer_cache, positions, mask, cache_index)
-        new_layers.append(layer_cache)
-      if cache is not None:
-        cache = jax.tree.map(lambda *c: jnp.stack(c), *new_layers)
+        x, cache = block_cls(cfg, deterministic, name=f"layer_{i}")(
+            x, cache, positions, mask, cache_index, i)
     hidden = Norm(cfg, name="ln_final")(x)
 
     if cfg.head == "lm":

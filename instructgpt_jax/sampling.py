@@ -99,6 +99,19 @@ def _filter_logits(logits: Array, top_k: int, top_p: Any) -> Array:
   return logits
 
 
+def sample_categorical(rng: Array, logits: Array) -> Array:
+  """One draw per row from `softmax(logits)`, `[B, V]` -> `[B]` int32, by inverting the CDF.
+
+  The same distribution as `jax.random.categorical`, from one uniform per row instead of V
+  Gumbel variates: generating those was a third of a small model's decode step on XLA:CPU.
+  Entries at -inf (filtered out) have probability 0 and are never drawn.
+  """
+  cdf = jnp.cumsum(jax.nn.softmax(logits.astype(jnp.float32), axis=-1), axis=-1)
+  # u in (0, total]: the first index whose CDF reaches u has a non-zero probability.
+  u = (1.0 - jax.random.uniform(rng, (logits.shape[0], 1))) * cdf[:, -1:]
+  return jnp.minimum(jnp.sum(cdf < u, axis=-1), logits.shape[-1] - 1).astype(jnp.int32)
+
+
 def _choose(logits: Array, rng: Array, *, temperature, top_k: int, top_p, greedy: bool):
   """Picks one token per row from `[B, V]` fp32 logits; returns (tokens [B], logprobs [B])."""
   scaled = logits.astype(jnp.float32) / temperature
@@ -106,7 +119,7 @@ def _choose(logits: Array, rng: Array, *, temperature, top_k: int, top_p, greedy
   if greedy:
     tok = jnp.argmax(logits, axis=-1)
   else:
-    tok = jax.random.categorical(rng, _filter_logits(scaled, top_k, top_p), axis=-1)
+    tok = sample_categorical(rng, _filter_logits(scaled, top_k, top_p))
   tok = tok.astype(jnp.int32)
   return tok, jnp.take_along_axis(logp, tok[:, None], axis=-1)[:, 0]
 

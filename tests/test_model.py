@@ -26,9 +26,9 @@ def _decode_all(cfg, params, tokens, mask, prefill):
 
 
 @pytest.mark.parametrize("family", ["gpt", "llama"])
-@pytest.mark.parametrize("scan_layers", [False, True])
-def test_kv_cache_matches_full_forward(family, scan_layers):
-  cfg = helpers.tiny_model(family, scan_layers=scan_layers)
+@pytest.mark.parametrize("scan_layers,remat", [(False, "none"), (True, "none"), (False, "full")])
+def test_kv_cache_matches_full_forward(family, scan_layers, remat):
+  cfg = helpers.tiny_model(family, scan_layers=scan_layers, remat=remat)
   params = helpers.init_params(cfg)
   batch = helpers.lm_batch(np.random.default_rng(0), 4, 12, cfg.vocab_size)
   tokens, mask = jnp.asarray(batch["tokens"]), jnp.asarray(batch["mask"])

@@ -245,3 +245,16 @@ def test_rejects_bad_arguments():
   with pytest.raises(ValueError, match="pad_id"):
     sampling.generate(params, cfg, tokens, mask, jax.random.PRNGKey(0), max_new_tokens=2,
                       eos_id=EOS, pad_id=EOS)
+
+
+def test_sample_categorical_draws_from_softmax():
+  """Frequencies over many rows match softmax(logits); -inf entries are never drawn."""
+  probs = np.array([0.05, 0.0, 0.15, 0.3, 0.0, 0.5])
+  logits = np.where(probs > 0, np.log(np.maximum(probs, 1e-30)), -np.inf).astype(np.float32)
+  n = 20000
+  draws = np.asarray(sampling.sample_categorical(jax.random.key(0),
+                                                 jnp.tile(jnp.asarray(logits), (n, 1))))
+  freq = np.bincount(draws, minlength=len(probs)) / n
+  assert freq[1] == 0 and freq[4] == 0
+  # 5 standard errors of a binomial proportion.
+  np.testing.assert_array_less(np.abs(freq - probs), 5 * np.sqrt(probs * (1 - probs) / n) + 1e-9)
