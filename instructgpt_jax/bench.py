@@ -276,7 +276,8 @@ def bench_ppo(p: dict[str, Any], ptx_coef: float = 27.8) -> dict[str, float]:
     value_fn = jax.jit(lambda params, t, m: ppo.value_estimates(params, s, t, m))
     apply_v = model_lib.Transformer(s.value_cfg).apply
     reward_fn = jax.jit(lambda params, t, m: rm.sequence_rewards(params, apply_v, t, m))
-    parts["score_policy_logprobs"] = time_calls(lambda: logp_fn(pp, tok, msk), warm, iters)
+    if s.recompute_logprobs:  # Otherwise the rollout uses the sampler's log-probs.
+      parts["score_policy_logprobs"] = time_calls(lambda: logp_fn(pp, tok, msk), warm, iters)
     parts["score_reference"] = time_calls(lambda: logp_fn(ref_params, tok, msk), warm, iters)
     parts["score_reward"] = time_calls(lambda: reward_fn(rm_params, tok, msk), warm, iters)
     parts["score_value"] = time_calls(lambda: value_fn(state.value.params, tok, msk), warm, iters)

@@ -305,7 +305,8 @@ class Transformer(nn.Module):
   @nn.compact
   def __call__(self, tokens: Array, mask: Array, *, positions: Array | None = None,
                cache: Cache | None = None, cache_index: Array | int = 0,
-               deterministic: bool = True, return_hidden: bool = False):
+               deterministic: bool = True, return_hidden: bool = False,
+               head_span: tuple[int, int] | None = None):
     """Runs the model.
 
     Args:
@@ -317,6 +318,10 @@ class Transformer(nn.Module):
       cache_index: where `tokens` start in the cache.
       deterministic: False turns dropout on (needs a "dropout" rng).
       return_hidden: also return the final hidden states [batch, seq, embed].
+      head_span: (start, length), static: the head (and final norm) only on positions
+        [start, start + length), so the outputs and hidden states have `length` positions. The
+        LM loss needs no logits for the last position, PPO only those of the response: the
+        unembedding is the largest matmul of a small model.
 
     Returns:
       logits [batch, seq, vocab] (fp32) for head "lm", values [batch, seq] (fp32) for "scalar";
@@ -356,6 +361,8 @@ class Transformer(nn.Module):
       for i in range(cfg.num_layers):
         x, cache = block_cls(cfg, deterministic, name=f"layer_{i}")(
             x, cache, positions, mask, cache_index, i)
+    if head_span is not None:
+      x = jax.lax.slice_in_dim(x, head_span[0], head_span[0] + head_span[1], axis=1)
     hidden = Norm(cfg, name="ln_final")(x)
 
     if cfg.head == "lm":

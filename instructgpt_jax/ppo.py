@@ -72,6 +72,7 @@ class PPOSettings:
   adaptive_kl: bool
   kl_target: float
   kl_horizon: float
+  recompute_logprobs: bool = False
 
   @classmethod
   def from_config(cls, cfg: ml_collections.ConfigDict, policy_cfg: model_lib.ModelConfig,
@@ -87,7 +88,8 @@ class PPOSettings:
                value_clip_eps=cfg.value_clip_eps, vf_coef=cfg.vf_coef, gamma=cfg.gamma,
                lam=cfg.lam, ptx_coef=float(ptx_coef), whiten_rewards=cfg.whiten_rewards,
                missing_eos_penalty=cfg.missing_eos_penalty, adaptive_kl=cfg.adaptive_kl,
-               kl_target=cfg.kl_target, kl_horizon=cfg.kl_horizon)
+               kl_target=cfg.kl_target, kl_horizon=cfg.kl_horizon,
+               recompute_logprobs=cfg.recompute_logprobs)
 
 
 def _response_slice(x: jax.Array, s: PPOSettings, shift: int = 0) -> jax.Array:
@@ -99,8 +101,8 @@ def _response_slice(x: jax.Array, s: PPOSettings, shift: int = 0) -> jax.Array:
 def policy_logprobs(params: Any, s: PPOSettings, tokens: jax.Array,
                     mask: jax.Array) -> jax.Array:
   """log pi(token | prefix) of the response tokens at the sampling temperature: [batch, R]."""
-  return _response_slice(
-      sampling.score_logprobs(params, s.policy_cfg, tokens, mask, s.temperature), s)
+  return sampling.response_logprobs(params, s.policy_cfg, tokens, mask, s.prompt_len,
+                                    s.response_len, s.temperature)
 
 
 def value_estimates(params: Any, s: PPOSettings, tokens: jax.Array, mask: jax.Array) -> jax.Array:
@@ -117,9 +119,10 @@ def rollout(state: PPOState, ref_params: Any, rm_params: Any, prompts: jax.Array
                           temperature=s.temperature)
   tokens, mask = out.tokens, out.mask
   rmask = _response_slice(out.response_mask, s).astype(jnp.float32)
-  # Recomputed with a full forward pass (not the sampler's cached values) so the first
-  # minibatch's ratio is exactly 1.
-  logp = policy_logprobs(state.policy.params, s, tokens, mask)
+  if s.recompute_logprobs:  # A full forward pass: the first minibatch's ratio is exactly 1.
+    logp = policy_logprobs(state.policy.params, s, tokens, mask)
+  else:  # The sampler's, which agree with a forward pass up to float rounding (fp32).
+    logp = _response_slice(out.logprobs, s)
   ref_logp = policy_logprobs(ref_params, s, tokens, mask)
   values = value_estimates(state.value.params, s, tokens, mask)
   raw_score = rm.sequence_rewards(rm_params, model_lib.Transformer(s.value_cfg).apply, tokens,

@@ -123,6 +123,10 @@ def pipeline_config(stage: str, preset: str = "small") -> ml_collections.ConfigD
                    warmup_init_fraction=0.1),
       value_optim=_optim(3e-4 if tiny else 1e-4, schedule="constant", warmup_steps=10,
                          warmup_init_fraction=0.1),
+      # The rollout's log-probs come from the sampler; True recomputes them with a forward
+      # pass (one more policy forward per iteration; worth it with bf16 compute, where the
+      # cached decode and the full pass round differently).
+      recompute_logprobs=False,
       variants=("ppo", "ppo_ptx"), log_every=1, checkpoint_every=5 if tiny else 10,
       keep_checkpoints=3, on_nonfinite="stop"))
 

@@ -30,9 +30,10 @@ def lm_loss_fn(params: Any, apply_fn: Callable, batch: Batch, rng: jax.Array | N
   Token t is predicted from the logits at t-1, hence the shift.
   """
   rngs = {} if deterministic else {"dropout": rng}
+  seq = batch["tokens"].shape[1]
   logits = apply_fn({"params": params}, batch["tokens"], batch["mask"],
-                    deterministic=deterministic, rngs=rngs)
-  return losses.lm_loss(logits[:, :-1], batch["tokens"][:, 1:], batch["loss_mask"][:, 1:])
+                    deterministic=deterministic, rngs=rngs, head_span=(0, seq - 1))
+  return losses.lm_loss(logits, batch["tokens"][:, 1:], batch["loss_mask"][:, 1:])
 
 
 def lm_train_step(state: train_state.TrainState, batch: Batch, rng: jax.Array,

@@ -222,6 +222,24 @@ generate_jit.__doc__ = "`generate` under `jax.jit` (static: " + ", ".join(
     GENERATE_STATIC_ARGNAMES) + ")."
 
 
+def response_logprobs(params, config: model_lib.ModelConfig, tokens: Array, mask: Array,
+                      start: int, length: int, temperature: float = 1.0) -> Array:
+  """log p(tokens[:, t] | tokens[:, <t]) for t in [start, start + length): `[B, length]`.
+
+  One forward pass with the unembedding applied only to the positions [start - 1, start +
+  length - 1) whose logits predict those tokens (`start` >= 1, static). Zero where the token
+  or its predecessor is masked (e.g. the first real token of a left-padded row).
+  """
+  logits = model_lib.Transformer(config).apply({"params": params}, tokens, mask,
+                                               head_span=(start - 1, length))
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
+  targets = jax.lax.slice_in_dim(tokens, start, start + length, axis=1).astype(jnp.int32)
+  lp = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+  valid = ((jax.lax.slice_in_dim(mask, start, start + length, axis=1) != 0)
+           & (jax.lax.slice_in_dim(mask, start - 1, start + length - 1, axis=1) != 0))
+  return jnp.where(valid, lp, 0.0)
+
+
 def score_logprobs(params, config: model_lib.ModelConfig, tokens: Array, mask: Array,
                    temperature: float = 1.0) -> Array:
   """Per-token log-probs `[B, S]` from one full forward pass (no cache).
@@ -231,11 +249,7 @@ def score_logprobs(params, config: model_lib.ModelConfig, tokens: Array, mask: A
   real token of a left-padded row (whose predecessor is padding, so it has no context). On the
   response of a `generate` output it equals `SampleOutput.logprobs` (same temperature).
   """
-  logits = model_lib.Transformer(config).apply({"params": params}, tokens, mask)
-  logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32) / temperature, axis=-1)
-  lp = jnp.take_along_axis(logp, tokens[:, 1:, None].astype(jnp.int32), axis=-1)[..., 0]
-  valid = (mask[:, 1:] != 0) & (mask[:, :-1] != 0)
-  lp = jnp.where(valid, lp, 0.0)
+  lp = response_logprobs(params, config, tokens, mask, 1, tokens.shape[1] - 1, temperature)
   return jnp.concatenate([jnp.zeros_like(lp[:, :1]), lp], axis=1)
 
 
