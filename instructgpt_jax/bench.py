@@ -337,7 +337,7 @@ def _experiment_lm_head(p: dict[str, Any]) -> None:
   tokens = jax.random.randint(kt, (B, T), 0, V)
   mask = jnp.ones((B, T), jnp.float32)
 
-  def current(h, e):  # model.py + pretrain.lm_loss_fn + losses.lm_loss as they are
+  def full_then_slice(h, e):  # the loss before head_span: full logits, last position dropped
     logits = jnp.einsum("btd,vd->btv", h, e).astype(jnp.float32)
     return losses.lm_loss(logits[:, :-1], tokens[:, 1:], mask[:, 1:])[0]
 
@@ -346,7 +346,7 @@ def _experiment_lm_head(p: dict[str, Any]) -> None:
     logp = losses.token_log_probs(logits[:, :-1], tokens[:, 1:])
     return losses.masked_mean(-logp, mask[:, 1:])
 
-  def slice_hidden_first(h, e):  # drop the last position before the unembedding
+  def slice_hidden_first(h, e):  # what lm_loss_fn does now (head_span): slice, then unembed
     logits = jnp.einsum("btd,vd->btv", h[:, :-1], e).astype(jnp.float32)
     return losses.lm_loss(logits, tokens[:, 1:], mask[:, 1:])[0]
 
@@ -363,7 +363,7 @@ def _experiment_lm_head(p: dict[str, Any]) -> None:
     w = mask[:, 1:].reshape(-1)
     return _ce_custom(hs, e, tgt, w) / jnp.maximum(w.sum(), 1.0)
 
-  def with_accuracy(h, e):  # what the train step really computes: loss AND argmax accuracy
+  def with_accuracy(h, e):  # full logits, loss AND an argmax accuracy (the first version)
     logits = jnp.einsum("btd,vd->btv", h, e).astype(jnp.float32)
     loss, m = losses.lm_loss(logits[:, :-1], tokens[:, 1:], mask[:, 1:])
     return loss + 0.0 * m["accuracy"]
@@ -390,7 +390,7 @@ def _experiment_lm_head(p: dict[str, Any]) -> None:
     picked = jnp.sum(logits * jax.nn.one_hot(tokens[:, 1:], V, dtype=logits.dtype), -1)
     return losses.masked_mean(lse - picked, mask[:, 1:])
 
-  variants = {"current": current, "with_accuracy": with_accuracy,
+  variants = {"full_then_slice": full_then_slice, "with_accuracy": with_accuracy,
               "accuracy_via_max": accuracy_via_max, "no_slice_rolled_targets":
               no_slice_rolled_targets, "one_hot_picked": one_hot_picked,
               "no_accuracy": no_accuracy,
@@ -439,7 +439,7 @@ def _experiment_attention(p: dict[str, Any]) -> None:
   v = jax.random.normal(kv, (B, T, H, D))
   key_mask = jnp.ones((B, T), jnp.int32)
 
-  def current(q, k, v):  # model.Attention as it is (K = H, G = 1)
+  def select_5d(q, k, v):  # the first version: a select per head, 5-D einsums (G = 1)
     qq = q.reshape(B, T, H, 1, D) * (D ** -0.5)
     s = jnp.einsum("btkgd,bskd->bkgts", qq, k, preferred_element_type=jnp.float32)
     allowed = (jnp.arange(T)[None, :] <= jnp.arange(T)[:, None])[None] & key_mask[:, None, :].astype(bool)
@@ -447,14 +447,14 @@ def _experiment_attention(p: dict[str, Any]) -> None:
     pr = jax.nn.softmax(s, axis=-1)
     return jnp.einsum("bkgts,bskd->btkgd", pr, v).reshape(B, T, H, D)
 
-  def bias_add(q, k, v):  # additive [B, 1, T, S] bias instead of a select, 4-D einsums
+  def bias_add(q, k, v):  # what model.Attention does: one additive bias, 4-D einsums
     s = jnp.einsum("bthd,bshd->bhts", q * (D ** -0.5), k)
     allowed = (jnp.arange(T)[None, :] <= jnp.arange(T)[:, None])[None] & key_mask[:, None, :].astype(bool)
     bias = jnp.where(allowed, 0.0, model_lib._MASK_VALUE)[:, None]  # pylint: disable=protected-access
     pr = jax.nn.softmax(s + bias, axis=-1)
     return jnp.einsum("bhts,bshd->bthd", pr, v)
 
-  def select_4d(q, k, v):  # the current select, but 4-D einsums (no size-1 group axis)
+  def select_4d(q, k, v):  # the same select, 4-D einsums (no size-1 group axis)
     s = jnp.einsum("bthd,bshd->bhts", q * (D ** -0.5), k)
     allowed = (jnp.arange(T)[None, :] <= jnp.arange(T)[:, None])[None] & key_mask[:, None, :].astype(bool)
     s = jnp.where(allowed[:, None], s, model_lib._MASK_VALUE)  # pylint: disable=protected-access
@@ -484,7 +484,7 @@ def _experiment_attention(p: dict[str, Any]) -> None:
   def loss_of(fn):
     return lambda q, k, v: jnp.sum(fn(q, k, v) ** 2)
 
-  variants = {"current": current, "bias_add": bias_add, "select_4d": select_4d,
+  variants = {"select_5d": select_5d, "bias_add": bias_add, "select_4d": select_4d,
               "bias_5d": bias_5d, "manual_softmax": manual_softmax, "jax_dpa": jax_dpa}
   grads = {k: jax.jit(jax.value_and_grad(loss_of(fn), argnums=(0, 1, 2)))
            for k, fn in variants.items()}

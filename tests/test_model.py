@@ -108,3 +108,14 @@ def test_bad_model_config_is_refused():
     model_lib.ModelConfig(family="mamba")
   with pytest.raises(ValueError, match="divisible"):
     model_lib.ModelConfig(d_model=30, num_heads=4)
+
+
+@pytest.mark.parametrize("head", ["lm", "scalar"])
+def test_head_span_is_a_slice_of_the_full_output(head):
+  cfg = helpers.tiny_model("gpt", head=head)
+  params = helpers.init_params(cfg)
+  batch = helpers.lm_batch(np.random.default_rng(2), 3, 12, cfg.vocab_size)
+  model = model_lib.Transformer(cfg)
+  full = model.apply({"params": params}, batch["tokens"], batch["mask"])
+  part = model.apply({"params": params}, batch["tokens"], batch["mask"], head_span=(4, 7))
+  np.testing.assert_allclose(np.asarray(part), np.asarray(full)[:, 4:11], atol=1e-5, rtol=1e-5)
