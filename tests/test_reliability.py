@@ -41,9 +41,11 @@ from tests import helpers
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
            JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
-# Small, frequent checkpoints and a log row per step, so every step's metrics are compared.
+# Small, frequent checkpoints and a log row per step, so every step's metrics are compared;
+# enough labelled prompts that the RM runs several steps whatever the samples look like.
 OVERRIDES = ["--config.pretrain.steps=10", "--config.sft.checkpoint_every=2",
-             "--config.sft.log_every=1", "--config.rm.batch_size=4",
+             "--config.sft.log_every=1", "--config.label.num_prompts=128",
+             "--config.rm.batch_size=4",
              "--config.rm.checkpoint_every=1", "--config.rm.log_every=1",
              "--config.ppo.iterations=4", "--config.ppo.checkpoint_every=1",
              "--config.ppo.variants=('ppo',)", "--config.eval.num_prompts=8"]
@@ -350,7 +352,9 @@ def test_finished_stages_are_reused_unless_overwrite(tmp_path, monkeypatch):
   assert calls == [("sft", False)]  # Redone from scratch; nothing else touched.
   calls.clear()
   pipeline.run(ws, "ppo")
-  assert calls == [("ppo", False), ("eval", False)]  # The report follows the new policy.
+  # Everything built on the old SFT policy is redone; pretraining is not.
+  assert calls == [("label", False), ("rm", False), ("ppo", False), ("eval", False)]
+  assert pipeline.changed_upstream({"ok": 1}, {"sft": "x"}) == []  # Records of older versions.
 
 
 # Numerical faults and full disks (in-process, small model) ---------------------------------------

@@ -93,25 +93,3 @@ def test_unknown_stage_lists_valid_ones():
   with pytest.raises(ValueError, match="valid stages"):
     pipeline.stages_to_run("rlhf")
 
-
-def test_redone_stage_redoes_the_stages_built_on_it(tmp_path, monkeypatch):
-  """Retraining SFT (overwrite) makes the next pipeline run redo label and rm, not pretrain."""
-  calls = []
-  runners = {name: (lambda ws, name=name: calls.append(name) or {"stage": name})
-             for name in pipeline.STAGES}
-  monkeypatch.setattr(pipeline, "_runners", lambda: runners)
-  config = presets.pipeline_config("rm", "tiny")
-  ws = Workspace(config, str(tmp_path))
-  pipeline.run(ws, "rm")
-  assert calls == ["pretrain", "sft", "label", "rm"]
-  calls.clear()
-  pipeline.run(ws, "rm")
-  assert calls == []
-  config.overwrite = True
-  pipeline.run(Workspace(config, str(tmp_path)), "sft")
-  assert calls == ["sft"]
-  calls.clear()
-  config.overwrite = False
-  pipeline.run(Workspace(config, str(tmp_path)), "rm")
-  assert calls == ["label", "rm"]
-  assert pipeline.changed_upstream({"stage": "rm"}, {"sft": "x"}) == []  # Older records.
