@@ -1,5 +1,7 @@
 """PPO on a fixed seed: the jitted iteration raises the reward-model score it is trained on."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -25,9 +27,12 @@ def _settings(policy_cfg, value_cfg, **kw):
                                           cfg.ptx_coef)
 
 
+POLICY_CFG = model_lib.ModelConfig(vocab_size=VOCAB, num_layers=1, d_model=32, num_heads=4,
+                                   d_ff=64, max_len=32)
+
+
 def _setup(ptx_coef=0.0, lr=3e-3):
-  policy_cfg = model_lib.ModelConfig(vocab_size=VOCAB, num_layers=1, d_model=32, num_heads=4,
-                                     d_ff=64, max_len=32)
+  policy_cfg = POLICY_CFG
   value_cfg = policy_cfg.replace(head="scalar")
   cfg, s = _settings(policy_cfg, value_cfg, ptx_coef=ptx_coef, kl_coef=0.01)
   cfg.optim.lr = lr
@@ -72,3 +77,16 @@ def test_ptx_term_reports_and_keeps_the_policy_closer_to_its_lm_loss():
   assert "ptx_loss" not in m0
   # Same rollout (same params and key): the ptx term only changes the update.
   np.testing.assert_allclose(float(m["score"]), float(m0["score"]), rtol=1e-6)
+
+
+def test_rollout_logprobs_from_the_sampler_equal_a_forward_pass():
+  """ppo.recompute_logprobs only adds a forward pass: the rollout's log-probs agree."""
+  state, batch, _, ref, rm_params = _setup()
+  _, s = _settings(POLICY_CFG, POLICY_CFG.replace(head="scalar"))
+  outs = [jax.jit(lambda st, s=s_: ppo.rollout(st, ref, rm_params, batch["prompts"],
+                                                batch["prompt_mask"], jax.random.key(3), s))(state)
+          for s_ in (s, dataclasses.replace(s, recompute_logprobs=True))]
+  assert np.asarray(outs[0]["rmask"]).sum() > 0
+  np.testing.assert_allclose(np.asarray(outs[0]["logp"]), np.asarray(outs[1]["logp"]),
+                             atol=2e-5)
+  np.testing.assert_array_equal(np.asarray(outs[0]["tokens"]), np.asarray(outs[1]["tokens"]))
