@@ -92,10 +92,9 @@ class PPOSettings:
                recompute_logprobs=cfg.recompute_logprobs)
 
 
-def _response_slice(x: jax.Array, s: PPOSettings, shift: int = 0) -> jax.Array:
-  """Columns [P + shift, P + R + shift) of a [batch, P+R] array -> [batch, R]."""
-  start = s.prompt_len + shift
-  return jax.lax.dynamic_slice_in_dim(x, start, s.response_len, axis=1)
+def _response_slice(x: jax.Array, s: PPOSettings) -> jax.Array:
+  """Columns [P, P + R) of a [batch, P+R] array -> [batch, R]."""
+  return jax.lax.slice_in_dim(x, s.prompt_len, s.prompt_len + s.response_len, axis=1)
 
 
 def policy_logprobs(params: Any, s: PPOSettings, tokens: jax.Array,
@@ -107,8 +106,9 @@ def policy_logprobs(params: Any, s: PPOSettings, tokens: jax.Array,
 
 def value_estimates(params: Any, s: PPOSettings, tokens: jax.Array, mask: jax.Array) -> jax.Array:
   """V(state before each response token): [batch, R]."""
-  values = model_lib.Transformer(s.value_cfg).apply({"params": params}, tokens, mask)
-  return _response_slice(values, s, shift=-1)
+  # The state before response token t is position t - 1: the head runs on [P - 1, P + R - 1).
+  return model_lib.Transformer(s.value_cfg).apply({"params": params}, tokens, mask,
+                                                  head_span=(s.prompt_len - 1, s.response_len))
 
 
 def rollout(state: PPOState, ref_params: Any, rm_params: Any, prompts: jax.Array,

@@ -92,4 +92,3 @@ def test_finished_stages_are_reused_not_overwritten(tiny_run):
 def test_unknown_stage_lists_valid_ones():
   with pytest.raises(ValueError, match="valid stages"):
     pipeline.stages_to_run("rlhf")
-
