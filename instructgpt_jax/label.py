@@ -9,6 +9,7 @@ which the RM reads through its tfds builder like any user's file. With
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from typing import Any
@@ -76,7 +77,8 @@ def run(ws: Workspace) -> dict[str, Any]:
     rows.append({"prompt": rec["prompt"], "responses": responses,
                  "ranking": labelers_lib.rank(labeler, rec["prompt"], responses, rng),
                  "user_id": rec["user_id"]})
-    pairs.append((rec["prompt"], responses[0], responses[1]))
+    # Every pair of the prompt, as the RM's accuracy is scored on all C(K,2) pairs.
+    pairs.extend((rec["prompt"], a, b) for a, b in itertools.combinations(responses, 2))
   os.makedirs(os.path.dirname(out_path), exist_ok=True)
   tmp = out_path + ".tmp"
   with open(tmp, "w", encoding="utf-8") as f:

@@ -72,7 +72,7 @@ def compare(labeler: Labeler, prompt: str, a: str, b: str, rng: np.random.Genera
         return 0.5
     if rng.random() < labeler.lapse:
         return float(rng.random() < 0.5)
-    p = 1.0 / (1.0 + math.exp(-du / labeler.temperature))
+    p = 0.5 * (1.0 + math.tanh(0.5 * du / labeler.temperature))  # sigmoid, no overflow
     return float(rng.random() < p)
 
 
@@ -107,15 +107,22 @@ def rank(labeler: Labeler, prompt: str, responses: Sequence[str], rng: np.random
 
 def labeler_agreement(pool: Sequence[Labeler], prompts_and_pairs: Sequence[tuple[str, str, str]],
                       rng: np.random.Generator) -> float:
-    """How often two different labelers of ``pool``, drawn at random per pair, make the same choice
-    on (prompt, a, b); pairs of identical responses are skipped."""
+    """How well one labeler predicts another: over pairs (prompt, a, b) on which a labeler A of
+    ``pool`` prefers one response, the fraction on which a different labeler B, drawn at random
+    per pair, prefers the same one (a tie from B counts half).
+
+    This is the human counterpart of the reward model's held-out accuracy, which is scored on the
+    same kind of pairs: a labeler's strict preferences (ties dropped), where the RM never gets
+    credit for a tie. Pairs that A ties (identical or equally good responses) are skipped, as they
+    are for the RM."""
     if len(pool) < 2:
         raise ValueError("agreement needs at least two labelers")
-    agree = total = 0
+    agree = total = 0.0
     for prompt, a, b in prompts_and_pairs:
-        if normalize(a) == normalize(b):
-            continue
         i, j = rng.choice(len(pool), size=2, replace=False)
-        agree += compare(pool[i], prompt, a, b, rng) == compare(pool[j], prompt, a, b, rng)
+        first = compare(pool[i], prompt, a, b, rng)
+        if first == 0.5:
+            continue
+        agree += 1.0 - abs(first - compare(pool[j], prompt, a, b, rng))
         total += 1
     return agree / total if total else float("nan")

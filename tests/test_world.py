@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from instructgpt_jax.labelers import compare, labeler_agreement, make_labeler_pools, rank
+from instructgpt_jax.labelers import Labeler, compare, labeler_agreement, make_labeler_pools, rank
 from instructgpt_jax.world import (
     ANSWER_CUE,
     CATEGORIES,
@@ -310,3 +310,21 @@ def test_rank_orders_by_gold_on_average(world, pools):
 def test_agreement_rate_is_realistic(world, pools):
     rate = labeler_agreement(pools[0], _pairs(world, 600), np.random.default_rng(4))
     assert 0.55 < rate < 0.95
+
+
+def test_agreement_is_scored_on_strict_preferences_like_the_rm(world):
+    spec = first(world, "open_qa")
+    good, bad = spec.reference, "wrong ."
+    exact = Labeler("exact", world, temperature=1e-3, length_bias=0.0, lapse=0.0)
+    coin = Labeler("coin", world, temperature=1e-3, length_bias=0.0, lapse=1.0)
+    rng = np.random.default_rng(0)
+    decisive = [(spec.prompt, good, bad)] * 400
+    # Two noiseless labelers always agree; one who flips coins agrees half the time.
+    assert labeler_agreement([exact, exact], decisive, rng) == 1.0
+    assert abs(labeler_agreement([exact, coin], decisive, rng) - 0.5) < 0.06
+    # Pairs a labeler ties are not scored (the RM gets no credit for ties either).
+    tied = [(spec.prompt, good, good)] * 10
+    assert np.isnan(labeler_agreement([exact, exact], tied, rng))
+    assert labeler_agreement([exact, exact], tied + decisive[:5], rng) == 1.0
+    # A huge utility gap over a tiny temperature is a sure choice, not an overflow.
+    assert compare(exact, spec.prompt, bad, good, rng) == 0.0
