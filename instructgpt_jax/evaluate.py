@@ -132,7 +132,8 @@ def run(ws: Workspace) -> dict[str, Any]:
   label_done = loop.stage_done(ws.stage_dir("label")) or {}
   report = {
       "rm": {"accuracy": rm_done.get("heldout", {}).get("accuracy"),
-             "labeler_agreement": label_done.get("labeler_agreement")},
+             "labeler_agreement": label_done.get("labeler_agreement"),
+             "likelihood_baseline": rm_done.get("heldout", {}).get("likelihood_baseline")},
       "policies": policies,
       "num_prompts": len(prompts),
       "examples": {name: [{"prompt": p, "response": t} for p, t in
@@ -157,8 +158,11 @@ def format_report(report: dict[str, Any]) -> str:
                     for c in cols)
     lines.append(f"{name:<14}" + cells)
   rm_ = report["rm"]
-  acc = rm_.get("accuracy")
-  agree = rm_.get("labeler_agreement")
-  lines.append(f"reward model held-out accuracy: {acc if acc is None else round(acc, 3)}; "
-               f"training-labeler agreement: {agree if agree is None else round(agree, 3)}")
+  def fmt(key):
+    value = rm_.get(key)
+    return value if value is None else round(value, 3)
+
+  lines.append(f"reward model held-out accuracy: {fmt('accuracy')}; training-labeler agreement: "
+               f"{fmt('labeler_agreement')}; ranking by the RM's initial model's likelihood: "
+               f"{fmt('likelihood_baseline')}")
   return "\n".join(lines)

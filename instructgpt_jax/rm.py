@@ -22,6 +22,7 @@ from instructgpt_jax import data as data_lib
 from instructgpt_jax import loop
 from instructgpt_jax import losses
 from instructgpt_jax import model as model_lib
+from instructgpt_jax import sampling
 from instructgpt_jax import sft
 from instructgpt_jax import train_state
 from instructgpt_jax.workspace import Workspace
@@ -79,15 +80,19 @@ def comparison_arrays(ws: Workspace, split: str) -> dict[str, Any]:
   return arrays
 
 
-def evaluate_rm(ws: Workspace, params: Any, model_cfg: model_lib.ModelConfig,
-                arrays: dict[str, Any], batch_size: int = 16) -> dict[str, float]:
-  """Pair-weighted accuracy and loss over every comparison of `arrays`."""
-  apply_fn = model_lib.Transformer(model_cfg).apply
+def pairwise_accuracy(ws: Workspace, reward_fn: Callable[[jax.Array, jax.Array], jax.Array],
+                      arrays: dict[str, Any], batch_size: int = 16) -> dict[str, float]:
+  """Pair-weighted accuracy and loss of any reward over every comparison of `arrays`.
+
+  `reward_fn(tokens, mask)`: [N, seq] -> [N] rewards, traced under jit."""
 
   @jax.jit
   def stats(batch):
+    b, k, t = batch["tokens"].shape
+    rewards = reward_fn(batch["tokens"].reshape(b * k, t),
+                        batch["mask"].reshape(b * k, t)).reshape(b, k)
     ranks = jnp.where(batch["valid"][:, None] > 0, batch["ranks"], -1)
-    _, m = rm_loss_fn(params, apply_fn, dict(batch, ranks=ranks))
+    _, m = losses.pairwise_rm_loss(rewards, ranks)
     return m["accuracy"] * m["num_pairs"], m["loss"] * m["num_prompts"], m["num_pairs"], m[
         "num_prompts"]
 
@@ -96,6 +101,28 @@ def evaluate_rm(ws: Workspace, params: Any, model_cfg: model_lib.ModelConfig,
     totals += np.asarray(out)
   return {"accuracy": totals[0] / max(totals[2], 1), "loss": totals[1] / max(totals[3], 1),
           "pairs": int(totals[2])}
+
+
+def evaluate_rm(ws: Workspace, params: Any, model_cfg: model_lib.ModelConfig,
+                arrays: dict[str, Any], batch_size: int = 16) -> dict[str, float]:
+  """The reward model's pair-weighted accuracy and loss over every comparison of `arrays`."""
+  apply_fn = model_lib.Transformer(model_cfg).apply
+  return pairwise_accuracy(ws, lambda t, m: sequence_rewards(params, apply_fn, t, m), arrays,
+                           batch_size)
+
+
+def likelihood_accuracy(ws: Workspace, lm_params: Any, lm_cfg: model_lib.ModelConfig,
+                        arrays: dict[str, Any], batch_size: int = 16) -> float:
+  """Accuracy of ranking responses by their log-likelihood under a language model.
+
+  The baseline an RM should beat: the model it starts from already prefers some responses.
+  The response occupies positions [prompt_len, prompt_len + response_len) of the layout."""
+  P, R = ws.config.data.prompt_len, ws.config.data.response_len
+
+  def loglik(tokens, mask):
+    return sampling.response_logprobs(lm_params, lm_cfg, tokens, mask, P, R).sum(axis=1)
+
+  return pairwise_accuracy(ws, loglik, arrays, batch_size)["accuracy"]
 
 
 def score_sequences(ws: Workspace, params: Any, model_cfg: model_lib.ModelConfig,
@@ -145,6 +172,9 @@ def run(ws: Workspace) -> dict[str, Any]:
     merged = {k: np.concatenate([a[k] for a in held_out]) for k in ("tokens", "mask", "ranks")}
     placed = train_state.place_params(params, rm_cfg, ws.mesh, ws.rules)
     summary["heldout"] = evaluate_rm(ws, placed, rm_cfg, merged)
+    # Reloaded here rather than kept through training: one model in memory at a time.
+    summary["heldout"]["likelihood_baseline"] = likelihood_accuracy(
+        ws, ws.load_params(cfg.init_from, lm_cfg), lm_cfg, merged)
   summary["train"] = {"accuracy": rows[-1]["accuracy"]} if rows else {}
   return summary
 

@@ -48,7 +48,9 @@ def test_report_has_every_policy_and_metric(tiny_run):
   ws, _ = tiny_run
   with open(os.path.join(ws.workdir, "report.json")) as f:
     report = json.load(f)
-  assert set(report["rm"]) >= {"accuracy", "labeler_agreement"}
+  assert set(report["rm"]) >= {"accuracy", "labeler_agreement", "likelihood_baseline"}
+  # Both are scored on the held-out comparisons (none when a tiny run has no held-out users).
+  assert (report["rm"]["likelihood_baseline"] is None) == (report["rm"]["accuracy"] is None)
   assert set(report["policies"]) == {"base", "base_fewshot", "sft", "ppo", "ppo_ptx"}
   for name, row in report["policies"].items():
     for key in ("win_rate_vs_sft", "gold_score", "kl_vs_sft", "pretrain_loss",
@@ -68,6 +70,27 @@ def test_comparisons_file_has_the_user_format(tiny_run):
     assert set(row) == {"prompt", "responses", "ranking", "user_id"}
     assert 2 <= len(row["responses"]) <= 9 and len(row["ranking"]) == len(row["responses"])
     assert all(r.strip() for r in row["responses"])
+
+
+def test_likelihood_baseline_matches_an_independent_count(tiny_run):
+  ws, _ = tiny_run
+  from instructgpt_jax import rm, sampling  # pylint: disable=import-outside-toplevel
+  cfg = ws.model_config()
+  params = ws.load_params("sft", cfg)
+  arrays = rm.comparison_arrays(ws, "train")
+  n, k, length = arrays["tokens"].shape
+  lp = np.asarray(sampling.score_logprobs(params, cfg, arrays["tokens"].reshape(n * k, length),
+                                          arrays["mask"].reshape(n * k, length)))
+  loglik = lp[:, ws.config.data.prompt_len:].sum(axis=1).reshape(n, k)
+  right = total = 0
+  for row_ll, ranks in zip(loglik, arrays["ranks"]):
+    for i in range(k):
+      for j in range(k):
+        if ranks[i] >= 0 and ranks[j] >= 0 and ranks[i] < ranks[j]:
+          right += row_ll[i] > row_ll[j]
+          total += 1
+  assert total > 0
+  assert rm.likelihood_accuracy(ws, params, cfg, arrays) == pytest.approx(right / total, abs=1e-6)
 
 
 def test_rm_demonstrations_score_mean_zero(tiny_run):
