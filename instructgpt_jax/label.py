@@ -5,6 +5,11 @@ sampled from the SFT policy at `label.temperature`, and one training labeler (dr
 ranks them. The result is the user-facing comparisons JSONL (`<workdir>/label/comparisons.jsonl`),
 which the RM reads through its tfds builder like any user's file. With
 `config.data.comparisons_jsonl` set, the user's comparisons are used and nothing is sampled.
+
+Prompts are labelled in chunks of `label.chunk_prompts`, each with its own sampling key and
+labeler draws; after each chunk the rows so far are saved (`comparisons.jsonl.partial` and a
+`.progress.json` record), so an interrupted stage resumes at the last finished chunk and writes
+exactly what an uninterrupted run would.
 """
 
 from __future__ import annotations
@@ -16,9 +21,11 @@ from typing import Any
 
 import jax
 import numpy as np
+from absl import logging
 
 from instructgpt_jax import data as data_lib
 from instructgpt_jax import labelers as labelers_lib
+from instructgpt_jax import loop
 from instructgpt_jax import sampling
 from instructgpt_jax.workspace import Workspace
 
@@ -41,6 +48,40 @@ def sample_texts(ws: Workspace, params: Any, prompts: list[str], rng: jax.Array,
   return texts, out
 
 
+def _read_progress(out_path: str, fingerprint: str) -> tuple[int, list[dict[str, Any]], int]:
+  """(prompts done, rows written, empty responses) of an interrupted run of the same settings;
+  (0, [], 0) when there is none or it was made with other settings."""
+  progress_path, partial = out_path + ".progress.json", out_path + ".partial"
+  if not (os.path.exists(progress_path) and os.path.exists(partial)):
+    return 0, [], 0
+  with open(progress_path, encoding="utf-8") as f:
+    progress = json.load(f)
+  if progress.get("fingerprint") != fingerprint:
+    logging.warning("label: ignoring an interrupted run made with other settings (%s)", partial)
+    return 0, [], 0
+  with open(partial, encoding="utf-8") as f:
+    # Rows past the recorded count belong to a chunk that was cut off before it was recorded.
+    rows = [json.loads(line) for line, _ in zip(f, range(progress["rows"]))]
+  logging.info("label: resumed after %d of the prompts (%s)", progress["prompts_done"], partial)
+  return progress["prompts_done"], rows, progress["empty"]
+
+
+def _write_progress(out_path: str, fingerprint: str, prompts_done: int,
+                    rows: list[dict[str, Any]], empty: int) -> None:
+  """Rewrites the partial comparisons and then, atomically, the record of how far they go."""
+  partial = out_path + ".partial"
+  with open(partial, "w", encoding="utf-8") as f:
+    for row in rows:
+      f.write(json.dumps(row) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+  tmp = out_path + ".progress.json.tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump({"fingerprint": fingerprint, "prompts_done": prompts_done, "rows": len(rows),
+               "empty": empty}, f)
+  os.replace(tmp, out_path + ".progress.json")
+
+
 def run(ws: Workspace) -> dict[str, Any]:
   cfg = ws.config.label
   out_path = os.path.join(ws.stage_dir("label"), "comparisons.jsonl")
@@ -50,6 +91,8 @@ def run(ws: Workspace) -> dict[str, Any]:
   if not ws.uses_world:
     raise ValueError("Labelling needs the built-in world's simulated labelers; with your own "
                      "data set config.data.comparisons_jsonl.")
+  if cfg.chunk_prompts < 1:
+    raise ValueError(f"label.chunk_prompts must be >= 1, not {cfg.chunk_prompts}.")
   world = ws.world()
   train_pool, _ = labelers_lib.make_labeler_pools(ws.config.data.world_seed, world=world)
   recs = [r for split in data_lib.SPLITS
@@ -57,36 +100,51 @@ def run(ws: Workspace) -> dict[str, Any]:
   tok = ws.tokenizer()
   fits = data_lib.encode_prompts(tok, [r["prompt"] for r in recs], ws.config.data.prompt_len)
   recs = [recs[i] for i in fits.kept][:cfg.num_prompts]
-  rng = np.random.default_rng(ws.config.seed + 30)
-  ks = rng.integers(cfg.k_min, cfg.k_max + 1, size=len(recs))
-  repeated = [r["prompt"] for r, k in zip(recs, ks) for _ in range(k)]
-  offsets = np.concatenate([[0], np.cumsum(ks)])
-  params = ws.load_params("sft", ws.model_config())
-  texts, _ = sample_texts(ws, params, repeated, jax.random.key(ws.config.seed + 31),
-                          cfg.temperature, cfg.batch_size)
-  rows, pairs, empty = [], [], 0
-  for i, rec in enumerate(recs):
-    # The comparisons format refuses empty responses (an immediate EOS), so they are dropped
-    # and counted; a prompt left with fewer than two responses is skipped.
-    sampled = texts[offsets[i]:offsets[i + 1]]
-    responses = [t for t in sampled if t.strip()]
-    empty += len(sampled) - len(responses)
-    if len(responses) < 2:
-      continue
-    labeler = train_pool[rng.integers(len(train_pool))]
-    rows.append({"prompt": rec["prompt"], "responses": responses,
-                 "ranking": labelers_lib.rank(labeler, rec["prompt"], responses, rng),
-                 "user_id": rec["user_id"]})
-    # Every pair of the prompt, as the RM's accuracy is scored on all C(K,2) pairs.
-    pairs.extend((rec["prompt"], a, b) for a, b in itertools.combinations(responses, 2))
+  ks = np.random.default_rng(ws.config.seed + 30).integers(cfg.k_min, cfg.k_max + 1,
+                                                           size=len(recs))
+  # Chunks of prompts are sampled and ranked with keys of their own, so a run resumed after
+  # an interruption writes exactly what an uninterrupted one would.
+  sft_run = (loop.stage_done(ws.stage_dir("sft")) or {}).get("run_id", "")
+  fingerprint = json.dumps([sft_run, len(recs), ks.tolist(), cfg.temperature,
+                            cfg.chunk_prompts, ws.config.seed])
+  done, rows, empty = _read_progress(out_path, fingerprint)
   os.makedirs(os.path.dirname(out_path), exist_ok=True)
-  tmp = out_path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    for row in rows:
-      f.write(json.dumps(row) + "\n")
-  os.replace(tmp, out_path)
+  if not done:
+    _write_progress(out_path, fingerprint, 0, [], 0)
+  params = ws.load_params("sft", ws.model_config())
+  num_chunks = -(-len(recs) // cfg.chunk_prompts)
+  for chunk in range(done // cfg.chunk_prompts, num_chunks):
+    loop.raise_if_preempted(f"while labelling (after {done} of {len(recs)} prompts)")
+    lo, hi = chunk * cfg.chunk_prompts, min((chunk + 1) * cfg.chunk_prompts, len(recs))
+    repeated = [r["prompt"] for r, k in zip(recs[lo:hi], ks[lo:hi]) for _ in range(k)]
+    offsets = np.concatenate([[0], np.cumsum(ks[lo:hi])])
+    texts, _ = sample_texts(ws, params, repeated,
+                            jax.random.fold_in(jax.random.key(ws.config.seed + 31), chunk),
+                            cfg.temperature, cfg.batch_size)
+    rng = np.random.default_rng([ws.config.seed + 30, chunk])
+    for i, rec in enumerate(recs[lo:hi]):
+      # The comparisons format refuses empty responses (an immediate EOS), so they are
+      # dropped and counted; a prompt left with fewer than two responses is skipped.
+      sampled = texts[offsets[i]:offsets[i + 1]]
+      responses = [t for t in sampled if t.strip()]
+      empty += len(sampled) - len(responses)
+      if len(responses) < 2:
+        continue
+      labeler = train_pool[rng.integers(len(train_pool))]
+      rows.append({"prompt": rec["prompt"], "responses": responses,
+                   "ranking": labelers_lib.rank(labeler, rec["prompt"], responses, rng),
+                   "user_id": rec["user_id"]})
+    done = hi
+    _write_progress(out_path, fingerprint, done, rows, empty)
+    logging.info("label: %d of %d prompts labelled (chunk %d of %d)", done, len(recs),
+                 chunk + 1, num_chunks)
+  os.replace(out_path + ".partial", out_path)
+  os.remove(out_path + ".progress.json")
+  # Every pair of every prompt, as the RM's accuracy is scored on all C(K,2) pairs.
+  pairs = [(r["prompt"], a, b) for r in rows for a, b in itertools.combinations(r["responses"], 2)]
   gold = [world.gold_score(r["prompt"], t) for r in rows for t in r["responses"]]
   return {"comparisons": len(rows), "responses": int(sum(len(r["responses"]) for r in rows)),
           "dropped_empty_responses": empty, "path": out_path,
-          "labeler_agreement": labelers_lib.labeler_agreement(train_pool, pairs, rng),
+          "labeler_agreement": labelers_lib.labeler_agreement(
+              train_pool, pairs, np.random.default_rng(ws.config.seed + 32)),
           "sft_sample_gold_mean": float(np.mean(gold))}

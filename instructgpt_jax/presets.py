@@ -104,7 +104,8 @@ def pipeline_config(stage: str, preset: str = "small") -> ml_collections.ConfigD
   # Comparisons: K = 4..9 samples per prompt, ranked by the simulated training labelers.
   c.label = ml_collections.ConfigDict(dict(
       num_prompts=32 if tiny else 2400, k_min=4, k_max=9, temperature=1.0,
-      batch_size=32 if tiny else 128))
+      batch_size=32 if tiny else 128,
+      chunk_prompts=16 if tiny else 480))  # Saved after each chunk; a rerun resumes there.
 
   # RM: 1 epoch, cosine to 10 %, all C(K,2) pairs of a prompt in one batch element (paper C.2).
   c.rm = ml_collections.ConfigDict(dict(

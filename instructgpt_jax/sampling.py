@@ -40,6 +40,7 @@ Jitting: `generate` is a pure function of arrays plus static configuration. Call
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 from typing import Any
 
@@ -253,6 +254,16 @@ def score_logprobs(params, config: model_lib.ModelConfig, tokens: Array, mask: A
   return jnp.concatenate([jnp.zeros_like(lp[:, :1]), lp], axis=1)
 
 
+@functools.lru_cache(maxsize=16)
+def _jitted_generate(config: model_lib.ModelConfig, max_new_tokens: int, eos_id: int,
+                     pad_id: int, greedy: bool):
+  """One jitted `generate` per setting, so repeated `generate_batched` calls (labelling in
+  chunks, one call per evaluated policy) reuse the compiled program."""
+  return jax.jit(lambda p, t, m, r, temp: generate(
+      p, config, t, m, r, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id,
+      temperature=temp, greedy=greedy))
+
+
 def generate_batched(params, config: model_lib.ModelConfig, prompt_tokens, prompt_mask,
                      rng: Array, mesh, *, batch_size: int, max_new_tokens: int, eos_id: int,
                      pad_id: int, temperature: float = 1.0, greedy: bool = False,
@@ -262,9 +273,7 @@ def generate_batched(params, config: model_lib.ModelConfig, prompt_tokens, promp
   prompt_tokens/prompt_mask: numpy [N, P]. The last batch is padded (so one program serves
   every batch) and the padding rows are dropped. Returns numpy arrays of `SampleOutput`'s fields.
   """
-  gen = jax.jit(lambda p, t, m, r, temp: generate(
-      p, config, t, m, r, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id,
-      temperature=temp, greedy=greedy))
+  gen = _jitted_generate(config, max_new_tokens, eos_id, pad_id, greedy)
   batch_index = itertools.count()
   fn = lambda b: gen(params, b["tokens"], b["mask"], jax.random.fold_in(rng, next(batch_index)),
                      jnp.float32(temperature))

@@ -29,6 +29,8 @@ import pytest
 
 from instructgpt_jax import checkpoint
 from instructgpt_jax import data as data_lib
+from instructgpt_jax import label
+from instructgpt_jax import labelers as labelers_lib
 from instructgpt_jax import loop
 from instructgpt_jax import pipeline
 from instructgpt_jax import presets
@@ -68,7 +70,10 @@ def _run(workdir, stage, *extra, check=True):
 @pytest.fixture(scope="session")
 def reference(tmp_path_factory):
   """An uninterrupted run of every stage (ppo variant only), shared by all workers."""
-  root = tmp_path_factory.getbasetemp().parent  # Common to the xdist workers.
+  # The xdist workers' base dirs share a parent that is new for every run; without xdist the
+  # parent outlives the run, and a reference made by older code must not be reused.
+  base = tmp_path_factory.getbasetemp()
+  root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
   ref = root / "reliability_reference"
   with open(root / "reliability_reference.lock", "w") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
@@ -188,6 +193,42 @@ def test_ppo_sigkill_resume_is_exact(reference, tmp_path):
   ref_done = json.loads((reference / "ppo" / "DONE.json").read_text())
   done = json.loads((wd / "ppo" / "DONE.json").read_text())
   assert done["ppo"] == ref_done["ppo"]  # Summaries (first_score too) do not see the restart.
+
+
+def test_label_resumes_at_the_last_finished_chunk(reference, tmp_path, monkeypatch):
+  """A crash in the second chunk, plus rows of a chunk written but never recorded: the rerun
+  starts at the second chunk and writes what an uninterrupted run writes."""
+  config = presets.pipeline_config("label", "tiny")
+  config.label.num_prompts = 64  # Four chunks of 16.
+  whole, crashed = tmp_path / "whole", tmp_path / "crashed"
+  for wd in (whole, crashed):
+    _copy_stages(reference, wd, ["pretrain", "sft"])
+  whole_summary = label.run(workspace.Workspace(config, str(whole)))
+
+  ws = workspace.Workspace(config, str(crashed))
+  real_rank, calls = labelers_lib.rank, iter(range(10**6))
+
+  def rank_then_crash(*args, **kwargs):
+    if next(calls) == 20:
+      raise RuntimeError("simulated crash")
+    return real_rank(*args, **kwargs)
+
+  monkeypatch.setattr(labelers_lib, "rank", rank_then_crash)
+  with pytest.raises(RuntimeError, match="simulated crash"):
+    label.run(ws)
+  monkeypatch.setattr(labelers_lib, "rank", real_rank)
+  out = crashed / "label" / "comparisons.jsonl"
+  progress = json.loads((crashed / "label" / "comparisons.jsonl.progress.json").read_text())
+  assert progress["prompts_done"] == 16 and not out.exists()
+  with open(str(out) + ".partial", "a", encoding="utf-8") as f:
+    f.write('{"prompt": "half of an unrecorded chunk"}\n')
+
+  summary = label.run(ws)
+  assert out.read_text() == (whole / "label" / "comparisons.jsonl").read_text()
+  assert not os.path.exists(str(out) + ".partial")
+  assert not os.path.exists(str(out) + ".progress.json")
+  assert summary["labeler_agreement"] == whole_summary["labeler_agreement"]
+  assert summary["dropped_empty_responses"] == whole_summary["dropped_empty_responses"]
 
 
 def test_sft_sigterm_saves_and_exits_zero(reference, tmp_path):
