@@ -60,24 +60,38 @@ def _read_progress(out_path: str, fingerprint: str) -> tuple[int, list[dict[str,
     logging.warning("label: ignoring an interrupted run made with other settings (%s)", partial)
     return 0, [], 0
   with open(partial, encoding="utf-8") as f:
-    # Rows past the recorded count belong to a chunk that was cut off before it was recorded.
     rows = [json.loads(line) for line, _ in zip(f, range(progress["rows"]))]
+  if len(rows) < progress["rows"]:
+    logging.warning("label: %s holds fewer rows than recorded; labelling from the start", partial)
+    return 0, [], 0
+  # Rows past the recorded count belong to a chunk that was cut off before it was recorded.
+  _write_rows(partial, rows)
   logging.info("label: resumed after %d of the prompts (%s)", progress["prompts_done"], partial)
   return progress["prompts_done"], rows, progress["empty"]
 
 
-def _write_progress(out_path: str, fingerprint: str, prompts_done: int,
-                    rows: list[dict[str, Any]], empty: int) -> None:
-  """Rewrites the partial comparisons and then, atomically, the record of how far they go."""
-  partial = out_path + ".partial"
-  with open(partial, "w", encoding="utf-8") as f:
+def _append_rows(path: str, rows: list[dict[str, Any]]) -> None:
+  with open(path, "a", encoding="utf-8") as f:
     for row in rows:
       f.write(json.dumps(row) + "\n")
     f.flush()
     os.fsync(f.fileno())
+
+
+def _write_rows(path: str, rows: list[dict[str, Any]]) -> None:
+  """Replaces the file with `rows`, atomically."""
+  if os.path.exists(path + ".tmp"):
+    os.remove(path + ".tmp")
+  _append_rows(path + ".tmp", rows)
+  os.replace(path + ".tmp", path)
+
+
+def _write_progress(out_path: str, fingerprint: str, prompts_done: int, rows: int,
+                    empty: int) -> None:
+  """Atomically records how far the partial comparisons file goes (after its rows are synced)."""
   tmp = out_path + ".progress.json.tmp"
   with open(tmp, "w", encoding="utf-8") as f:
-    json.dump({"fingerprint": fingerprint, "prompts_done": prompts_done, "rows": len(rows),
+    json.dump({"fingerprint": fingerprint, "prompts_done": prompts_done, "rows": rows,
                "empty": empty}, f)
   os.replace(tmp, out_path + ".progress.json")
 
@@ -110,7 +124,8 @@ def run(ws: Workspace) -> dict[str, Any]:
   done, rows, empty = _read_progress(out_path, fingerprint)
   os.makedirs(os.path.dirname(out_path), exist_ok=True)
   if not done:
-    _write_progress(out_path, fingerprint, 0, [], 0)
+    _write_rows(out_path + ".partial", [])
+    _write_progress(out_path, fingerprint, 0, 0, 0)
   params = ws.load_params("sft", ws.model_config())
   num_chunks = -(-len(recs) // cfg.chunk_prompts)
   for chunk in range(done // cfg.chunk_prompts, num_chunks):
@@ -122,6 +137,7 @@ def run(ws: Workspace) -> dict[str, Any]:
                             jax.random.fold_in(jax.random.key(ws.config.seed + 31), chunk),
                             cfg.temperature, cfg.batch_size)
     rng = np.random.default_rng([ws.config.seed + 30, chunk])
+    new_rows = []
     for i, rec in enumerate(recs[lo:hi]):
       # The comparisons format refuses empty responses (an immediate EOS), so they are
       # dropped and counted; a prompt left with fewer than two responses is skipped.
@@ -131,11 +147,13 @@ def run(ws: Workspace) -> dict[str, Any]:
       if len(responses) < 2:
         continue
       labeler = train_pool[rng.integers(len(train_pool))]
-      rows.append({"prompt": rec["prompt"], "responses": responses,
-                   "ranking": labelers_lib.rank(labeler, rec["prompt"], responses, rng),
-                   "user_id": rec["user_id"]})
+      new_rows.append({"prompt": rec["prompt"], "responses": responses,
+                       "ranking": labelers_lib.rank(labeler, rec["prompt"], responses, rng),
+                       "user_id": rec["user_id"]})
+    _append_rows(out_path + ".partial", new_rows)
+    rows.extend(new_rows)
     done = hi
-    _write_progress(out_path, fingerprint, done, rows, empty)
+    _write_progress(out_path, fingerprint, done, len(rows), empty)
     logging.info("label: %d of %d prompts labelled (chunk %d of %d)", done, len(recs),
                  chunk + 1, num_chunks)
   os.replace(out_path + ".partial", out_path)
