@@ -70,8 +70,9 @@ def _read_progress(out_path: str, fingerprint: str) -> tuple[int, list[dict[str,
   return progress["prompts_done"], rows, progress["empty"]
 
 
-def _append_rows(path: str, rows: list[dict[str, Any]]) -> None:
-  with open(path, "a", encoding="utf-8") as f:
+def _save_rows(path: str, rows: list[dict[str, Any]], mode: str) -> None:
+  """Writes (mode "w") or appends ("a") JSONL rows and syncs them to disk."""
+  with open(path, mode, encoding="utf-8") as f:
     for row in rows:
       f.write(json.dumps(row) + "\n")
     f.flush()
@@ -80,9 +81,7 @@ def _append_rows(path: str, rows: list[dict[str, Any]]) -> None:
 
 def _write_rows(path: str, rows: list[dict[str, Any]]) -> None:
   """Replaces the file with `rows`, atomically."""
-  if os.path.exists(path + ".tmp"):
-    os.remove(path + ".tmp")
-  _append_rows(path + ".tmp", rows)
+  _save_rows(path + ".tmp", rows, "w")
   os.replace(path + ".tmp", path)
 
 
@@ -150,7 +149,7 @@ def run(ws: Workspace) -> dict[str, Any]:
       new_rows.append({"prompt": rec["prompt"], "responses": responses,
                        "ranking": labelers_lib.rank(labeler, rec["prompt"], responses, rng),
                        "user_id": rec["user_id"]})
-    _append_rows(out_path + ".partial", new_rows)
+    _save_rows(out_path + ".partial", new_rows, "a")
     rows.extend(new_rows)
     done = hi
     _write_progress(out_path, fingerprint, done, len(rows), empty)
