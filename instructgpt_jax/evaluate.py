@@ -5,10 +5,15 @@ sampled; the report has, per policy: win rate against SFT by held-out labelers (
 mean gold score, KL(pi || pi_SFT) on its own samples, LM loss on held-out pretraining text (the
 "alignment tax"), closed-domain hallucination rate and explicit-constraint adherence; plus the
 reward model's held-out accuracy and how often two training labelers agree.
+
+Each policy's samples and metrics are saved (`<workdir>/eval/policies/<name>.json`) as soon as
+they are done, so an interrupted evaluation resumes at the next policy; the win rates are
+judged once all samples exist.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Any
@@ -65,12 +70,59 @@ def _sft_logprob(ws: Workspace, sft_params: Any, prompt_enc: data_lib.EncodedPro
   tokens = np.concatenate([prompt_enc.tokens, response[0]], axis=1)
   mask = np.concatenate([prompt_enc.mask, response[1]], axis=1)
   cfg, T = ws.model_config(), ws.config.eval.temperature
-  fn = jax.jit(lambda b: sampling.score_logprobs(sft_params, cfg, b["tokens"], b["mask"], T))
-  P = prompt_enc.tokens.shape[1]
-  out = [np.asarray(lp)[:, P:].sum(axis=1)[batch["valid"] > 0] for batch, lp in
+  P, R = prompt_enc.tokens.shape[1], response.shape[2]
+  # The unembedding runs on the response positions only.
+  fn = jax.jit(lambda b: sampling.response_logprobs(sft_params, cfg, b["tokens"], b["mask"], P,
+                                                    R, T).sum(axis=1))
+  out = [np.asarray(lp)[batch["valid"] > 0] for batch, lp in
          data_lib.map_batches(fn, {"tokens": tokens, "mask": mask}, ws.config.eval.batch_size,
                               ws.mesh)]
   return np.concatenate(out)
+
+
+def _fingerprint(ws: Workspace, name: str, index: int, prompts: list[str]) -> str | None:
+  """What a policy's evaluation depends on: the runs that made it and SFT, the eval settings,
+  its sampling seed and the prompts. None when a run is unfinished (nothing is reused then)."""
+  run_ids = [(loop.stage_done(ws.stage_dir(stage)) or {}).get("run_id")
+             for stage in (POLICY_STAGES[name].split("/")[0], "sft")]
+  if not all(run_ids):
+    return None
+  digest = hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest()
+  return json.dumps([name, run_ids, json.loads(ws.config.eval.to_json()),
+                     json.loads(ws.config.data.to_json()), ws.config.seed, index, digest])
+
+
+def _policy_path(ws: Workspace, name: str) -> str:
+  return os.path.join(ws.stage_dir("eval"), "policies", f"{name}.json")
+
+
+def _load_policy(ws: Workspace, name: str, fingerprint: str | None) -> dict[str, Any] | None:
+  """A policy's samples and metrics saved by an interrupted evaluation with the same inputs."""
+  path = _policy_path(ws, name)
+  if fingerprint is None or not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    saved = json.load(f)
+  if saved.get("fingerprint") != fingerprint:
+    logging.warning("eval: %s was made from other runs or settings; evaluating %s again",
+                    path, name)
+    return None
+  logging.info("eval: %s reused from %s", name, path)
+  return saved
+
+
+def _save_policy(ws: Workspace, name: str, fingerprint: str | None,
+                 saved: dict[str, Any]) -> None:
+  """Saves a policy's samples and metrics atomically, so a rerun after a crash reuses them."""
+  if fingerprint is None:
+    return
+  path = _policy_path(ws, name)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    json.dump({"fingerprint": fingerprint, **saved}, f)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(path + ".tmp", path)
 
 
 def _rate(values: list[Any]) -> float | None:
@@ -106,22 +158,27 @@ def run(ws: Workspace) -> dict[str, Any]:
 
   samples, policies = {}, {}
   for i, name in enumerate(_available(ws)):
-    params = ws.load_params(POLICY_STAGES[name], policy_cfg)
-    texts, response, logp, ended = _sample(ws, params, prompts,
-                                           prefix if name == "base_fewshot" else "",
-                                           ws.config.seed + 40 + i)
-    samples[name] = texts
-    kl = 0.0 if name == "sft" else float(np.mean(
-        logp - _sft_logprob(ws, sft_params, prompt_enc, response)))
-    analyses = [world.analyze(p, t) for p, t in zip(prompts, texts)]
-    policies[name] = {
-        "gold_score": float(np.mean([a["score"] for a in analyses])),
-        "kl_vs_sft": kl,
-        "pretrain_loss": pretrain.evaluate_lm(ws, params, policy_cfg, lm_eval),
-        "hallucination_rate": _rate([a["hallucinated"] for a in analyses]),
-        "constraint_rate": _rate([a["constraint_ok"] for a in analyses]),
-        "eos_rate": float(np.mean(ended)),
-    }
+    loop.raise_if_preempted(f"while evaluating (before policy {name!r})")
+    fingerprint = _fingerprint(ws, name, i, prompts)
+    saved = _load_policy(ws, name, fingerprint)
+    if saved is None:
+      params = ws.load_params(POLICY_STAGES[name], policy_cfg)
+      texts, response, logp, ended = _sample(ws, params, prompts,
+                                             prefix if name == "base_fewshot" else "",
+                                             ws.config.seed + 40 + i)
+      kl = 0.0 if name == "sft" else float(np.mean(
+          logp - _sft_logprob(ws, sft_params, prompt_enc, response)))
+      analyses = [world.analyze(p, t) for p, t in zip(prompts, texts)]
+      saved = {"texts": texts, "metrics": {
+          "gold_score": float(np.mean([a["score"] for a in analyses])),
+          "kl_vs_sft": kl,
+          "pretrain_loss": pretrain.evaluate_lm(ws, params, policy_cfg, lm_eval),
+          "hallucination_rate": _rate([a["hallucinated"] for a in analyses]),
+          "constraint_rate": _rate([a["constraint_ok"] for a in analyses]),
+          "eos_rate": float(np.mean(ended)),
+      }}
+      _save_policy(ws, name, fingerprint, saved)
+    samples[name], policies[name] = saved["texts"], saved["metrics"]
   rng = np.random.default_rng(ws.config.seed + 50)
   for name, texts in samples.items():
     if "sft" in samples:

@@ -29,6 +29,7 @@ import pytest
 
 from instructgpt_jax import checkpoint
 from instructgpt_jax import data as data_lib
+from instructgpt_jax import evaluate
 from instructgpt_jax import label
 from instructgpt_jax import labelers as labelers_lib
 from instructgpt_jax import loop
@@ -230,6 +231,43 @@ def test_label_resumes_at_the_last_finished_chunk(reference, tmp_path, monkeypat
   assert not os.path.exists(str(out) + ".progress.json")
   assert summary["labeler_agreement"] == whole_summary["labeler_agreement"]
   assert summary["dropped_empty_responses"] == whole_summary["dropped_empty_responses"]
+
+
+
+def test_eval_resumes_at_the_next_policy(reference, tmp_path, monkeypatch):
+  """A crash while evaluating the third policy: the rerun samples only the policies not yet
+  saved and writes the report an uninterrupted evaluation wrote."""
+  config = presets.pipeline_config("eval", "tiny")
+  config.eval.num_prompts = 8
+  whole, wd = tmp_path / "whole", tmp_path / "wd"
+  for d in (whole, wd):
+    _copy_stages(reference, d, ["pretrain", "sft", "label", "rm", "ppo"])
+  evaluate.run(workspace.Workspace(config, str(whole)))
+  ws = workspace.Workspace(config, str(wd))
+  real_sample, sampled = evaluate._sample, []
+
+  def sample_then_crash(ws_, params, prompts, prefix, seed):
+    sampled.append(seed)
+    if len(sampled) == 3:
+      raise RuntimeError("simulated crash")
+    return real_sample(ws_, params, prompts, prefix, seed)
+
+  monkeypatch.setattr(evaluate, "_sample", sample_then_crash)
+  with pytest.raises(RuntimeError, match="simulated crash"):
+    evaluate.run(ws)
+  assert sorted(os.listdir(wd / "eval" / "policies")) == ["base.json", "base_fewshot.json"]
+  sampled.clear()
+  evaluate.run(ws)
+  assert len(sampled) == 2  # sft and ppo only.
+  report = json.loads((wd / "report.json").read_text())
+  assert report == json.loads((whole / "report.json").read_text())
+
+  # A policy retrained since it was saved is evaluated again.
+  done = json.loads((wd / "pretrain" / "DONE.json").read_text())
+  (wd / "pretrain" / "DONE.json").write_text(json.dumps({**done, "run_id": "another run"}))
+  sampled.clear()
+  evaluate.run(ws)
+  assert len(sampled) == 2  # base and base_fewshot.
 
 
 def test_sft_sigterm_saves_and_exits_zero(reference, tmp_path):
