@@ -80,6 +80,27 @@ def _sft_logprob(ws: Workspace, sft_params: Any, prompt_enc: data_lib.EncodedPro
   return np.concatenate(out)
 
 
+def _evaluate_policy(ws: Workspace, world: world_lib.World, name: str, prompts: list[str],
+                     prefix: str, seed: int, sft_params: Any,
+                     prompt_enc: data_lib.EncodedPrompts, lm_eval: dict[str, Any]
+                     ) -> dict[str, Any]:
+  """Samples the policy's responses; returns them ("texts") and its report row ("metrics")."""
+  policy_cfg = ws.model_config()
+  params = ws.load_params(POLICY_STAGES[name], policy_cfg)
+  texts, response, logp, ended = _sample(ws, params, prompts, prefix, seed)
+  kl = 0.0 if name == "sft" else float(np.mean(
+      logp - _sft_logprob(ws, sft_params, prompt_enc, response)))
+  analyses = [world.analyze(p, t) for p, t in zip(prompts, texts)]
+  return {"texts": texts, "metrics": {
+      "gold_score": float(np.mean([a["score"] for a in analyses])),
+      "kl_vs_sft": kl,
+      "pretrain_loss": pretrain.evaluate_lm(ws, params, policy_cfg, lm_eval),
+      "hallucination_rate": _rate([a["hallucinated"] for a in analyses]),
+      "constraint_rate": _rate([a["constraint_ok"] for a in analyses]),
+      "eos_rate": float(np.mean(ended)),
+  }}
+
+
 def _fingerprint(ws: Workspace, name: str, index: int, prompts: list[str]) -> str | None:
   """What a policy's evaluation depends on: the runs that made it and SFT, the eval settings,
   its sampling seed and the prompts. None when a run is unfinished (nothing is reused then)."""
@@ -153,8 +174,7 @@ def run(ws: Workspace) -> dict[str, Any]:
                     "and are not used", dropped, len(texts))
   prompt_enc = data_lib.encode_prompts(tok, prompts, ws.config.data.prompt_len)
   lm_eval = pretrain.lm_arrays(ws, "validation")
-  policy_cfg = ws.model_config()
-  sft_params = ws.load_params("sft", policy_cfg)
+  sft_params = ws.load_params("sft", ws.model_config())
 
   samples, policies = {}, {}
   for i, name in enumerate(_available(ws)):
@@ -162,21 +182,8 @@ def run(ws: Workspace) -> dict[str, Any]:
     fingerprint = _fingerprint(ws, name, i, prompts)
     saved = _load_policy(ws, name, fingerprint)
     if saved is None:
-      params = ws.load_params(POLICY_STAGES[name], policy_cfg)
-      texts, response, logp, ended = _sample(ws, params, prompts,
-                                             prefix if name == "base_fewshot" else "",
-                                             ws.config.seed + 40 + i)
-      kl = 0.0 if name == "sft" else float(np.mean(
-          logp - _sft_logprob(ws, sft_params, prompt_enc, response)))
-      analyses = [world.analyze(p, t) for p, t in zip(prompts, texts)]
-      saved = {"texts": texts, "metrics": {
-          "gold_score": float(np.mean([a["score"] for a in analyses])),
-          "kl_vs_sft": kl,
-          "pretrain_loss": pretrain.evaluate_lm(ws, params, policy_cfg, lm_eval),
-          "hallucination_rate": _rate([a["hallucinated"] for a in analyses]),
-          "constraint_rate": _rate([a["constraint_ok"] for a in analyses]),
-          "eos_rate": float(np.mean(ended)),
-      }}
+      saved = _evaluate_policy(ws, world, name, prompts, prefix if name == "base_fewshot" else "",
+                               ws.config.seed + 40 + i, sft_params, prompt_enc, lm_eval)
       _save_policy(ws, name, fingerprint, saved)
     samples[name], policies[name] = saved["texts"], saved["metrics"]
   rng = np.random.default_rng(ws.config.seed + 50)
