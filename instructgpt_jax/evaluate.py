@@ -26,6 +26,7 @@ from instructgpt_jax import data as data_lib
 from instructgpt_jax import labelers as labelers_lib
 from instructgpt_jax import loop
 from instructgpt_jax import pretrain
+from instructgpt_jax import rm
 from instructgpt_jax import sampling
 from instructgpt_jax import world as world_lib
 from instructgpt_jax.workspace import Workspace
@@ -69,15 +70,9 @@ def _sft_logprob(ws: Workspace, sft_params: Any, prompt_enc: data_lib.EncodedPro
   """log pi_SFT(response | prompt) per sample [N]; response: tokens and mask [2, N, R]."""
   tokens = np.concatenate([prompt_enc.tokens, response[0]], axis=1)
   mask = np.concatenate([prompt_enc.mask, response[1]], axis=1)
-  cfg, T = ws.model_config(), ws.config.eval.temperature
-  P, R = prompt_enc.tokens.shape[1], response.shape[2]
-  # The unembedding runs on the response positions only.
-  fn = jax.jit(lambda b: sampling.response_logprobs(sft_params, cfg, b["tokens"], b["mask"], P,
-                                                    R, T).sum(axis=1))
-  out = [np.asarray(lp)[batch["valid"] > 0] for batch, lp in
-         data_lib.map_batches(fn, {"tokens": tokens, "mask": mask}, ws.config.eval.batch_size,
-                              ws.mesh)]
-  return np.concatenate(out)
+  return rm.score_with(ws, rm.loglik_fn(ws, sft_params, ws.model_config(),
+                                        ws.config.eval.temperature),
+                       tokens, mask, ws.config.eval.batch_size)
 
 
 def _evaluate_policy(ws: Workspace, world: world_lib.World, name: str, prompts: list[str],

@@ -117,19 +117,31 @@ def likelihood_accuracy(ws: Workspace, lm_params: Any, lm_cfg: model_lib.ModelCo
 
   The baseline an RM should beat: the model it starts from already prefers some responses.
   The response occupies positions [prompt_len, prompt_len + response_len) of the layout."""
+  return pairwise_accuracy(ws, loglik_fn(ws, lm_params, lm_cfg), arrays, batch_size)["accuracy"]
+
+
+def loglik_fn(ws: Workspace, lm_params: Any, lm_cfg: model_lib.ModelConfig,
+              temperature: float = 1.0) -> Callable[[jax.Array, jax.Array], jax.Array]:
+  """(tokens, mask) [N, seq] -> log p(response | prompt) [N] under a language model, where the
+  response occupies positions [prompt_len, prompt_len + response_len) of the layout."""
   P, R = ws.config.data.prompt_len, ws.config.data.response_len
-
-  def loglik(tokens, mask):
-    return sampling.response_logprobs(lm_params, lm_cfg, tokens, mask, P, R).sum(axis=1)
-
-  return pairwise_accuracy(ws, loglik, arrays, batch_size)["accuracy"]
+  return lambda tokens, mask: sampling.response_logprobs(lm_params, lm_cfg, tokens, mask, P, R,
+                                                         temperature).sum(axis=1)
 
 
 def score_sequences(ws: Workspace, params: Any, model_cfg: model_lib.ModelConfig,
                     tokens: np.ndarray, mask: np.ndarray, batch_size: int = 64) -> np.ndarray:
   """RM rewards [N] for sequences [N, seq] in the project layout."""
   apply_fn = model_lib.Transformer(model_cfg).apply
-  fn = jax.jit(lambda b: sequence_rewards(params, apply_fn, b["tokens"], b["mask"]))
+  return score_with(ws, lambda t, m: sequence_rewards(params, apply_fn, t, m), tokens, mask,
+                    batch_size)
+
+
+def score_with(ws: Workspace, score_fn: Callable[[jax.Array, jax.Array], jax.Array],
+               tokens: np.ndarray, mask: np.ndarray, batch_size: int = 64) -> np.ndarray:
+  """`score_fn(tokens, mask)` ([B, seq] -> [B], traced under jit) over sequences [N, seq] in
+  batches on the workspace's mesh; returns [N]."""
+  fn = jax.jit(lambda b: score_fn(b["tokens"], b["mask"]))
   out = [np.asarray(r)[batch["valid"] > 0] for batch, r in
          data_lib.map_batches(fn, {"tokens": tokens, "mask": mask}, batch_size, ws.mesh)]
   return np.concatenate(out) if out else np.zeros((0,), np.float32)

@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -110,6 +112,40 @@ def test_finished_stages_are_reused_not_overwritten(tiny_run):
   summaries = pipeline.run(Workspace(ws.config, ws.workdir), "sft")
   assert os.path.getmtime(done) == before
   assert summaries["sft"] == loop.stage_done(ws.stage_dir("sft"))
+
+
+
+def test_rm_breakdown_covers_every_pair_with_a_gold_difference(tiny_run):
+  ws, _ = tiny_run
+  from instructgpt_jax import data as data_lib, rm, rm_breakdown  # pylint: disable=import-outside-toplevel
+  table = rm_breakdown.breakdown(ws, ["train"])  # Tiny has no held-out comparisons.
+  world, d = ws.world(), ws.config.data
+  expected = right = 0
+  for rec in ws.records("comparisons", "train", path=rm.comparisons_path(ws)):
+    fits = set(data_lib.encode_sft(ws.tokenizer(), [rec["prompt"]] * len(rec["responses"]),
+                                   rec["responses"], d.prompt_len, d.response_len)["kept"])
+    gold = [world.gold_score(rec["prompt"], t) for t in rec["responses"]]
+    for i in fits:
+      for j in fits:
+        if i < j and gold[i] != gold[j]:
+          expected += 1
+          order = (gold[i] - gold[j]) * (rec["ranking"][j] - rec["ranking"][i])
+          right += 1.0 if order > 0 else 0.5 if order == 0 else 0.0
+  assert expected > 0 and table["all"]["pairs"] == expected
+  assert table["all"]["labelers"] == pytest.approx(right / expected)
+  assert sum(row["pairs"] for group, row in table.items() if group != "all") == expected
+  for row in table.values():
+    assert all(0.0 <= row[j] <= 1.0 for j in rm_breakdown.JUDGES)
+
+  # The command line writes the same table next to the RM.
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+  p = subprocess.run([sys.executable, "-m", "instructgpt_jax.rm_breakdown",
+                      "--config=configs/rm.py:tiny", f"--workdir={ws.workdir}", "--splits=train"],
+                     cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), env=env,
+                     capture_output=True, text=True, timeout=300)
+  assert p.returncode == 0, p.stderr[-3000:]
+  written = json.loads(open(os.path.join(ws.stage_dir("rm"), "breakdown.json")).read())
+  assert written["all"]["pairs"] == expected and "reward_model" in p.stdout
 
 
 def test_unknown_stage_lists_valid_ones():
