@@ -115,8 +115,7 @@ def likelihood_accuracy(ws: Workspace, lm_params: Any, lm_cfg: model_lib.ModelCo
                         arrays: dict[str, Any], batch_size: int = 16) -> float:
   """Accuracy of ranking responses by their log-likelihood under a language model.
 
-  The baseline an RM should beat: the model it starts from already prefers some responses.
-  The response occupies positions [prompt_len, prompt_len + response_len) of the layout."""
+  The baseline an RM should beat: the model it starts from already prefers some responses."""
   return pairwise_accuracy(ws, loglik_fn(ws, lm_params, lm_cfg), arrays, batch_size)["accuracy"]
 
 

@@ -233,7 +233,6 @@ def test_label_resumes_at_the_last_finished_chunk(reference, tmp_path, monkeypat
   assert summary["dropped_empty_responses"] == whole_summary["dropped_empty_responses"]
 
 
-
 def test_eval_resumes_at_the_next_policy(reference, tmp_path, monkeypatch):
   """A crash while evaluating the third policy: the rerun samples only the policies not yet
   saved and writes the report an uninterrupted evaluation wrote."""
