@@ -72,8 +72,9 @@ def accuracy_by_group(groups: Sequence[str], gold_diff: np.ndarray,
   return out
 
 
-def held_out_pairs(records: Sequence[Mapping[str, Any]], analyses: Sequence[Mapping[str, Any]],
-                   scores: Mapping[str, np.ndarray]) -> dict[str, Any]:
+def gold_differing_pairs(records: Sequence[Mapping[str, Any]],
+                         analyses: Sequence[Mapping[str, Any]],
+                         scores: Mapping[str, np.ndarray]) -> dict[str, Any]:
   """The pairs of `records` (comparisons) whose gold scores differ, with each judge's difference.
 
   analyses and every array of `scores` run over the responses of all records in order (NaN
@@ -130,7 +131,7 @@ def breakdown(ws: Any, splits: Sequence[str] = ("validation", "test")
     scores[name] = np.full(len(flat), np.nan)
     scores[name][enc["kept"]] = score()
   world = ws.world()
-  pairs = held_out_pairs(recs, [world.analyze(p, t) for p, t in flat], scores)
+  pairs = gold_differing_pairs(recs, [world.analyze(p, t) for p, t in flat], scores)
   return accuracy_by_group(**pairs)
 
 

@@ -34,13 +34,13 @@ def test_accuracy_by_group_counts_ties_half():
     rm_breakdown.accuracy_by_group(["x"], np.array([0.0]), {"j": np.array([1.0])})
 
 
-def test_held_out_pairs_skip_equal_gold_and_unscored_responses():
+def test_pairs_skip_equal_gold_and_unscored_responses():
   records = [{"responses": ["a", "b", "c"], "ranking": [1, 0, 2]},
              {"responses": ["d", "e"], "ranking": [0, 0]}]
   analyses = [_analysis(0.2, content=0.2), _analysis(0.8, content=0.8), _analysis(0.2, content=0.2),
               _analysis(0.5), _analysis(0.25, ended=False)]
   rm_scores = np.array([0.0, 1.0, 3.0, np.nan, 0.0])
-  pairs = rm_breakdown.held_out_pairs(records, analyses, {"reward_model": rm_scores})
+  pairs = rm_breakdown.gold_differing_pairs(records, analyses, {"reward_model": rm_scores})
   # (a, b) and (b, c) differ in gold; (a, c) ties; the second record's pair has no RM score.
   assert pairs["groups"] == ["content", "content"]
   np.testing.assert_allclose(pairs["gold_diff"], [-0.6, 0.6])
