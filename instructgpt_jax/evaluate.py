@@ -134,11 +134,7 @@ def _save_policy(ws: Workspace, name: str, fingerprint: str | None,
     return
   path = _policy_path(ws, name)
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    json.dump({"fingerprint": fingerprint, **saved}, f)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(path + ".tmp", path)
+  loop.write_json(path, {"fingerprint": fingerprint, **saved})
 
 
 def _rate(values: list[Any]) -> float | None:

@@ -88,11 +88,9 @@ def _write_rows(path: str, rows: list[dict[str, Any]]) -> None:
 def _write_progress(out_path: str, fingerprint: str, prompts_done: int, rows: int,
                     empty: int) -> None:
   """Atomically records how far the partial comparisons file goes (after its rows are synced)."""
-  tmp = out_path + ".progress.json.tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump({"fingerprint": fingerprint, "prompts_done": prompts_done, "rows": rows,
-               "empty": empty}, f)
-  os.replace(tmp, out_path + ".progress.json")
+  loop.write_json(out_path + ".progress.json", {"fingerprint": fingerprint,
+                                                "prompts_done": prompts_done, "rows": rows,
+                                                "empty": empty})
 
 
 def run(ws: Workspace) -> dict[str, Any]:

@@ -105,10 +105,16 @@ def stage_done(stage_dir: str) -> dict[str, Any] | None:
 
 def mark_done(stage_dir: str, summary: Mapping[str, Any]) -> None:
   os.makedirs(stage_dir, exist_ok=True)
-  tmp = os.path.join(stage_dir, DONE_FILE + ".tmp")
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(dict(summary), f, indent=2)
-  os.replace(tmp, os.path.join(stage_dir, DONE_FILE))
+  write_json(os.path.join(stage_dir, DONE_FILE), dict(summary), indent=2)
+
+
+def write_json(path: str, obj: Any, indent: int | None = None) -> None:
+  """Writes `obj` as JSON so that a crash leaves the old file or the new one, never a torn one."""
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    json.dump(obj, f, indent=indent)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(path + ".tmp", path)
 
 
 def encode_iterator_state(state: Any) -> Any:
