@@ -35,41 +35,88 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from instructgpt_jax import losses
+from instructgpt_jax import losses, ppo, presets, pretrain, rm, sampling, sharding, train_state
 from instructgpt_jax import model as model_lib
-from instructgpt_jax import ppo
-from instructgpt_jax import presets
-from instructgpt_jax import pretrain
-from instructgpt_jax import rm
-from instructgpt_jax import sampling
-from instructgpt_jax import sharding
-from instructgpt_jax import train_state
 
-PEER_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "shared", "bench", "peer_torch.py")
+PEER_SCRIPT = os.path.join(
+  os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+  "shared",
+  "bench",
+  "peer_torch.py",
+)
 
 # Same shapes as peer_torch.py's PRESETS (GPT-2 architecture: learned positions, tied LM head).
 PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(n_layer=4, n_embd=256, n_head=4, vocab=8192, n_positions=256,
-                 seq=256, batch=16, gen_batch=32, gen_prompt=32, gen_new=64,
-                 train_warmup=2, train_iters=10, gen_warmup=1, gen_iters=5,
-                 ppo_batch=32, ppo_prompt=32, ppo_new=64, ppo_iters=5),
-    "gpt2": dict(n_layer=12, n_embd=768, n_head=12, vocab=50257, n_positions=1024,
-                 seq=512, batch=4, gen_batch=8, gen_prompt=64, gen_new=64,
-                 train_warmup=2, train_iters=5, gen_warmup=1, gen_iters=5,
-                 ppo_batch=8, ppo_prompt=64, ppo_new=64, ppo_iters=3),
+  "tiny": dict(
+    n_layer=4,
+    n_embd=256,
+    n_head=4,
+    vocab=8192,
+    n_positions=256,
+    seq=256,
+    batch=16,
+    gen_batch=32,
+    gen_prompt=32,
+    gen_new=64,
+    train_warmup=2,
+    train_iters=10,
+    gen_warmup=1,
+    gen_iters=5,
+    ppo_batch=32,
+    ppo_prompt=32,
+    ppo_new=64,
+    ppo_iters=5,
+  ),
+  "gpt2": dict(
+    n_layer=12,
+    n_embd=768,
+    n_head=12,
+    vocab=50257,
+    n_positions=1024,
+    seq=512,
+    batch=4,
+    gen_batch=8,
+    gen_prompt=64,
+    gen_new=64,
+    train_warmup=2,
+    train_iters=5,
+    gen_warmup=1,
+    gen_iters=5,
+    ppo_batch=8,
+    ppo_prompt=64,
+    ppo_new=64,
+    ppo_iters=3,
+  ),
 }
 # --quick: a few calls on a much smaller model (smoke tests); record names are unchanged.
-QUICK = dict(n_layer=2, n_embd=64, n_head=4, vocab=512, n_positions=128, seq=64, batch=4,
-             gen_batch=4, gen_prompt=8, gen_new=8, train_warmup=0, train_iters=2, gen_warmup=0,
-             gen_iters=2, ppo_batch=4, ppo_prompt=8, ppo_new=8, ppo_iters=2)
+QUICK = dict(
+  n_layer=2,
+  n_embd=64,
+  n_head=4,
+  vocab=512,
+  n_positions=128,
+  seq=64,
+  batch=4,
+  gen_batch=4,
+  gen_prompt=8,
+  gen_new=8,
+  train_warmup=0,
+  train_iters=2,
+  gen_warmup=0,
+  gen_iters=2,
+  ppo_batch=4,
+  ppo_prompt=8,
+  ppo_new=8,
+  ppo_iters=2,
+)
 
 PRESET_NAME: str | None = None
 _EMIT: Callable[[dict], None] = lambda rec: print(json.dumps(rec), flush=True)
@@ -99,15 +146,29 @@ def time_calls(fn: Callable[[], Any], warmup: int, iters: int) -> dict[str, Any]
     _block(fn())
     ts.append(time.perf_counter() - t0)
   med = statistics.median(ts)
-  return {"median": med, "first": first, "compile": max(first - med, 0.0),
-          "iters": [round(t, 4) for t in ts]}
+  return {
+    "median": med,
+    "first": first,
+    "compile": max(first - med, 0.0),
+    "iters": [round(t, 4) for t in ts],
+  }
 
 
 def model_config(p: dict[str, Any], head: str = "lm") -> model_lib.ModelConfig:
   return model_lib.ModelConfig(
-      vocab_size=p["vocab"], num_layers=p["n_layer"], d_model=p["n_embd"], num_heads=p["n_head"],
-      d_ff=4 * p["n_embd"], max_len=p["n_positions"], family="gpt", tie_embeddings=True,
-      dropout=0.0, dtype="float32", param_dtype="float32", head=head)
+    vocab_size=p["vocab"],
+    num_layers=p["n_layer"],
+    d_model=p["n_embd"],
+    num_heads=p["n_head"],
+    d_ff=4 * p["n_embd"],
+    max_len=p["n_positions"],
+    family="gpt",
+    tie_embeddings=True,
+    dropout=0.0,
+    dtype="float32",
+    param_dtype="float32",
+    head=head,
+  )
 
 
 def adamw(steps: int = 1000):
@@ -132,7 +193,7 @@ def matmul_peak(n: int = 2048, warmup: int = 3, iters: int = 10) -> float:
   b = jax.random.normal(kb, (n, n), jnp.float32)
   mm = jax.jit(lambda x, y: jnp.dot(x, y, precision=jax.lax.Precision.HIGHEST))
   t = time_calls(lambda: mm(a, b), warmup, iters)
-  peak = 2.0 * n ** 3 / t["median"]
+  peak = 2.0 * n**3 / t["median"]
   emit("matmul_fp32_peak_jax", peak / 1e9, "GFLOP/s", n=n, median_s=t["median"])
   return peak
 
@@ -151,8 +212,12 @@ def bench_train(p: dict[str, Any], peak: float | None) -> dict[str, float]:
   rules = sharding.DEFAULT_RULES
   state, shardings = train_state.create_train_state(cfg, adamw(), mesh, rules, jax.random.key(0))
   emit("params_total", cfg.num_params(), "params", note="tied LM head counted once")
-  emit("params_nonembedding", cfg.num_params(include_embeddings=False), "params",
-       note="total - token embedding - position embedding")
+  emit(
+    "params_nonembedding",
+    cfg.num_params(include_embeddings=False),
+    "params",
+    note="total - token embedding - position embedding",
+  )
   B, T = p["batch"], p["seq"]
   tokens = np.asarray(jax.random.randint(jax.random.key(1), (B, T), 0, p["vocab"]), np.int32)
   ones = np.ones((B, T), np.int32)
@@ -172,25 +237,41 @@ def bench_train(p: dict[str, Any], peak: float | None) -> dict[str, float]:
   emit("train_compile_time", t["compile"], "s", first_call_s=t["first"])
   emit("train_tokens_per_s", toks, "tokens/s", batch=B, seq=T, dtype="fp32")
   f_a, f_b = flops_per_token(cfg, T)
-  emit("flops_per_token_6N_attn_lmhead", f_b, "FLOP/token",
-       formula="6*N_nonemb + 12*n_layer*seq*d_model + 6*vocab*d_model")
+  emit(
+    "flops_per_token_6N_attn_lmhead",
+    f_b,
+    "FLOP/token",
+    formula="6*N_nonemb + 12*n_layer*seq*d_model + 6*vocab*d_model",
+  )
   if peak:
-    emit("mfu_6N_attn_vs_jax_peak", f_a * toks / peak, "fraction",
-         achieved_gflops=f_a * toks / 1e9, peak_gflops=peak / 1e9)
-    emit("mfu_6N_attn_lmhead_vs_jax_peak", f_b * toks / peak, "fraction",
-         achieved_gflops=f_b * toks / 1e9, peak_gflops=peak / 1e9)
+    emit(
+      "mfu_6N_attn_vs_jax_peak",
+      f_a * toks / peak,
+      "fraction",
+      achieved_gflops=f_a * toks / 1e9,
+      peak_gflops=peak / 1e9,
+    )
+    emit(
+      "mfu_6N_attn_lmhead_vs_jax_peak",
+      f_b * toks / peak,
+      "fraction",
+      achieved_gflops=f_b * toks / 1e9,
+      peak_gflops=peak / 1e9,
+    )
   return {"tokens_per_s": toks}
 
 
 def _generate_fn(cfg: model_lib.ModelConfig, new: int, pad_id: int):
-  return jax.jit(lambda params, t, m, r: sampling.generate(
-      params, cfg, t, m, r, max_new_tokens=new, eos_id=-1, pad_id=pad_id))
+  return jax.jit(
+    lambda params, t, m, r: sampling.generate(
+      params, cfg, t, m, r, max_new_tokens=new, eos_id=-1, pad_id=pad_id
+    )
+  )
 
 
 def bench_generate(p: dict[str, Any]) -> dict[str, float]:
   cfg = model_config(p)
-  params = jax.jit(lambda r: nn.meta.unbox(train_state.boxed_params(cfg, r)))(
-      jax.random.key(0))
+  params = jax.jit(lambda r: nn.meta.unbox(train_state.boxed_params(cfg, r)))(jax.random.key(0))
   B, P, N = p["gen_batch"], p["gen_prompt"], p["gen_new"]
   prompt = jax.random.randint(jax.random.key(3), (B, P), 0, p["vocab"] - 1, jnp.int32)
   mask = jnp.ones((B, P), jnp.int32)
@@ -201,8 +282,15 @@ def bench_generate(p: dict[str, Any]) -> dict[str, float]:
   assert out.tokens.shape == (B, P + N) and int(out.lengths.min()) == N, out.lengths
   emit("generate_time", t["median"], "s", batch=B, prompt=P, new=N, iters=t["iters"])
   emit("generate_compile_time", t["compile"], "s", first_call_s=t["first"])
-  emit("generate_new_tokens_per_s", B * N / t["median"], "tokens/s", batch=B, prompt=P, new=N,
-       note="end-to-end incl. prefill; KV cache; sampling.generate")
+  emit(
+    "generate_new_tokens_per_s",
+    B * N / t["median"],
+    "tokens/s",
+    batch=B,
+    prompt=P,
+    new=N,
+    note="end-to-end incl. prefill; KV cache; sampling.generate",
+  )
   return {"new_tokens_per_s": B * N / t["median"]}
 
 
@@ -216,31 +304,50 @@ def ppo_setup(p: dict[str, Any], ptx_coef: float = 27.8):
   policy_cfg, value_cfg = model_config(p), model_config(p, head="scalar")
   B, P, N = p["ppo_batch"], p["ppo_prompt"], p["ppo_new"]
   s = ppo.PPOSettings(
-      policy_cfg=policy_cfg, value_cfg=value_cfg, prompt_len=P, response_len=N, eos_id=-1,
-      pad_id=p["vocab"] - 1, num_minibatches=1, epochs=1, temperature=1.0, clip_eps=0.2,
-      value_clip_eps=0.2, vf_coef=1.0, gamma=1.0, lam=0.95, ptx_coef=float(ptx_coef),
-      whiten_rewards=False, missing_eos_penalty=None, adaptive_kl=False, kl_target=6.0,
-      kl_horizon=10000.0)
+    policy_cfg=policy_cfg,
+    value_cfg=value_cfg,
+    prompt_len=P,
+    response_len=N,
+    eos_id=-1,
+    pad_id=p["vocab"] - 1,
+    num_minibatches=1,
+    epochs=1,
+    temperature=1.0,
+    clip_eps=0.2,
+    value_clip_eps=0.2,
+    vf_coef=1.0,
+    gamma=1.0,
+    lam=0.95,
+    ptx_coef=float(ptx_coef),
+    whiten_rewards=False,
+    missing_eos_penalty=None,
+    adaptive_kl=False,
+    kl_target=6.0,
+    kl_horizon=10000.0,
+  )
   mesh = one_device_mesh()
   rules = sharding.DEFAULT_RULES
-  policy, policy_sh = train_state.create_train_state(policy_cfg, adamw(), mesh, rules,
-                                                     jax.random.key(10))
-  value, value_sh = train_state.create_train_state(value_cfg, adamw(), mesh, rules,
-                                                   jax.random.key(11))
+  policy, policy_sh = train_state.create_train_state(
+    policy_cfg, adamw(), mesh, rules, jax.random.key(10)
+  )
+  value, value_sh = train_state.create_train_state(
+    value_cfg, adamw(), mesh, rules, jax.random.key(11)
+  )
   rep = sharding.replicated(mesh)
-  state = ppo.PPOState(policy=policy, value=value,
-                       kl_coef=jax.device_put(jnp.asarray(0.02, jnp.float32), rep))
+  state = ppo.PPOState(
+    policy=policy, value=value, kl_coef=jax.device_put(jnp.asarray(0.02, jnp.float32), rep)
+  )
   shardings = ppo.PPOState(policy=policy_sh, value=value_sh, kl_coef=rep)
   ref_params = jax.tree.map(jnp.copy, policy.params)
   rm_params = jax.tree.map(jnp.copy, value.params)
   ptx_rows, ptx_len = 8, P + N
   g = np.random.default_rng(5)
   batch = {
-      "prompts": g.integers(0, p["vocab"] - 1, (B, P)).astype(np.int32),
-      "prompt_mask": np.ones((B, P), np.int32),
-      "tokens": g.integers(0, p["vocab"], (ptx_rows, ptx_len)).astype(np.int32),
-      "mask": np.ones((ptx_rows, ptx_len), np.int32),
-      "loss_mask": np.ones((ptx_rows, ptx_len), np.int32),
+    "prompts": g.integers(0, p["vocab"] - 1, (B, P)).astype(np.int32),
+    "prompt_mask": np.ones((B, P), np.int32),
+    "tokens": g.integers(0, p["vocab"], (ptx_rows, ptx_len)).astype(np.int32),
+    "mask": np.ones((ptx_rows, ptx_len), np.int32),
+    "loss_mask": np.ones((ptx_rows, ptx_len), np.int32),
   }
   return s, mesh, state, shardings, batch, ref_params, rm_params
 
@@ -248,8 +355,12 @@ def ppo_setup(p: dict[str, Any], ptx_coef: float = 27.8):
 def jit_ppo_iteration(s: ppo.PPOSettings, shardings: Any, mesh) -> Callable:
   """`ppo.ppo_iteration` jitted the way `loop.train` does it (state donated)."""
   step_fn = lambda st, b, r, ref, rmp: ppo.ppo_iteration(st, b, r, ref, rmp, s)
-  return jax.jit(step_fn, in_shardings=(shardings, None, None, None, None),
-                 out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,))
+  return jax.jit(
+    step_fn,
+    in_shardings=(shardings, None, None, None, None),
+    out_shardings=(shardings, sharding.replicated(mesh)),
+    donate_argnums=(0,),
+  )
 
 
 def bench_ppo(p: dict[str, Any], ptx_coef: float = 27.8) -> dict[str, float]:
@@ -265,9 +376,19 @@ def bench_ppo(p: dict[str, Any], ptx_coef: float = 27.8) -> dict[str, float]:
     parts: dict[str, dict[str, Any]] = {}
 
     # Breakdown: the same functions ppo.rollout / ppo.ppo_update call, jitted one by one.
-    gen = jax.jit(lambda params, t, m, r: sampling.generate(
-        params, s.policy_cfg, t, m, r, max_new_tokens=N, eos_id=s.eos_id, pad_id=s.pad_id,
-        temperature=s.temperature))
+    gen = jax.jit(
+      lambda params, t, m, r: sampling.generate(
+        params,
+        s.policy_cfg,
+        t,
+        m,
+        r,
+        max_new_tokens=N,
+        eos_id=s.eos_id,
+        pad_id=s.pad_id,
+        temperature=s.temperature,
+      )
+    )
     pp = state.policy.params
     parts["rollout_generate"] = time_calls(lambda: gen(pp, prompts, pmask, rng), warm, iters)
     out = gen(pp, prompts, pmask, rng)
@@ -283,10 +404,12 @@ def bench_ppo(p: dict[str, Any], ptx_coef: float = 27.8) -> dict[str, float]:
     parts["score_value"] = time_calls(lambda: value_fn(state.value.params, tok, msk), warm, iters)
     roll_fn = jax.jit(lambda st, ref, rmp, t, m, r: ppo.rollout(st, ref, rmp, t, m, r, s))
     parts["rollout_and_scoring_fused"] = time_calls(
-        lambda: roll_fn(state, ref_params, rm_params, prompts, pmask, rng), warm, iters)
+      lambda: roll_fn(state, ref_params, rm_params, prompts, pmask, rng), warm, iters
+    )
     ro = roll_fn(state, ref_params, rm_params, prompts, pmask, rng)
-    train_batch = {k: ro[k] for k in ("tokens", "mask", "rmask", "logp", "values", "advantages",
-                                      "returns")}
+    train_batch = {
+      k: ro[k] for k in ("tokens", "mask", "rmask", "logp", "values", "advantages", "returns")
+    }
     upd = jax.jit(lambda st, b, x, r: ppo.ppo_update(st, b, x, r, s))
     parts["update"] = time_calls(lambda: upd(state, train_batch, ptx, rng), warm, iters)
 
@@ -301,9 +424,16 @@ def bench_ppo(p: dict[str, Any], ptx_coef: float = 27.8) -> dict[str, float]:
     total = time_calls(run, warm, iters)
   for name, t in parts.items():
     emit(f"ppo_{name}_time", t["median"], "s", compile_s=round(t["compile"], 3), **info)
-  emit("ppo_iteration_time", total["median"], "s", compile_s=round(total["compile"], 3),
-       first_call_s=round(total["first"], 3), iters=total["iters"], **info,
-       note="fused ppo.ppo_iteration: rollout + ref/reward/value scoring + GAE + update")
+  emit(
+    "ppo_iteration_time",
+    total["median"],
+    "s",
+    compile_s=round(total["compile"], 3),
+    first_call_s=round(total["first"], 3),
+    iters=total["iters"],
+    **info,
+    note="fused ppo.ppo_iteration: rollout + ref/reward/value scoring + GAE + update",
+  )
   emit("ppo_iteration_compile_time", total["compile"], "s")
   emit("ppo_completion_tokens_per_s", B * N / total["median"], "tokens/s", **info)
   return {"iteration_s": total["median"]}
@@ -390,17 +520,29 @@ def _experiment_lm_head(p: dict[str, Any]) -> None:
     picked = jnp.sum(logits * jax.nn.one_hot(tokens[:, 1:], V, dtype=logits.dtype), -1)
     return losses.masked_mean(lse - picked, mask[:, 1:])
 
-  variants = {"full_then_slice": full_then_slice, "with_accuracy": with_accuracy,
-              "accuracy_via_max": accuracy_via_max, "no_slice_rolled_targets":
-              no_slice_rolled_targets, "one_hot_picked": one_hot_picked,
-              "no_accuracy": no_accuracy,
-              "slice_hidden_first": slice_hidden_first, "fused_ce": fused_ce,
-              "fused_ce_custom_vjp": fused_ce_custom_vjp}
+  variants = {
+    "full_then_slice": full_then_slice,
+    "with_accuracy": with_accuracy,
+    "accuracy_via_max": accuracy_via_max,
+    "no_slice_rolled_targets": no_slice_rolled_targets,
+    "one_hot_picked": one_hot_picked,
+    "no_accuracy": no_accuracy,
+    "slice_hidden_first": slice_hidden_first,
+    "fused_ce": fused_ce,
+    "fused_ce_custom_vjp": fused_ce_custom_vjp,
+  }
   grads = {k: jax.jit(jax.value_and_grad(fn, argnums=(0, 1))) for k, fn in variants.items()}
   meds = time_interleaved({name: (lambda g=g: g(hidden, emb)) for name, g in grads.items()})
   for name, med in meds.items():
-    emit(f"experiment_lm_head_ce_{name}", med, "s", batch=B, seq=T, vocab=V,
-         loss=float(grads[name](hidden, emb)[0]))
+    emit(
+      f"experiment_lm_head_ce_{name}",
+      med,
+      "s",
+      batch=B,
+      seq=T,
+      vocab=V,
+      loss=float(grads[name](hidden, emb)[0]),
+    )
 
 
 @jax.custom_vjp
@@ -440,37 +582,47 @@ def _experiment_attention(p: dict[str, Any]) -> None:
   key_mask = jnp.ones((B, T), jnp.int32)
 
   def select_5d(q, k, v):  # the first version: a select per head, 5-D einsums (G = 1)
-    qq = q.reshape(B, T, H, 1, D) * (D ** -0.5)
+    qq = q.reshape(B, T, H, 1, D) * (D**-0.5)
     s = jnp.einsum("btkgd,bskd->bkgts", qq, k, preferred_element_type=jnp.float32)
-    allowed = (jnp.arange(T)[None, :] <= jnp.arange(T)[:, None])[None] & key_mask[:, None, :].astype(bool)
+    allowed = (jnp.arange(T)[None, :] <= jnp.arange(T)[:, None])[None] & key_mask[
+      :, None, :
+    ].astype(bool)
     s = jnp.where(allowed[:, None, None], s, model_lib._MASK_VALUE)  # pylint: disable=protected-access
     pr = jax.nn.softmax(s, axis=-1)
     return jnp.einsum("bkgts,bskd->btkgd", pr, v).reshape(B, T, H, D)
 
   def bias_add(q, k, v):  # what model.Attention does: one additive bias, 4-D einsums
-    s = jnp.einsum("bthd,bshd->bhts", q * (D ** -0.5), k)
-    allowed = (jnp.arange(T)[None, :] <= jnp.arange(T)[:, None])[None] & key_mask[:, None, :].astype(bool)
+    s = jnp.einsum("bthd,bshd->bhts", q * (D**-0.5), k)
+    allowed = (jnp.arange(T)[None, :] <= jnp.arange(T)[:, None])[None] & key_mask[
+      :, None, :
+    ].astype(bool)
     bias = jnp.where(allowed, 0.0, model_lib._MASK_VALUE)[:, None]  # pylint: disable=protected-access
     pr = jax.nn.softmax(s + bias, axis=-1)
     return jnp.einsum("bhts,bshd->bthd", pr, v)
 
   def select_4d(q, k, v):  # the same select, 4-D einsums (no size-1 group axis)
-    s = jnp.einsum("bthd,bshd->bhts", q * (D ** -0.5), k)
-    allowed = (jnp.arange(T)[None, :] <= jnp.arange(T)[:, None])[None] & key_mask[:, None, :].astype(bool)
+    s = jnp.einsum("bthd,bshd->bhts", q * (D**-0.5), k)
+    allowed = (jnp.arange(T)[None, :] <= jnp.arange(T)[:, None])[None] & key_mask[
+      :, None, :
+    ].astype(bool)
     s = jnp.where(allowed[:, None], s, model_lib._MASK_VALUE)  # pylint: disable=protected-access
     return jnp.einsum("bhts,bshd->bthd", jax.nn.softmax(s, axis=-1), v)
 
   def bias_5d(q, k, v):  # additive bias, the current 5-D einsums
-    qq = q.reshape(B, T, H, 1, D) * (D ** -0.5)
+    qq = q.reshape(B, T, H, 1, D) * (D**-0.5)
     s = jnp.einsum("btkgd,bskd->bkgts", qq, k, preferred_element_type=jnp.float32)
-    allowed = (jnp.arange(T)[None, :] <= jnp.arange(T)[:, None])[None] & key_mask[:, None, :].astype(bool)
+    allowed = (jnp.arange(T)[None, :] <= jnp.arange(T)[:, None])[None] & key_mask[
+      :, None, :
+    ].astype(bool)
     bias = jnp.where(allowed, 0.0, model_lib._MASK_VALUE)[:, None, None]  # pylint: disable=protected-access
     pr = jax.nn.softmax(s + bias, axis=-1)
     return jnp.einsum("bkgts,bskd->btkgd", pr, v).reshape(B, T, H, D)
 
   def manual_softmax(q, k, v):  # exp/sum by hand (jax.nn.softmax's custom jvp avoided)
-    s = jnp.einsum("bthd,bshd->bhts", q * (D ** -0.5), k)
-    allowed = (jnp.arange(T)[None, :] <= jnp.arange(T)[:, None])[None] & key_mask[:, None, :].astype(bool)
+    s = jnp.einsum("bthd,bshd->bhts", q * (D**-0.5), k)
+    allowed = (jnp.arange(T)[None, :] <= jnp.arange(T)[:, None])[None] & key_mask[
+      :, None, :
+    ].astype(bool)
     s = jnp.where(allowed[:, None], s, model_lib._MASK_VALUE)  # pylint: disable=protected-access
     s = s - jax.lax.stop_gradient(s.max(-1, keepdims=True))
     e = jnp.exp(s)
@@ -478,29 +630,47 @@ def _experiment_attention(p: dict[str, Any]) -> None:
     return jnp.einsum("bhts,bshd->bthd", pr, v)
 
   def jax_dpa(q, k, v):  # jax.nn.dot_product_attention (what the naive version used)
-    allowed = (jnp.arange(T)[None, :] <= jnp.arange(T)[:, None])[None] & key_mask[:, None, :].astype(bool)
+    allowed = (jnp.arange(T)[None, :] <= jnp.arange(T)[:, None])[None] & key_mask[
+      :, None, :
+    ].astype(bool)
     return jax.nn.dot_product_attention(q, k, v, mask=allowed[:, None])
 
   def loss_of(fn):
     return lambda q, k, v: jnp.sum(fn(q, k, v) ** 2)
 
-  variants = {"select_5d": select_5d, "bias_add": bias_add, "select_4d": select_4d,
-              "bias_5d": bias_5d, "manual_softmax": manual_softmax, "jax_dpa": jax_dpa}
-  grads = {k: jax.jit(jax.value_and_grad(loss_of(fn), argnums=(0, 1, 2)))
-           for k, fn in variants.items()}
+  variants = {
+    "select_5d": select_5d,
+    "bias_add": bias_add,
+    "select_4d": select_4d,
+    "bias_5d": bias_5d,
+    "manual_softmax": manual_softmax,
+    "jax_dpa": jax_dpa,
+  }
+  grads = {
+    k: jax.jit(jax.value_and_grad(loss_of(fn), argnums=(0, 1, 2))) for k, fn in variants.items()
+  }
   meds = time_interleaved({name: (lambda g=g: g(q, k, v)) for name, g in grads.items()})
   for name, med in meds.items():
     g = grads[name]
-    emit(f"experiment_attention_{name}", med, "s", layers_in_model=p["n_layer"],
-         batch=B, seq=T, heads=H, check=float(g(q, k, v)[0]))
+    emit(
+      f"experiment_attention_{name}",
+      med,
+      "s",
+      layers_in_model=p["n_layer"],
+      batch=B,
+      seq=T,
+      heads=H,
+      check=float(g(q, k, v)[0]),
+    )
 
 
 def _train_runner(p: dict[str, Any]) -> Callable[[], Any]:
   """A closure running one `lm_train_step` (compiled on its first call, done here)."""
   cfg = model_config(p)
   mesh = one_device_mesh()
-  state, shardings = train_state.create_train_state(cfg, adamw(), mesh, sharding.DEFAULT_RULES,
-                                                    jax.random.key(0))
+  state, shardings = train_state.create_train_state(
+    cfg, adamw(), mesh, sharding.DEFAULT_RULES, jax.random.key(0)
+  )
   B, T = p["batch"], p["seq"]
   tokens = np.asarray(jax.random.randint(jax.random.key(1), (B, T), 0, p["vocab"]), np.int32)
   ones = np.ones((B, T), np.int32)
@@ -544,16 +714,17 @@ def profile_train(p: dict[str, Any], logdir: str) -> None:
 # (our metric, peer metric, direction): "higher" = throughput (ratio > 1 is better for us),
 # "lower" = time (ratio < 1 is better for us).
 RATIOS = (
-    ("train_tokens_per_s", "train_tokens_per_s", "higher"),
-    ("mfu_6N_attn_lmhead_vs_jax_peak", "mfu_6N_attn_lmhead_vs_jax_peak", "higher"),
-    ("generate_new_tokens_per_s", "generate_new_tokens_per_s", "higher"),
-    ("ppo_iteration_time", "trl_rloo_step_time", "lower"),
-    ("ppo_completion_tokens_per_s", "trl_rloo_completion_tokens_per_s", "higher"),
+  ("train_tokens_per_s", "train_tokens_per_s", "higher"),
+  ("mfu_6N_attn_lmhead_vs_jax_peak", "mfu_6N_attn_lmhead_vs_jax_peak", "higher"),
+  ("generate_new_tokens_per_s", "generate_new_tokens_per_s", "higher"),
+  ("ppo_iteration_time", "trl_rloo_step_time", "lower"),
+  ("ppo_completion_tokens_per_s", "trl_rloo_completion_tokens_per_s", "higher"),
 )
 
 
-def run_peer(peer_python: str, preset: str, jax_peak_gflops: float | None,
-             skip: set[str]) -> list[dict]:
+def run_peer(
+  peer_python: str, preset: str, jax_peak_gflops: float | None, skip: set[str]
+) -> list[dict]:
   cmd = [peer_python, PEER_SCRIPT, "--preset", preset]
   if jax_peak_gflops:
     cmd += ["--jax-peak-gflops", str(jax_peak_gflops)]
@@ -580,8 +751,15 @@ def compare(ours: list[dict], peer: list[dict]) -> None:
   pr = {r["metric"]: r["value"] for r in peer}
   for mine, theirs, direction in RATIOS:
     if mine in o and theirs in pr and pr[theirs]:
-      emit(f"ratio_{mine}", o[mine] / pr[theirs], "ours/peer", ours=o[mine], peer=pr[theirs],
-           peer_metric=theirs, better="higher" if direction == "higher" else "lower")
+      emit(
+        f"ratio_{mine}",
+        o[mine] / pr[theirs],
+        "ours/peer",
+        ours=o[mine],
+        peer=pr[theirs],
+        peer_metric=theirs,
+        better="higher" if direction == "higher" else "lower",
+      )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -596,8 +774,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
   ap.add_argument("--ppo-ptx-coef", type=float, default=27.8)
   ap.add_argument("--compare", action="store_true")
   ap.add_argument("--peer-python", default=None)
-  ap.add_argument("--experiments", action="store_true",
-                  help="time variants of the LM head/CE and attention (proposals)")
+  ap.add_argument(
+    "--experiments",
+    action="store_true",
+    help="time variants of the LM head/CE and attention (proposals)",
+  )
   ap.add_argument("--profile-dir", default=None, help="write a jax.profiler trace of train")
   args = ap.parse_args(argv)
   PRESET_NAME = args.preset
@@ -615,13 +796,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
   _EMIT = collect
   try:
     t_start = time.perf_counter()
-    emit("env", 0, "n/a", jax=jax.__version__, devices=[str(d) for d in jax.devices()[:1]],
-         python=sys.version.split()[0], quick=args.quick, date=time.strftime("%Y-%m-%d"),
-         config=p)
+    emit(
+      "env",
+      0,
+      "n/a",
+      jax=jax.__version__,
+      devices=[str(d) for d in jax.devices()[:1]],
+      python=sys.version.split()[0],
+      quick=args.quick,
+      date=time.strftime("%Y-%m-%d"),
+      config=p,
+    )
     peak = None
     if "peak" not in skip:
-      peak = matmul_peak(512 if args.quick else 2048, 1 if args.quick else 3,
-                         2 if args.quick else 10)
+      peak = matmul_peak(
+        512 if args.quick else 2048, 1 if args.quick else 3, 2 if args.quick else 10
+      )
     if args.profile_dir:
       profile_train(p, args.profile_dir)
     if args.experiments:

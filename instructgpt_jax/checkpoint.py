@@ -44,8 +44,9 @@ _DISK_HINTS = ("no space left", "file too large", "disk quota", "quota exceeded"
 
 def _write_error_hint(e: BaseException) -> str:
   text = str(e).lower()
-  if (getattr(e, "errno", None) in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
-      or any(h in text for h in _DISK_HINTS)):
+  if getattr(e, "errno", None) in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) or any(
+    h in text for h in _DISK_HINTS
+  ):
     return " The disk looks full: free space (or lower keep_checkpoints) and re-run to resume."
   return ""
 
@@ -81,27 +82,38 @@ def structure_differences(expected: Any, saved: Any) -> list[str]:
   """
   exp, got = _shapes(expected), _shapes(saved)
   problems = []
-  shapes = [f"{k}: model {exp[k]}, checkpoint {got[k]}" for k in _params_first(set(exp) & set(got))
-            if exp[k] is not None and got[k] is not None and exp[k] != got[k]]
+  shapes = [
+    f"{k}: model {exp[k]}, checkpoint {got[k]}"
+    for k in _params_first(set(exp) & set(got))
+    if exp[k] is not None and got[k] is not None and exp[k] != got[k]
+  ]
   if shapes:
-    problems.append(f"{len(shapes)} shape mismatches: " + "; ".join(shapes[:8])
-                    + (" ..." if len(shapes) > 8 else ""))
+    problems.append(
+      f"{len(shapes)} shape mismatches: "
+      + "; ".join(shapes[:8])
+      + (" ..." if len(shapes) > 8 else "")
+    )
   missing = _params_first(set(exp) - set(got))
   extra = _params_first(set(got) - set(exp))
   if missing:
-    problems.append(f"{len(missing)} entries missing from the checkpoint: {missing[:8]}"
-                    f"{' ...' if len(missing) > 8 else ''}")
+    problems.append(
+      f"{len(missing)} entries missing from the checkpoint: {missing[:8]}"
+      f"{' ...' if len(missing) > 8 else ''}"
+    )
   if extra:
-    problems.append(f"{len(extra)} entries not in the model: {extra[:8]}"
-                    f"{' ...' if len(extra) > 8 else ''}")
+    problems.append(
+      f"{len(extra)} entries not in the model: {extra[:8]}{' ...' if len(extra) > 8 else ''}"
+    )
   return problems
 
 
 def _mismatch_error(directory: str, step: int, problems: list[str]) -> CheckpointMismatchError:
   return CheckpointMismatchError(
-      f"Checkpoint {step} in {directory} was made for another model: " + "; ".join(problems)
-      + ". Check config.model (and the stage it comes from) against the run that wrote it, "
-        "or use a fresh --workdir.")
+    f"Checkpoint {step} in {directory} was made for another model: "
+    + "; ".join(problems)
+    + ". Check config.model (and the stage it comes from) against the run that wrote it, "
+    "or use a fresh --workdir."
+  )
 
 
 def _remove_tmp_dirs(directory: str) -> None:
@@ -118,20 +130,28 @@ def _remove_tmp_dirs(directory: str) -> None:
       shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
 
 
-def _manager(directory: str, keep: int = 3, save_every: int = 1, async_save: bool = True,
-             partial: bool = False) -> ocp.CheckpointManager:
+def _manager(
+  directory: str, keep: int = 3, save_every: int = 1, async_save: bool = True, partial: bool = False
+) -> ocp.CheckpointManager:
   _remove_tmp_dirs(directory)
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=keep, save_interval_steps=max(int(save_every), 1),
-      enable_async_checkpointing=async_save, create=True,
-      # A kill during a write leaves `<step>.orbax-checkpoint-tmp`; remove it when reopening.
-      cleanup_tmp_directories=True)
+    max_to_keep=keep,
+    save_interval_steps=max(int(save_every), 1),
+    enable_async_checkpointing=async_save,
+    create=True,
+    # A kill during a write leaves `<step>.orbax-checkpoint-tmp`; remove it when reopening.
+    cleanup_tmp_directories=True,
+  )
   return ocp.CheckpointManager(
-      directory, options=options, item_names=("state", "meta"),
-      # PyTreeCheckpointHandler reads what StandardSave wrote and can restore a subtree.
-      item_handlers={"state": (ocp.PyTreeCheckpointHandler() if partial
-                               else ocp.StandardCheckpointHandler()),
-                     "meta": ocp.JsonCheckpointHandler()})
+    directory,
+    options=options,
+    item_names=("state", "meta"),
+    # PyTreeCheckpointHandler reads what StandardSave wrote and can restore a subtree.
+    item_handlers={
+      "state": (ocp.PyTreeCheckpointHandler() if partial else ocp.StandardCheckpointHandler()),
+      "meta": ocp.JsonCheckpointHandler(),
+    },
+  )
 
 
 def _saved_tree(manager: ocp.CheckpointManager, step: int) -> Any | None:
@@ -147,14 +167,14 @@ def _saved_tree(manager: ocp.CheckpointManager, step: int) -> Any | None:
 class Checkpointer:
   """Save every `save_every` steps (and whenever forced), keep the last `keep`."""
 
-  def __init__(self, directory: str, keep: int = 3, save_every: int = 1,
-               async_save: bool = True):
+  def __init__(self, directory: str, keep: int = 3, save_every: int = 1, async_save: bool = True):
     self.directory = os.path.abspath(directory)
     try:
       self._manager = _manager(self.directory, keep, save_every, async_save)
     except OSError as e:
-      raise CheckpointError(f"Cannot open checkpoint directory {self.directory}: {e}."
-                            + _write_error_hint(e)) from e
+      raise CheckpointError(
+        f"Cannot open checkpoint directory {self.directory}: {e}." + _write_error_hint(e)
+      ) from e
 
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
@@ -172,14 +192,17 @@ class Checkpointer:
     """
     try:
       return self._manager.save(
-          step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                        meta=ocp.args.JsonSave(meta)), force=force)
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+        force=force,
+      )
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointError(
-          f"Could not write checkpoint {step} (or finish an earlier asynchronous save) under "
-          f"{self.directory}: {type(e).__name__}: "
-          f"{e}. The last complete checkpoint is {self._last_complete()}; it is untouched."
-          + _write_error_hint(e)) from e
+        f"Could not write checkpoint {step} (or finish an earlier asynchronous save) under "
+        f"{self.directory}: {type(e).__name__}: "
+        f"{e}. The last complete checkpoint is {self._last_complete()}; it is untouched."
+        + _write_error_hint(e)
+      ) from e
 
   def _last_complete(self) -> str:
     try:
@@ -195,9 +218,10 @@ class Checkpointer:
       self._manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointError(
-          f"Writing a checkpoint under {self.directory} failed: {type(e).__name__}: {e}. "
-          f"The last complete checkpoint is {self._last_complete()}; it is untouched."
-          + _write_error_hint(e)) from e
+        f"Writing a checkpoint under {self.directory} failed: {type(e).__name__}: {e}. "
+        f"The last complete checkpoint is {self._last_complete()}; it is untouched."
+        + _write_error_hint(e)
+      ) from e
 
   def restore(self, abstract_state: Any, step: int | None = None) -> tuple[int, Any, dict]:
     """Restores onto the shardings of `abstract_state` (a tree of `jax.ShapeDtypeStruct`).
@@ -219,27 +243,36 @@ class Checkpointer:
           raise _mismatch_error(self.directory, s, problems)
       try:
         restored = self._manager.restore(
-            s, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                                       meta=ocp.args.JsonRestore()))
+          s,
+          args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+          ),
+        )
         meta = restored["meta"]
         if not isinstance(meta, dict):
           raise ValueError(f"meta is {type(meta).__name__}, not a JSON object")
       except Exception as e:  # pylint: disable=broad-except
-        msg = (f"checkpoint {s} in {self.directory} is unreadable "
-               f"({type(e).__name__}: {str(e)[:300]})")
+        msg = (
+          f"checkpoint {s} in {self.directory} is unreadable ({type(e).__name__}: {str(e)[:300]})"
+        )
         logging.warning("Skipping %s", msg)
         errors.append(msg)
         damaged.append(s)
         continue
       if errors:
         moved = [self._move_aside(d) for d in damaged]
-        warning = (f"WARNING: resumed from checkpoint {s} in {self.directory} after skipping "
-                   f"damaged newer checkpoints (moved to {moved}): " + "; ".join(errors))
+        warning = (
+          f"WARNING: resumed from checkpoint {s} in {self.directory} after skipping "
+          f"damaged newer checkpoints (moved to {moved}): " + "; ".join(errors)
+        )
         logging.warning(warning)
         print(warning, flush=True)
       return s, restored["state"], dict(meta)
-    raise CheckpointError("No checkpoint could be restored: " + "; ".join(errors)
-                          + ". Delete the directory to start the stage again.")
+    raise CheckpointError(
+      "No checkpoint could be restored: "
+      + "; ".join(errors)
+      + ". Delete the directory to start the stage again."
+    )
 
   def _move_aside(self, step: int) -> str:
     """Moves a damaged step out of the way (kept for inspection) so it can be rewritten."""
@@ -265,8 +298,9 @@ class Checkpointer:
 
 def abstract_like(tree: Any, shardings: Any) -> Any:
   """`ShapeDtypeStruct`s with the given shardings: the restore target for `tree`'s structure."""
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree,
-                      shardings)
+  return jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
+  )
 
 
 def restore_params(directory: str, abstract_params: Any) -> Any:
@@ -277,8 +311,10 @@ def restore_params(directory: str, abstract_params: Any) -> Any:
   another model shape raises `CheckpointMismatchError` listing the differing parameters.
   """
   if not os.path.isdir(directory):
-    raise CheckpointError(f"Checkpoint directory {directory} does not exist; run the stage that "
-                          f"writes it first (or point the config at it).")
+    raise CheckpointError(
+      f"Checkpoint directory {directory} does not exist; run the stage that "
+      f"writes it first (or point the config at it)."
+    )
   directory = os.path.abspath(directory)
   mngr = _manager(directory, partial=True)
   try:
@@ -293,17 +329,24 @@ def restore_params(directory: str, abstract_params: Any) -> Any:
       if problems:
         raise _mismatch_error(directory, step, problems)
     try:
-      restored = mngr.restore(step, args=ocp.args.Composite(
+      restored = mngr.restore(
+        step,
+        args=ocp.args.Composite(
           state=ocp.args.PyTreeRestore(
-              item={"params": abstract_params},
-              restore_args=jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding),
-                                        {"params": abstract_params}),
-              partial_restore=True)))
+            item={"params": abstract_params},
+            restore_args=jax.tree.map(
+              lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding), {"params": abstract_params}
+            ),
+            partial_restore=True,
+          )
+        ),
+      )
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointError(
-          f"Checkpoint {step} in {directory} could not be read ({type(e).__name__}: "
-          f"{str(e)[:300]}). Re-run the stage that wrote it (delete its DONE.json) or restore "
-          f"the directory from a backup.") from e
+        f"Checkpoint {step} in {directory} could not be read ({type(e).__name__}: "
+        f"{str(e)[:300]}). Re-run the stage that wrote it (delete its DONE.json) or restore "
+        f"the directory from a backup."
+      ) from e
   finally:
     mngr.close()
   return restored["state"]["params"]

@@ -55,7 +55,7 @@ MIN_RESPONSES, MAX_RESPONSES = 2, 9  # K per comparison (the paper uses 4..9)
 
 
 class DataError(ValueError):
-    """A user-facing data file is malformed; the message names file, line and cause."""
+  """A user-facing data file is malformed; the message names file, line and cause."""
 
 
 # --------------------------------------------------------------------------------------
@@ -64,111 +64,108 @@ class DataError(ValueError):
 
 
 def _require_text(obj: dict, key: str, *, allow_empty: bool = False) -> str:
-    if key not in obj:
-        raise DataError(f"missing field {key!r}")
-    value = obj[key]
-    if not isinstance(value, str):
-        raise DataError(f"field {key!r} must be a string, got {type(value).__name__}")
-    if not allow_empty and not value.strip():
-        raise DataError(f"field {key!r} is empty")
-    return value
+  if key not in obj:
+    raise DataError(f"missing field {key!r}")
+  value = obj[key]
+  if not isinstance(value, str):
+    raise DataError(f"field {key!r} must be a string, got {type(value).__name__}")
+  if not allow_empty and not value.strip():
+    raise DataError(f"field {key!r} is empty")
+  return value
 
 
 def _require_user_id(obj: dict) -> str:
-    # Integer ids are common in exported data; they mean the same as their string.
-    value = obj.get("user_id")
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    return _require_text(obj, "user_id")
+  # Integer ids are common in exported data; they mean the same as their string.
+  value = obj.get("user_id")
+  if isinstance(value, int) and not isinstance(value, bool):
+    return str(value)
+  return _require_text(obj, "user_id")
 
 
 def _optional_text(obj: dict, key: str, default: str = "") -> str:
-    return default if obj.get(key) is None else _require_text(obj, key, allow_empty=True)
+  return default if obj.get(key) is None else _require_text(obj, key, allow_empty=True)
 
 
 def _require_responses(obj: dict) -> tuple[list[str], list[int]]:
-    responses, ranking = obj.get("responses"), obj.get("ranking")
-    for key, value in (("responses", responses), ("ranking", ranking)):
-        if value is None:
-            raise DataError(f"missing field {key!r}")
-        if not isinstance(value, list):
-            raise DataError(f"field {key!r} must be a list, got {type(value).__name__}")
-    if not MIN_RESPONSES <= len(responses) <= MAX_RESPONSES:
-        raise DataError(
-            f"'responses' has {len(responses)} entries; "
-            f"expected {MIN_RESPONSES}..{MAX_RESPONSES}"
-        )
-    if len(ranking) != len(responses):
-        raise DataError(
-            f"'ranking' has {len(ranking)} entries but 'responses' has {len(responses)}"
-        )
-    for i, response in enumerate(responses):
-        if not isinstance(response, str):
-            raise DataError(f"responses[{i}] must be a string, got {type(response).__name__}")
-        if not response.strip():
-            raise DataError(f"responses[{i}] is empty")
-    for i, rank in enumerate(ranking):
-        if not isinstance(rank, int) or isinstance(rank, bool):
-            raise DataError(f"ranking[{i}] must be an integer, got {rank!r}")
-        if not 0 <= rank < len(responses):
-            raise DataError(f"ranking[{i}]={rank} is outside 0..{len(responses) - 1}")
-    return responses, ranking
+  responses, ranking = obj.get("responses"), obj.get("ranking")
+  for key, value in (("responses", responses), ("ranking", ranking)):
+    if value is None:
+      raise DataError(f"missing field {key!r}")
+    if not isinstance(value, list):
+      raise DataError(f"field {key!r} must be a list, got {type(value).__name__}")
+  if not MIN_RESPONSES <= len(responses) <= MAX_RESPONSES:
+    raise DataError(
+      f"'responses' has {len(responses)} entries; expected {MIN_RESPONSES}..{MAX_RESPONSES}"
+    )
+  if len(ranking) != len(responses):
+    raise DataError(f"'ranking' has {len(ranking)} entries but 'responses' has {len(responses)}")
+  for i, response in enumerate(responses):
+    if not isinstance(response, str):
+      raise DataError(f"responses[{i}] must be a string, got {type(response).__name__}")
+    if not response.strip():
+      raise DataError(f"responses[{i}] is empty")
+  for i, rank in enumerate(ranking):
+    if not isinstance(rank, int) or isinstance(rank, bool):
+      raise DataError(f"ranking[{i}] must be an integer, got {rank!r}")
+    if not 0 <= rank < len(responses):
+      raise DataError(f"ranking[{i}]={rank} is outside 0..{len(responses) - 1}")
+  return responses, ranking
 
 
 def validate_record(obj: Any, kind: str) -> dict[str, Any]:
-    """Checks one parsed JSON object of format `kind`; returns it normalised.
+  """Checks one parsed JSON object of format `kind`; returns it normalised.
 
-    Required: prompt/response/responses/ranking/text and user_id (splits depend on
-    it). Optional: category (default ""). Unknown keys are ignored.
-    Raises DataError (without file/line; `read_jsonl` adds them).
-    """
-    if not isinstance(obj, dict):
-        raise DataError(f"expected a JSON object, got {type(obj).__name__}")
-    if kind == "pretraining":
-        return {"text": _require_text(obj, "text")}
-    record: dict[str, Any] = {"prompt": _require_text(obj, "prompt")}
-    if kind == "demonstrations":
-        record["response"] = _require_text(obj, "response")
-    elif kind == "comparisons":
-        record["responses"], record["ranking"] = _require_responses(obj)
-    elif kind != "prompts":
-        raise ValueError(f"unknown data kind {kind!r}; expected one of {KINDS}")
-    record["user_id"] = _require_user_id(obj)
-    if kind != "comparisons":
-        record["category"] = _optional_text(obj, "category")
-    return record
+  Required: prompt/response/responses/ranking/text and user_id (splits depend on
+  it). Optional: category (default ""). Unknown keys are ignored.
+  Raises DataError (without file/line; `read_jsonl` adds them).
+  """
+  if not isinstance(obj, dict):
+    raise DataError(f"expected a JSON object, got {type(obj).__name__}")
+  if kind == "pretraining":
+    return {"text": _require_text(obj, "text")}
+  record: dict[str, Any] = {"prompt": _require_text(obj, "prompt")}
+  if kind == "demonstrations":
+    record["response"] = _require_text(obj, "response")
+  elif kind == "comparisons":
+    record["responses"], record["ranking"] = _require_responses(obj)
+  elif kind != "prompts":
+    raise ValueError(f"unknown data kind {kind!r}; expected one of {KINDS}")
+  record["user_id"] = _require_user_id(obj)
+  if kind != "comparisons":
+    record["category"] = _optional_text(obj, "category")
+  return record
 
 
 def _as_paths(paths: str | Sequence[str]) -> tuple[str, ...]:
-    return (paths,) if isinstance(paths, str) else tuple(paths)
+  return (paths,) if isinstance(paths, str) else tuple(paths)
 
 
 def read_jsonl(paths: str | Sequence[str], kind: str) -> list[dict[str, Any]]:
-    """Reads and validates JSONL file(s) of format `kind`; blank lines are skipped.
+  """Reads and validates JSONL file(s) of format `kind`; blank lines are skipped.
 
-    Raises DataError "<file>:<line>: <cause>" on the first bad line.
-    """
-    if kind not in KINDS:
-        raise ValueError(f"unknown data kind {kind!r}; expected one of {KINDS}")
-    records = []
-    for path in _as_paths(paths):
-        with open(path, "rb") as f:  # Bytes, so a bad encoding can name its line too.
-            for line_no, raw in enumerate(f, start=1):
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise DataError(f"{path}:{line_no}: not UTF-8 ({e})") from None
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{line_no}: invalid JSON ({e})") from None
-                try:
-                    records.append(validate_record(obj, kind))
-                except DataError as e:
-                    raise DataError(f"{path}:{line_no}: {e} (format: {kind})") from None
-    return records
+  Raises DataError "<file>:<line>: <cause>" on the first bad line.
+  """
+  if kind not in KINDS:
+    raise ValueError(f"unknown data kind {kind!r}; expected one of {KINDS}")
+  records = []
+  for path in _as_paths(paths):
+    with open(path, "rb") as f:  # Bytes, so a bad encoding can name its line too.
+      for line_no, raw in enumerate(f, start=1):
+        try:
+          line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+          raise DataError(f"{path}:{line_no}: not UTF-8 ({e})") from None
+        if not line.strip():
+          continue
+        try:
+          obj = json.loads(line)
+        except json.JSONDecodeError as e:
+          raise DataError(f"{path}:{line_no}: invalid JSON ({e})") from None
+        try:
+          records.append(validate_record(obj, kind))
+        except DataError as e:
+          raise DataError(f"{path}:{line_no}: {e} (format: {kind})") from None
+  return records
 
 
 # --------------------------------------------------------------------------------------
@@ -178,123 +175,127 @@ def read_jsonl(paths: str | Sequence[str], kind: str) -> list[dict[str, Any]]:
 
 @dataclasses.dataclass(frozen=True)
 class Hygiene:
-    """Hygiene settings; part of the prepared dataset's identity (config name).
+  """Hygiene settings; part of the prepared dataset's identity (config name).
 
-    dedup_prefix_len: prompts whose first `dedup_prefix_len` chars/words (whitespace
-      normalised) agree are duplicates; the first one is kept. Prompts shorter than
-      that are duplicates only if equal. None disables de-duplication.
-    max_per_user: keep at most this many records per user_id (first ones). None: no cap.
-    split_fractions: (train, validation, test) fractions of USERS (user-keyed kinds).
-    text_split_fractions: (train, validation, test) fractions of pretraining lines.
-    split_salt: changes the user -> split assignment while keeping it deterministic.
-    """
+  dedup_prefix_len: prompts whose first `dedup_prefix_len` chars/words (whitespace
+    normalised) agree are duplicates; the first one is kept. Prompts shorter than
+    that are duplicates only if equal. None disables de-duplication.
+  max_per_user: keep at most this many records per user_id (first ones). None: no cap.
+  split_fractions: (train, validation, test) fractions of USERS (user-keyed kinds).
+  text_split_fractions: (train, validation, test) fractions of pretraining lines.
+  split_salt: changes the user -> split assignment while keeping it deterministic.
+  """
 
-    dedup_prefix_len: int | None = 100
-    dedup_prefix_unit: str = "chars"  # "chars" | "words"
-    max_per_user: int | None = 200
-    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    text_split_fractions: tuple[float, float, float] = (0.98, 0.01, 0.01)
-    split_salt: str = ""
+  dedup_prefix_len: int | None = 100
+  dedup_prefix_unit: str = "chars"  # "chars" | "words"
+  max_per_user: int | None = 200
+  split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+  text_split_fractions: tuple[float, float, float] = (0.98, 0.01, 0.01)
+  split_salt: str = ""
 
-    def __post_init__(self):
-        if self.dedup_prefix_unit not in ("chars", "words"):
-            raise ValueError(f"dedup_prefix_unit must be 'chars' or 'words', got {self.dedup_prefix_unit!r}")
-        for name in ("split_fractions", "text_split_fractions"):
-            fractions = tuple(float(x) for x in getattr(self, name))
-            if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
-                raise ValueError(f"{name} must be 3 non-negative numbers summing to 1, got {fractions}")
-            object.__setattr__(self, name, fractions)  # lists from configs -> tuples
+  def __post_init__(self):
+    if self.dedup_prefix_unit not in ("chars", "words"):
+      raise ValueError(
+        f"dedup_prefix_unit must be 'chars' or 'words', got {self.dedup_prefix_unit!r}"
+      )
+    for name in ("split_fractions", "text_split_fractions"):
+      fractions = tuple(float(x) for x in getattr(self, name))
+      if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
+        raise ValueError(f"{name} must be 3 non-negative numbers summing to 1, got {fractions}")
+      object.__setattr__(self, name, fractions)  # lists from configs -> tuples
 
 
 def prefix_key(prompt: str, prefix_len: int, unit: str = "chars") -> str:
-    """The part of `prompt` that decides whether it duplicates another prompt."""
-    words = prompt.split()
-    if unit == "words":
-        return " ".join(words[:prefix_len])
-    return " ".join(words)[:prefix_len]
+  """The part of `prompt` that decides whether it duplicates another prompt."""
+  words = prompt.split()
+  if unit == "words":
+    return " ".join(words[:prefix_len])
+  return " ".join(words)[:prefix_len]
 
 
 def dedup_by_prefix(
-    records: Sequence[dict], prefix_len: int | None, unit: str = "chars"
+  records: Sequence[dict], prefix_len: int | None, unit: str = "chars"
 ) -> tuple[list[dict], int]:
-    """Drops records whose prompt shares its first `prefix_len` chars/words with an
-    earlier record's prompt. Returns (kept records in order, number dropped)."""
-    if prefix_len is None:
-        return list(records), 0
-    seen: set[str] = set()
-    kept = []
-    for record in records:
-        key = prefix_key(record["prompt"], prefix_len, unit)
-        if key not in seen:
-            seen.add(key)
-            kept.append(record)
-    return kept, len(records) - len(kept)
+  """Drops records whose prompt shares its first `prefix_len` chars/words with an
+  earlier record's prompt. Returns (kept records in order, number dropped)."""
+  if prefix_len is None:
+    return list(records), 0
+  seen: set[str] = set()
+  kept = []
+  for record in records:
+    key = prefix_key(record["prompt"], prefix_len, unit)
+    if key not in seen:
+      seen.add(key)
+      kept.append(record)
+  return kept, len(records) - len(kept)
 
 
 def cap_per_user(records: Sequence[dict], max_per_user: int | None) -> tuple[list[dict], int]:
-    """Keeps the first `max_per_user` records of every user_id. Returns (kept, n_dropped)."""
-    if max_per_user is None:
-        return list(records), 0
-    counts: dict[str, int] = {}
-    kept = []
-    for record in records:
-        n = counts.get(record["user_id"], 0)
-        if n < max_per_user:
-            kept.append(record)
-        counts[record["user_id"]] = n + 1
-    return kept, len(records) - len(kept)
+  """Keeps the first `max_per_user` records of every user_id. Returns (kept, n_dropped)."""
+  if max_per_user is None:
+    return list(records), 0
+  counts: dict[str, int] = {}
+  kept = []
+  for record in records:
+    n = counts.get(record["user_id"], 0)
+    if n < max_per_user:
+      kept.append(record)
+    counts[record["user_id"]] = n + 1
+  return kept, len(records) - len(kept)
 
 
 def assign_split(key: str, fractions: Sequence[float], salt: str = "") -> str:
-    """Deterministic split ("train"/"validation"/"test") of a user id or other key.
+  """Deterministic split ("train"/"validation"/"test") of a user id or other key.
 
-    A stable hash (sha256, not Python's salted `hash`) so the same user lands in the
-    same split in every file and every run: a user's demonstrations, comparisons and
-    prompts are all held out together.
-    """
-    digest = hashlib.sha256(f"{salt}\x00{key}".encode()).digest()
-    u = int.from_bytes(digest[:8], "big") / 2.0**64  # uniform in [0, 1)
-    if u < fractions[0]:
-        return "train"
-    return "validation" if u < fractions[0] + fractions[1] else "test"
+  A stable hash (sha256, not Python's salted `hash`) so the same user lands in the
+  same split in every file and every run: a user's demonstrations, comparisons and
+  prompts are all held out together.
+  """
+  digest = hashlib.sha256(f"{salt}\x00{key}".encode()).digest()
+  u = int.from_bytes(digest[:8], "big") / 2.0**64  # uniform in [0, 1)
+  if u < fractions[0]:
+    return "train"
+  return "validation" if u < fractions[0] + fractions[1] else "test"
 
 
 def split_by_user(
-    records: Sequence[dict], fractions: Sequence[float], salt: str = ""
+  records: Sequence[dict], fractions: Sequence[float], salt: str = ""
 ) -> dict[str, list[dict]]:
-    """Splits records by hash of user_id; a user's records never span two splits."""
-    splits: dict[str, list[dict]] = {s: [] for s in SPLITS}
-    for record in records:
-        splits[assign_split(record["user_id"], fractions, salt)].append(record)
-    return splits
+  """Splits records by hash of user_id; a user's records never span two splits."""
+  splits: dict[str, list[dict]] = {s: [] for s in SPLITS}
+  for record in records:
+    splits[assign_split(record["user_id"], fractions, salt)].append(record)
+  return splits
 
 
 def apply_hygiene(
-    records: Sequence[dict], kind: str, hygiene: Hygiene = Hygiene()
+  records: Sequence[dict], kind: str, hygiene: Hygiene = Hygiene()
 ) -> tuple[dict[str, list[dict]], dict[str, int]]:
-    """De-duplicates by prompt prefix, caps per user, splits by user (in this order).
+  """De-duplicates by prompt prefix, caps per user, splits by user (in this order).
 
-    Pretraining text has no prompts or users: it is only split, by a hash of its
-    index. Every record gets an "index" (its position in `records`) so file order can
-    be restored after tfds shuffles the stored examples.
-    Returns ({split: records}, counts) with counts: read, dropped_duplicate_prefix,
-    dropped_user_cap, and one entry per split.
-    """
-    records = [dict(r, index=i) for i, r in enumerate(records)]
-    counts = {"read": len(records), "dropped_duplicate_prefix": 0, "dropped_user_cap": 0}
-    if kind == "pretraining":
-        splits: dict[str, list[dict]] = {s: [] for s in SPLITS}
-        for r in records:
-            splits[assign_split(str(r["index"]), hygiene.text_split_fractions, hygiene.split_salt)].append(r)
-    else:
-        records, counts["dropped_duplicate_prefix"] = dedup_by_prefix(
-            records, hygiene.dedup_prefix_len, hygiene.dedup_prefix_unit
-        )
-        records, counts["dropped_user_cap"] = cap_per_user(records, hygiene.max_per_user)
-        splits = split_by_user(records, hygiene.split_fractions, hygiene.split_salt)
-    counts.update({s: len(splits[s]) for s in SPLITS})
-    logging.info("Hygiene for %s: %s", kind, counts)
-    return splits, counts
+  Pretraining text has no prompts or users: it is only split, by a hash of its
+  index. Every record gets an "index" (its position in `records`) so file order can
+  be restored after tfds shuffles the stored examples.
+  Returns ({split: records}, counts) with counts: read, dropped_duplicate_prefix,
+  dropped_user_cap, and one entry per split.
+  """
+  records = [dict(r, index=i) for i, r in enumerate(records)]
+  counts = {"read": len(records), "dropped_duplicate_prefix": 0, "dropped_user_cap": 0}
+  if kind == "pretraining":
+    splits: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    for r in records:
+      splits[
+        assign_split(str(r["index"]), hygiene.text_split_fractions, hygiene.split_salt)
+      ].append(r)
+  else:
+    records, counts["dropped_duplicate_prefix"] = dedup_by_prefix(
+      records, hygiene.dedup_prefix_len, hygiene.dedup_prefix_unit
+    )
+    records, counts["dropped_user_cap"] = cap_per_user(records, hygiene.max_per_user)
+    splits = split_by_user(records, hygiene.split_fractions, hygiene.split_salt)
+  counts.update({s: len(splits[s]) for s in SPLITS})
+  logging.info("Hygiene for %s: %s", kind, counts)
+  return splits, counts
 
 
 # --------------------------------------------------------------------------------------
@@ -303,181 +304,186 @@ def apply_hygiene(
 
 
 def _features(kind: str) -> tfds.features.FeaturesDict:
-    text = tfds.features.Text
-    spec: dict[str, Any] = {"index": np.int64}
-    if kind == "pretraining":
-        spec["text"] = text()
-    else:
-        spec.update(prompt=text(), user_id=text())
-    if kind == "demonstrations":
-        spec["response"] = text()
-    if kind == "comparisons":
-        spec["responses"] = tfds.features.Sequence(text())
-        spec["ranking"] = tfds.features.Tensor(shape=(None,), dtype=np.int32)
-    if kind in ("demonstrations", "prompts"):
-        spec["category"] = text()
-    return tfds.features.FeaturesDict(spec)
+  text = tfds.features.Text
+  spec: dict[str, Any] = {"index": np.int64}
+  if kind == "pretraining":
+    spec["text"] = text()
+  else:
+    spec.update(prompt=text(), user_id=text())
+  if kind == "demonstrations":
+    spec["response"] = text()
+  if kind == "comparisons":
+    spec["responses"] = tfds.features.Sequence(text())
+    spec["ranking"] = tfds.features.Tensor(shape=(None,), dtype=np.int32)
+  if kind in ("demonstrations", "prompts"):
+    spec["category"] = text()
+  return tfds.features.FeaturesDict(spec)
 
 
 @dataclasses.dataclass(eq=False)
 class JsonlConfig(tfds.core.BuilderConfig):
-    """Which JSONL file(s) to read and with what hygiene. Built by `make_builder`,
-    whose config name holds the files' content hash and the settings' hash."""
+  """Which JSONL file(s) to read and with what hygiene. Built by `make_builder`,
+  whose config name holds the files' content hash and the settings' hash."""
 
-    paths: tuple[str, ...] = ()
-    hygiene: Hygiene = dataclasses.field(default_factory=Hygiene)
+  paths: tuple[str, ...] = ()
+  hygiene: Hygiene = dataclasses.field(default_factory=Hygiene)
 
 
 class _JsonlBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """Reads one user-facing JSONL format; subclasses only set KIND."""
+  """Reads one user-facing JSONL format; subclasses only set KIND."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Raw strings + hygiene + split by user id."}
-    BUILDER_CONFIG_CLASS = JsonlConfig
-    KIND = ""
-    # tfds 4.9.10 resolves a package builder's source file (only to look for a
-    # checksums file) through `importlib_resources`, a backport it declares for
-    # Python < 3.9 only, so on 3.11 preparing fails with ModuleNotFoundError. We
-    # download nothing and need no checksums: no code path.
-    code_path = None
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Raw strings + hygiene + split by user id."}
+  BUILDER_CONFIG_CLASS = JsonlConfig
+  KIND = ""
+  # tfds 4.9.10 resolves a package builder's source file (only to look for a
+  # checksums file) through `importlib_resources`, a backport it declares for
+  # Python < 3.9 only, so on 3.11 preparing fails with ModuleNotFoundError. We
+  # download nothing and need no checksums: no code path.
+  code_path = None
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=f"InstructGPT {self.KIND} from user JSONL.",
-            features=_features(self.KIND),
-            # Hygiene counts are stored with the data so a reused preparation still reports them.
-            metadata=tfds.core.MetadataDict(),
-        )
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+      builder=self,
+      description=f"InstructGPT {self.KIND} from user JSONL.",
+      features=_features(self.KIND),
+      # Hygiene counts are stored with the data so a reused preparation still reports them.
+      metadata=tfds.core.MetadataDict(),
+    )
 
-    def _split_generators(self, dl_manager):
-        del dl_manager  # Local files only.
-        config: JsonlConfig = self.builder_config
-        records = read_jsonl(config.paths, self.KIND)
-        splits, counts = apply_hygiene(records, self.KIND, config.hygiene)
-        self.info.metadata["hygiene"] = counts
-        self.info.metadata["paths"] = list(config.paths)
-        # An empty split cannot be written ("No examples were yielded"): leave it out.
-        return {s: self._generate_examples(rows) for s, rows in splits.items() if rows}
+  def _split_generators(self, dl_manager):
+    del dl_manager  # Local files only.
+    config: JsonlConfig = self.builder_config
+    records = read_jsonl(config.paths, self.KIND)
+    splits, counts = apply_hygiene(records, self.KIND, config.hygiene)
+    self.info.metadata["hygiene"] = counts
+    self.info.metadata["paths"] = list(config.paths)
+    # An empty split cannot be written ("No examples were yielded"): leave it out.
+    return {s: self._generate_examples(rows) for s, rows in splits.items() if rows}
 
-    def _generate_examples(self, rows):
-        for row in rows:
-            yield row["index"], row
+  def _generate_examples(self, rows):
+    for row in rows:
+      yield row["index"], row
 
 
 class InstructgptDemonstrations(_JsonlBuilder):
-    KIND = "demonstrations"
+  KIND = "demonstrations"
 
 
 class InstructgptComparisons(_JsonlBuilder):
-    KIND = "comparisons"
+  KIND = "comparisons"
 
 
 class InstructgptPrompts(_JsonlBuilder):
-    KIND = "prompts"
+  KIND = "prompts"
 
 
 class InstructgptPretraining(_JsonlBuilder):
-    KIND = "pretraining"
+  KIND = "pretraining"
 
 
 BUILDERS: dict[str, type[_JsonlBuilder]] = {
-    b.KIND: b
-    for b in (InstructgptDemonstrations, InstructgptComparisons, InstructgptPrompts, InstructgptPretraining)
+  b.KIND: b
+  for b in (
+    InstructgptDemonstrations,
+    InstructgptComparisons,
+    InstructgptPrompts,
+    InstructgptPretraining,
+  )
 }
 
 
 def content_hash(paths: str | Sequence[str]) -> str:
-    """sha256 over the bytes of the files (in order); names and mtimes don't matter."""
-    h = hashlib.sha256()
-    for path in _as_paths(paths):
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        h.update(b"\x00end-of-file\x00")
-    return h.hexdigest()
+  """sha256 over the bytes of the files (in order); names and mtimes don't matter."""
+  h = hashlib.sha256()
+  for path in _as_paths(paths):
+    with open(path, "rb") as f:
+      for chunk in iter(lambda: f.read(1 << 20), b""):
+        h.update(chunk)
+    h.update(b"\x00end-of-file\x00")
+  return h.hexdigest()
 
 
 def make_builder(
-    kind: str, jsonl_paths: str | Sequence[str], data_dir: str, hygiene: Hygiene | None = None
+  kind: str, jsonl_paths: str | Sequence[str], data_dir: str, hygiene: Hygiene | None = None
 ) -> _JsonlBuilder:
-    """The tfds builder for these files; nothing is prepared yet.
+  """The tfds builder for these files; nothing is prepared yet.
 
-    Prepared data lives in `<data_dir>/instructgpt_<kind>/<content>-<settings>/1.0.0/`.
-    The config name changes with the files' content or the hygiene settings, so a
-    changed file is prepared afresh and an unchanged one is reused (old versions stay
-    on disk until deleted).
-    """
-    if kind not in BUILDERS:
-        raise ValueError(f"unknown data kind {kind!r}; expected one of {KINDS}")
-    hygiene = hygiene or Hygiene()
-    paths = _as_paths(jsonl_paths)
-    settings = hashlib.sha256(repr(hygiene).encode()).hexdigest()[:8]
-    config = JsonlConfig(
-        name=f"{content_hash(paths)[:16]}-{settings}",
-        description=f"{kind} from {', '.join(paths)}; {hygiene}",
-        paths=paths,
-        hygiene=hygiene,
-    )
-    return BUILDERS[kind](config=config, data_dir=data_dir, file_format="array_record")
+  Prepared data lives in `<data_dir>/instructgpt_<kind>/<content>-<settings>/1.0.0/`.
+  The config name changes with the files' content or the hygiene settings, so a
+  changed file is prepared afresh and an unchanged one is reused (old versions stay
+  on disk until deleted).
+  """
+  if kind not in BUILDERS:
+    raise ValueError(f"unknown data kind {kind!r}; expected one of {KINDS}")
+  hygiene = hygiene or Hygiene()
+  paths = _as_paths(jsonl_paths)
+  settings = hashlib.sha256(repr(hygiene).encode()).hexdigest()[:8]
+  config = JsonlConfig(
+    name=f"{content_hash(paths)[:16]}-{settings}",
+    description=f"{kind} from {', '.join(paths)}; {hygiene}",
+    paths=paths,
+    hygiene=hygiene,
+  )
+  return BUILDERS[kind](config=config, data_dir=data_dir, file_format="array_record")
 
 
 def prepare(
-    kind: str, jsonl_paths: str | Sequence[str], data_dir: str, hygiene: Hygiene | None = None
+  kind: str, jsonl_paths: str | Sequence[str], data_dir: str, hygiene: Hygiene | None = None
 ) -> _JsonlBuilder:
-    """Prepares (or reuses) array_record files for the JSONL file(s); returns the builder."""
-    builder = make_builder(kind, jsonl_paths, data_dir, hygiene)
-    builder.download_and_prepare()  # A no-op when this config was prepared before.
-    return builder
+  """Prepares (or reuses) array_record files for the JSONL file(s); returns the builder."""
+  builder = make_builder(kind, jsonl_paths, data_dir, hygiene)
+  builder.download_and_prepare()  # A no-op when this config was prepared before.
+  return builder
 
 
 def hygiene_counts(builder: _JsonlBuilder) -> dict[str, int]:
-    """What hygiene kept and dropped when `builder`'s data was prepared."""
-    return dict(builder.info.metadata["hygiene"])
+  """What hygiene kept and dropped when `builder`'s data was prepared."""
+  return dict(builder.info.metadata["hygiene"])
 
 
 def data_sources(
-    kind: str, jsonl_paths: str | Sequence[str], data_dir: str, hygiene: Hygiene | None = None
+  kind: str, jsonl_paths: str | Sequence[str], data_dir: str, hygiene: Hygiene | None = None
 ) -> dict[str, Any]:
-    """{split: random-access tfds data source} (no TensorFlow); empty splits are absent.
+  """{split: random-access tfds data source} (no TensorFlow); empty splits are absent.
 
-    Elements are dicts of bytes / numpy values in tfds' stored (hashed) order; use
-    `load_split` for decoded strings in file order.
-    """
-    return dict(prepare(kind, jsonl_paths, data_dir, hygiene).as_data_source())
+  Elements are dicts of bytes / numpy values in tfds' stored (hashed) order; use
+  `load_split` for decoded strings in file order.
+  """
+  return dict(prepare(kind, jsonl_paths, data_dir, hygiene).as_data_source())
 
 
 def _decode(example: Mapping[str, Any]) -> dict[str, Any]:
-    def value(v):
-        if isinstance(v, bytes):
-            return v.decode("utf-8")
-        if isinstance(v, np.ndarray) and v.dtype != object:
-            return v.tolist()
-        if isinstance(v, (list, tuple, np.ndarray)):
-            return [value(x) for x in v]
-        return v.item() if isinstance(v, np.generic) else v
+  def value(v):
+    if isinstance(v, bytes):
+      return v.decode("utf-8")
+    if isinstance(v, np.ndarray) and v.dtype != object:
+      return v.tolist()
+    if isinstance(v, (list, tuple, np.ndarray)):
+      return [value(x) for x in v]
+    return v.item() if isinstance(v, np.generic) else v
 
-    return {k: value(v) for k, v in example.items()}
+  return {k: value(v) for k, v in example.items()}
 
 
 def load_split(
-    kind: str,
-    jsonl_paths: str | Sequence[str],
-    data_dir: str,
-    split: str,
-    hygiene: Hygiene | None = None,
+  kind: str,
+  jsonl_paths: str | Sequence[str],
+  data_dir: str,
+  split: str,
+  hygiene: Hygiene | None = None,
 ) -> list[dict[str, Any]]:
-    """Prepares (or reuses) the data and returns one split as plain records, in file
-    order: the format's fields as str/list plus "index" (position among the file's
-    valid records). An empty split returns []."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-    sources = data_sources(kind, jsonl_paths, data_dir, hygiene)
-    if split not in sources:
-        return []
-    source = sources[split]
-    examples = [_decode(e) for e in source.__getitems__(range(len(source)))]
-    return sorted(examples, key=lambda e: e["index"])
+  """Prepares (or reuses) the data and returns one split as plain records, in file
+  order: the format's fields as str/list plus "index" (position among the file's
+  valid records). An empty split returns []."""
+  if split not in SPLITS:
+    raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+  sources = data_sources(kind, jsonl_paths, data_dir, hygiene)
+  if split not in sources:
+    return []
+  source = sources[split]
+  examples = [_decode(e) for e in source.__getitems__(range(len(source)))]
+  return sorted(examples, key=lambda e: e["index"])
 
 
 # --------------------------------------------------------------------------------------
@@ -485,162 +491,166 @@ def load_split(
 # --------------------------------------------------------------------------------------
 
 
-def _pad(seqs: Sequence[Sequence[int]], length: int, pad_id: int, left: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Pads token lists to `length`. Returns (tokens [N, length] int32, mask [N, length] int32)."""
-    tokens = np.full((len(seqs), length), pad_id, dtype=np.int32)
-    mask = np.zeros((len(seqs), length), dtype=np.int32)
-    for i, seq in enumerate(seqs):
-        start = length - len(seq) if left else 0
-        tokens[i, start : start + len(seq)] = seq
-        mask[i, start : start + len(seq)] = 1
-    return tokens, mask
+def _pad(
+  seqs: Sequence[Sequence[int]], length: int, pad_id: int, left: bool
+) -> tuple[np.ndarray, np.ndarray]:
+  """Pads token lists to `length`. Returns (tokens [N, length] int32, mask [N, length] int32)."""
+  tokens = np.full((len(seqs), length), pad_id, dtype=np.int32)
+  mask = np.zeros((len(seqs), length), dtype=np.int32)
+  for i, seq in enumerate(seqs):
+    start = length - len(seq) if left else 0
+    tokens[i, start : start + len(seq)] = seq
+    mask[i, start : start + len(seq)] = 1
+  return tokens, mask
 
 
 class EncodedPrompts(NamedTuple):
-    tokens: np.ndarray  # [N, P] int32, BOS + prompt, left-padded
-    mask: np.ndarray  # [N, P] int32
-    n_dropped: int  # prompts longer than P (with BOS)
-    kept: np.ndarray  # [N] int64, index of each row in the input list
+  tokens: np.ndarray  # [N, P] int32, BOS + prompt, left-padded
+  mask: np.ndarray  # [N, P] int32
+  n_dropped: int  # prompts longer than P (with BOS)
+  kept: np.ndarray  # [N] int64, index of each row in the input list
 
 
 def _prompt_ids(tok: Tokenizer, prompts: Sequence[str]) -> list[list[int]]:
-    return [[tok.bos_id] + ids for ids in tok.encode_batch(prompts)]
+  return [[tok.bos_id] + ids for ids in tok.encode_batch(prompts)]
 
 
 def _response_ids(tok: Tokenizer, responses: Sequence[str]) -> list[list[int]]:
-    return [ids + [tok.eos_id] for ids in tok.encode_batch(responses)]
+  return [ids + [tok.eos_id] for ids in tok.encode_batch(responses)]
 
 
 def encode_prompts(tok: Tokenizer, prompts: Sequence[str], P: int) -> EncodedPrompts:
-    """BOS + prompt, left-padded to P: tokens/mask [N, P].
+  """BOS + prompt, left-padded to P: tokens/mask [N, P].
 
-    Prompts that do not fit (more than P-1 tokens) are dropped, not truncated, as in
-    the paper; `n_dropped` counts them and `kept` maps rows back to `prompts`.
-    """
-    ids = _prompt_ids(tok, prompts)
-    kept = np.array([i for i, x in enumerate(ids) if len(x) <= P], dtype=np.int64)
-    tokens, mask = _pad([ids[i] for i in kept], P, tok.pad_id, left=True)
-    return EncodedPrompts(tokens, mask, len(prompts) - len(kept), kept)
+  Prompts that do not fit (more than P-1 tokens) are dropped, not truncated, as in
+  the paper; `n_dropped` counts them and `kept` maps rows back to `prompts`.
+  """
+  ids = _prompt_ids(tok, prompts)
+  kept = np.array([i for i, x in enumerate(ids) if len(x) <= P], dtype=np.int64)
+  tokens, mask = _pad([ids[i] for i in kept], P, tok.pad_id, left=True)
+  return EncodedPrompts(tokens, mask, len(prompts) - len(kept), kept)
 
 
 def encode_sft(
-    tok: Tokenizer, prompts: Sequence[str], responses: Sequence[str], P: int, R: int
+  tok: Tokenizer, prompts: Sequence[str], responses: Sequence[str], P: int, R: int
 ) -> dict[str, Any]:
-    """Demonstrations as [prompt (left-padded to P) | response + EOS (right-padded to R)].
+  """Demonstrations as [prompt (left-padded to P) | response + EOS (right-padded to R)].
 
-    Returns
-      tokens    [N, P+R] int32
-      mask      [N, P+R] int32  1 on real tokens (BOS, prompt, response, EOS)
-      loss_mask [N, P+R] int32  1 on TARGET tokens: the response tokens and its EOS,
-                i.e. positions P .. P+len(response). Token t is predicted by the
-                logits at t-1, so the LM loss is
-                  ce(logits[:, :-1], tokens[:, 1:]) weighted by loss_mask[:, 1:].
-      kept      [N] int64  index of each row in the inputs
-      n_dropped_prompt, n_dropped_response: int counts of examples dropped because
-                BOS+prompt > P or response+EOS > R. Long responses are dropped, not
-                truncated: a truncated target would teach the model never to stop.
-    """
-    if len(prompts) != len(responses):
-        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-    prompt_ids, response_ids = _prompt_ids(tok, prompts), _response_ids(tok, responses)
-    prompt_ok = [len(x) <= P for x in prompt_ids]
-    response_ok = [len(x) <= R for x in response_ids]
-    kept = np.array([i for i in range(len(prompts)) if prompt_ok[i] and response_ok[i]], dtype=np.int64)
-    p_tokens, p_mask = _pad([prompt_ids[i] for i in kept], P, tok.pad_id, left=True)
-    r_tokens, r_mask = _pad([response_ids[i] for i in kept], R, tok.pad_id, left=False)
-    return {
-        "tokens": np.concatenate([p_tokens, r_tokens], axis=1),
-        "mask": np.concatenate([p_mask, r_mask], axis=1),
-        "loss_mask": np.concatenate([np.zeros_like(p_mask), r_mask], axis=1),
-        "kept": kept,
-        "n_dropped_prompt": len(prompts) - sum(prompt_ok),
-        "n_dropped_response": sum(p and not r for p, r in zip(prompt_ok, response_ok)),
-    }
+  Returns
+    tokens    [N, P+R] int32
+    mask      [N, P+R] int32  1 on real tokens (BOS, prompt, response, EOS)
+    loss_mask [N, P+R] int32  1 on TARGET tokens: the response tokens and its EOS,
+              i.e. positions P .. P+len(response). Token t is predicted by the
+              logits at t-1, so the LM loss is
+                ce(logits[:, :-1], tokens[:, 1:]) weighted by loss_mask[:, 1:].
+    kept      [N] int64  index of each row in the inputs
+    n_dropped_prompt, n_dropped_response: int counts of examples dropped because
+              BOS+prompt > P or response+EOS > R. Long responses are dropped, not
+              truncated: a truncated target would teach the model never to stop.
+  """
+  if len(prompts) != len(responses):
+    raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+  prompt_ids, response_ids = _prompt_ids(tok, prompts), _response_ids(tok, responses)
+  prompt_ok = [len(x) <= P for x in prompt_ids]
+  response_ok = [len(x) <= R for x in response_ids]
+  kept = np.array(
+    [i for i in range(len(prompts)) if prompt_ok[i] and response_ok[i]], dtype=np.int64
+  )
+  p_tokens, p_mask = _pad([prompt_ids[i] for i in kept], P, tok.pad_id, left=True)
+  r_tokens, r_mask = _pad([response_ids[i] for i in kept], R, tok.pad_id, left=False)
+  return {
+    "tokens": np.concatenate([p_tokens, r_tokens], axis=1),
+    "mask": np.concatenate([p_mask, r_mask], axis=1),
+    "loss_mask": np.concatenate([np.zeros_like(p_mask), r_mask], axis=1),
+    "kept": kept,
+    "n_dropped_prompt": len(prompts) - sum(prompt_ok),
+    "n_dropped_response": sum(p and not r for p, r in zip(prompt_ok, response_ok)),
+  }
 
 
 def encode_comparisons(
-    tok: Tokenizer,
-    prompts: Sequence[str],
-    responses_lists: Sequence[Sequence[str]],
-    rankings: Sequence[Sequence[int]],
-    P: int,
-    R: int,
-    K_max: int = MAX_RESPONSES,
+  tok: Tokenizer,
+  prompts: Sequence[str],
+  responses_lists: Sequence[Sequence[str]],
+  rankings: Sequence[Sequence[int]],
+  P: int,
+  R: int,
+  K_max: int = MAX_RESPONSES,
 ) -> dict[str, Any]:
-    """Comparisons as K_max sequences per prompt, each laid out like `encode_sft`.
+  """Comparisons as K_max sequences per prompt, each laid out like `encode_sft`.
 
-    Returns
-      tokens [N, K_max, P+R] int32   absent slots are all pad
-      mask   [N, K_max, P+R] int32   absent slots are all 0
-      ranks  [N, K_max] int32        the given rank (0 = best, ties allowed); -1 = absent
-      kept   [N] int64               index of each row in the inputs
-      n_dropped_prompt: rows whose BOS+prompt > P
-      n_dropped_responses: single responses dropped because response+EOS > R (the
-        remaining ones keep their ranks, which stay consistent)
-      n_dropped_no_pairs: rows left with no pair of different ranks (nothing to learn)
-    """
-    if not len(prompts) == len(responses_lists) == len(rankings):
-        raise ValueError("prompts, responses_lists and rankings must have the same length")
-    if any(len(r) > K_max for r in responses_lists):
-        raise ValueError(f"a comparison has more than K_max={K_max} responses")
-    prompt_ids = _prompt_ids(tok, prompts)
-    response_ids = _response_ids(tok, [r for rs in responses_lists for r in rs])
-    rows, kept = [], []
-    n_dropped_prompt = n_dropped_responses = n_dropped_no_pairs = 0
-    offset = 0
-    for i, (responses, ranking) in enumerate(zip(responses_lists, rankings)):
-        if len(ranking) != len(responses):
-            raise ValueError(f"comparison {i}: {len(ranking)} ranks for {len(responses)} responses")
-        ids = response_ids[offset : offset + len(responses)]
-        offset += len(responses)
-        if len(prompt_ids[i]) > P:
-            n_dropped_prompt += 1
-            continue
-        fitting = [(x, int(rank)) for x, rank in zip(ids, ranking) if len(x) <= R]
-        n_dropped_responses += len(responses) - len(fitting)
-        if len({rank for _, rank in fitting}) < 2:
-            n_dropped_no_pairs += 1
-            continue
-        rows.append((prompt_ids[i], fitting))
-        kept.append(i)
+  Returns
+    tokens [N, K_max, P+R] int32   absent slots are all pad
+    mask   [N, K_max, P+R] int32   absent slots are all 0
+    ranks  [N, K_max] int32        the given rank (0 = best, ties allowed); -1 = absent
+    kept   [N] int64               index of each row in the inputs
+    n_dropped_prompt: rows whose BOS+prompt > P
+    n_dropped_responses: single responses dropped because response+EOS > R (the
+      remaining ones keep their ranks, which stay consistent)
+    n_dropped_no_pairs: rows left with no pair of different ranks (nothing to learn)
+  """
+  if not len(prompts) == len(responses_lists) == len(rankings):
+    raise ValueError("prompts, responses_lists and rankings must have the same length")
+  if any(len(r) > K_max for r in responses_lists):
+    raise ValueError(f"a comparison has more than K_max={K_max} responses")
+  prompt_ids = _prompt_ids(tok, prompts)
+  response_ids = _response_ids(tok, [r for rs in responses_lists for r in rs])
+  rows, kept = [], []
+  n_dropped_prompt = n_dropped_responses = n_dropped_no_pairs = 0
+  offset = 0
+  for i, (responses, ranking) in enumerate(zip(responses_lists, rankings)):
+    if len(ranking) != len(responses):
+      raise ValueError(f"comparison {i}: {len(ranking)} ranks for {len(responses)} responses")
+    ids = response_ids[offset : offset + len(responses)]
+    offset += len(responses)
+    if len(prompt_ids[i]) > P:
+      n_dropped_prompt += 1
+      continue
+    fitting = [(x, int(rank)) for x, rank in zip(ids, ranking) if len(x) <= R]
+    n_dropped_responses += len(responses) - len(fitting)
+    if len({rank for _, rank in fitting}) < 2:
+      n_dropped_no_pairs += 1
+      continue
+    rows.append((prompt_ids[i], fitting))
+    kept.append(i)
 
-    n, L = len(rows), P + R
-    tokens = np.full((n, K_max, L), tok.pad_id, dtype=np.int32)
-    mask = np.zeros((n, K_max, L), dtype=np.int32)
-    ranks = np.full((n, K_max), -1, dtype=np.int32)
-    for i, (prompt, fitting) in enumerate(rows):
-        p_tokens, p_mask = _pad([prompt], P, tok.pad_id, left=True)
-        r_tokens, r_mask = _pad([x for x, _ in fitting], R, tok.pad_id, left=False)
-        k = len(fitting)
-        tokens[i, :k, :P], mask[i, :k, :P] = p_tokens, p_mask
-        tokens[i, :k, P:], mask[i, :k, P:] = r_tokens, r_mask
-        ranks[i, :k] = [rank for _, rank in fitting]
-    return {
-        "tokens": tokens,
-        "mask": mask,
-        "ranks": ranks,
-        "kept": np.array(kept, dtype=np.int64),
-        "n_dropped_prompt": n_dropped_prompt,
-        "n_dropped_responses": n_dropped_responses,
-        "n_dropped_no_pairs": n_dropped_no_pairs,
-    }
+  n, L = len(rows), P + R
+  tokens = np.full((n, K_max, L), tok.pad_id, dtype=np.int32)
+  mask = np.zeros((n, K_max, L), dtype=np.int32)
+  ranks = np.full((n, K_max), -1, dtype=np.int32)
+  for i, (prompt, fitting) in enumerate(rows):
+    p_tokens, p_mask = _pad([prompt], P, tok.pad_id, left=True)
+    r_tokens, r_mask = _pad([x for x, _ in fitting], R, tok.pad_id, left=False)
+    k = len(fitting)
+    tokens[i, :k, :P], mask[i, :k, :P] = p_tokens, p_mask
+    tokens[i, :k, P:], mask[i, :k, P:] = r_tokens, r_mask
+    ranks[i, :k] = [rank for _, rank in fitting]
+  return {
+    "tokens": tokens,
+    "mask": mask,
+    "ranks": ranks,
+    "kept": np.array(kept, dtype=np.int64),
+    "n_dropped_prompt": n_dropped_prompt,
+    "n_dropped_responses": n_dropped_responses,
+    "n_dropped_no_pairs": n_dropped_no_pairs,
+  }
 
 
 def pack_lm(tok: Tokenizer, texts: Sequence[str], seq_len: int) -> dict[str, np.ndarray]:
-    """Pretraining text packed into fixed rows: BOS + text + EOS per document,
-    concatenated and cut every `seq_len` tokens (documents may span rows; the last
-    row is right-padded).
+  """Pretraining text packed into fixed rows: BOS + text + EOS per document,
+  concatenated and cut every `seq_len` tokens (documents may span rows; the last
+  row is right-padded).
 
-    Returns tokens [N, seq_len] int32 and mask [N, seq_len] int32 (1 everywhere but
-    the tail padding). Loss: ce(logits[:, :-1], tokens[:, 1:]) weighted by mask[:, 1:].
-    """
-    stream = [t for ids in tok.encode_batch(texts) for t in [tok.bos_id, *ids, tok.eos_id]]
-    n_rows = -(-len(stream) // seq_len)
-    flat = np.full(n_rows * seq_len, tok.pad_id, dtype=np.int32)
-    flat[: len(stream)] = stream
-    mask = np.zeros(n_rows * seq_len, dtype=np.int32)
-    mask[: len(stream)] = 1
-    return {"tokens": flat.reshape(n_rows, seq_len), "mask": mask.reshape(n_rows, seq_len)}
+  Returns tokens [N, seq_len] int32 and mask [N, seq_len] int32 (1 everywhere but
+  the tail padding). Loss: ce(logits[:, :-1], tokens[:, 1:]) weighted by mask[:, 1:].
+  """
+  stream = [t for ids in tok.encode_batch(texts) for t in [tok.bos_id, *ids, tok.eos_id]]
+  n_rows = -(-len(stream) // seq_len)
+  flat = np.full(n_rows * seq_len, tok.pad_id, dtype=np.int32)
+  flat[: len(stream)] = stream
+  mask = np.zeros(n_rows * seq_len, dtype=np.int32)
+  mask[: len(stream)] = 1
+  return {"tokens": flat.reshape(n_rows, seq_len), "mask": mask.reshape(n_rows, seq_len)}
 
 
 # --------------------------------------------------------------------------------------
@@ -649,92 +659,92 @@ def pack_lm(tok: Tokenizer, texts: Sequence[str], seq_len: int) -> dict[str, np.
 
 
 def _batchable(arrays: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], int]:
-    """The numpy-array entries of `arrays` and their common leading dimension N."""
-    arrays = {k: v for k, v in arrays.items() if isinstance(v, np.ndarray)}
-    sizes = {k: v.shape[0] for k, v in arrays.items()}
-    if not arrays or len(set(sizes.values())) != 1:
-        raise ValueError(f"arrays must be non-empty and share their leading dimension: {sizes}")
-    return arrays, next(iter(sizes.values()))
+  """The numpy-array entries of `arrays` and their common leading dimension N."""
+  arrays = {k: v for k, v in arrays.items() if isinstance(v, np.ndarray)}
+  sizes = {k: v.shape[0] for k, v in arrays.items()}
+  if not arrays or len(set(sizes.values())) != 1:
+    raise ValueError(f"arrays must be non-empty and share their leading dimension: {sizes}")
+  return arrays, next(iter(sizes.values()))
 
 
 def make_batches(
-    arrays: Mapping[str, Any],
-    batch_size: int,
-    seed: int,
-    shuffle: bool = True,
-    num_epochs: int | None = None,
-    drop_remainder: bool = True,
-    *,
-    process_index: int = 0,
-    process_count: int = 1,
-    prefetch: int = 2,
+  arrays: Mapping[str, Any],
+  batch_size: int,
+  seed: int,
+  shuffle: bool = True,
+  num_epochs: int | None = None,
+  drop_remainder: bool = True,
+  *,
+  process_index: int = 0,
+  process_count: int = 1,
+  prefetch: int = 2,
 ) -> grain.DatasetIterator:
-    """A checkpointable iterator of batches {name: [batch_size // process_count, ...]}.
+  """A checkpointable iterator of batches {name: [batch_size // process_count, ...]}.
 
-    `arrays` maps names to arrays with the same leading dimension N; entries that are
-    not numpy arrays (the n_dropped_* counts of encode_*) are ignored, so an encode_*
-    result can be passed as is. Shuffling is a fresh permutation per epoch, fixed by
-    `seed`; `num_epochs=None` repeats forever (batches may then span epochs).
+  `arrays` maps names to arrays with the same leading dimension N; entries that are
+  not numpy arrays (the n_dropped_* counts of encode_*) are ignored, so an encode_*
+  result can be passed as is. Shuffling is a fresh permutation per epoch, fixed by
+  `seed`; `num_epochs=None` repeats forever (batches may then span epochs).
 
-    Multi-host: every process builds the same global batch order and takes its own
-    contiguous slice `process_index`, so processes never see the same example.
+  Multi-host: every process builds the same global batch order and takes its own
+  contiguous slice `process_index`, so processes never see the same example.
 
-    Saving/restoring the position (the state is a small JSON-serialisable dict,
-    e.g. {"next_index": 17}):
-        state = it.get_state()              # store as JSON in the checkpoint
-        it = make_batches(<same arrays and arguments>)
-        it.set_state(state)                 # continues with the same next batch
-    """
-    arrays, n = _batchable(arrays)
-    if batch_size % process_count:
-        raise ValueError(f"batch_size={batch_size} is not divisible by process_count={process_count}")
-    if n == 0:
-        raise ValueError("make_batches got 0 examples (did hygiene or length filtering drop them all?)")
-    if drop_remainder and num_epochs is not None and n * num_epochs < batch_size:
-        raise ValueError(f"{n} examples x {num_epochs} epochs make no full batch of {batch_size}")
-    local = batch_size // process_count
+  Saving/restoring the position (the state is a small JSON-serialisable dict,
+  e.g. {"next_index": 17}):
+      state = it.get_state()              # store as JSON in the checkpoint
+      it = make_batches(<same arrays and arguments>)
+      it.set_state(state)                 # continues with the same next batch
+  """
+  arrays, n = _batchable(arrays)
+  if batch_size % process_count:
+    raise ValueError(f"batch_size={batch_size} is not divisible by process_count={process_count}")
+  if n == 0:
+    raise ValueError("make_batches got 0 examples (did hygiene or length filtering drop them all?)")
+  if drop_remainder and num_epochs is not None and n * num_epochs < batch_size:
+    raise ValueError(f"{n} examples x {num_epochs} epochs make no full batch of {batch_size}")
+  local = batch_size // process_count
 
-    def gather(indices: np.ndarray) -> dict[str, np.ndarray]:
-        indices = indices[process_index * local : (process_index + 1) * local]
-        return {k: v[indices] for k, v in arrays.items()}
+  def gather(indices: np.ndarray) -> dict[str, np.ndarray]:
+    indices = indices[process_index * local : (process_index + 1) * local]
+    return {k: v[indices] for k, v in arrays.items()}
 
-    # Batch indices, then gather with one fancy-index per array (faster than
-    # stacking per-example dicts).
-    ds = grain.MapDataset.range(n)
-    if shuffle:
-        ds = ds.shuffle(seed=seed)
-    ds = ds.repeat(num_epochs).batch(batch_size, drop_remainder=drop_remainder).map(gather)
-    # grain's default read-ahead (16 threads, 500 elements) would hold hundreds of
-    # batches in memory; gathering is cheap, so a short prefetch is enough.
-    options = grain.ReadOptions(num_threads=1 if prefetch else 0, prefetch_buffer_size=prefetch)
-    return iter(ds.to_iter_dataset(options))
+  # Batch indices, then gather with one fancy-index per array (faster than
+  # stacking per-example dicts).
+  ds = grain.MapDataset.range(n)
+  if shuffle:
+    ds = ds.shuffle(seed=seed)
+  ds = ds.repeat(num_epochs).batch(batch_size, drop_remainder=drop_remainder).map(gather)
+  # grain's default read-ahead (16 threads, 500 elements) would hold hundreds of
+  # batches in memory; gathering is cheap, so a short prefetch is enough.
+  options = grain.ReadOptions(num_threads=1 if prefetch else 0, prefetch_buffer_size=prefetch)
+  return iter(ds.to_iter_dataset(options))
 
 
 def iterate_split_batches(
-    arrays: Mapping[str, Any], batch_size: int
+  arrays: Mapping[str, Any], batch_size: int
 ) -> Iterator[dict[str, np.ndarray]]:
-    """One pass over `arrays` in order, last batch padded by repeating row 0, with a
-    "valid" [batch] int32 entry marking real rows: for evaluation, where every example
-    must count exactly once and shapes must stay fixed for jit."""
-    arrays, n = _batchable(arrays)
-    for start in range(0, n, batch_size):
-        idx = np.arange(start, start + batch_size)
-        valid = (idx < n).astype(np.int32)
-        idx = np.where(valid == 1, idx, 0)
-        yield {**{k: v[idx] for k, v in arrays.items()}, "valid": valid}
+  """One pass over `arrays` in order, last batch padded by repeating row 0, with a
+  "valid" [batch] int32 entry marking real rows: for evaluation, where every example
+  must count exactly once and shapes must stay fixed for jit."""
+  arrays, n = _batchable(arrays)
+  for start in range(0, n, batch_size):
+    idx = np.arange(start, start + batch_size)
+    valid = (idx < n).astype(np.int32)
+    idx = np.where(valid == 1, idx, 0)
+    yield {**{k: v[idx] for k, v in arrays.items()}, "valid": valid}
 
 
 def map_batches(
-    fn: Any, arrays: Mapping[str, Any], batch_size: int, mesh: Any
+  fn: Any, arrays: Mapping[str, Any], batch_size: int, mesh: Any
 ) -> Iterator[tuple[dict[str, np.ndarray], Any]]:
-    """Applies `fn` (a jitted function of a batch dict) to every row of `arrays` on `mesh`.
+  """Applies `fn` (a jitted function of a batch dict) to every row of `arrays` on `mesh`.
 
-    The batch size is rounded up to the data-parallel degree and the last batch is padded
-    (`iterate_split_batches`), so one compiled program serves every batch. Yields
-    (host batch with its "valid" [batch] entry, `fn`'s outputs fetched to the host).
-    """
-    from instructgpt_jax import sharding  # pylint: disable=import-outside-toplevel
+  The batch size is rounded up to the data-parallel degree and the last batch is padded
+  (`iterate_split_batches`), so one compiled program serves every batch. Yields
+  (host batch with its "valid" [batch] entry, `fn`'s outputs fetched to the host).
+  """
+  from instructgpt_jax import sharding  # pylint: disable=import-outside-toplevel
 
-    with jax.set_mesh(mesh):
-        for batch in iterate_split_batches(arrays, sharding.round_batch(batch_size, mesh)):
-            yield batch, jax.device_get(fn(sharding.shard_batch(batch, mesh)))
+  with jax.set_mesh(mesh):
+    for batch in iterate_split_batches(arrays, sharding.round_batch(batch_size, mesh)):
+      yield batch, jax.device_get(fn(sharding.shard_batch(batch, mesh)))

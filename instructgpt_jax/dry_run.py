@@ -36,11 +36,7 @@ import ml_collections
 
 from instructgpt_jax import data as data_lib
 from instructgpt_jax import model as model_lib
-from instructgpt_jax import ppo
-from instructgpt_jax import pretrain
-from instructgpt_jax import rm
-from instructgpt_jax import sharding
-from instructgpt_jax import train_state
+from instructgpt_jax import ppo, pretrain, rm, sharding, train_state
 
 STAGES = ("pretrain", "sft", "rm", "ppo")
 # Above this many parameters the default is to lower only (XLA:CPU compile time grows with size).
@@ -50,18 +46,24 @@ COMPILE_PARAM_LIMIT = 2_000_000_000
 def _abstract_state(model_cfg: model_lib.ModelConfig, tx, mesh, rules):
   """(abstract TrainState of ShapeDtypeStructs with shardings, its shardings); no allocation."""
   apply_fn = model_lib.Transformer(model_cfg).apply
-  boxed = jax.eval_shape(lambda r: train_state.TrainState.create(
-      apply_fn=apply_fn, params=train_state.boxed_params(model_cfg, r), tx=tx),
-                         jax.random.key(0))
+  boxed = jax.eval_shape(
+    lambda r: train_state.TrainState.create(
+      apply_fn=apply_fn, params=train_state.boxed_params(model_cfg, r), tx=tx
+    ),
+    jax.random.key(0),
+  )
   shardings = sharding.logical_shardings(boxed, mesh, rules)
-  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          nn.meta.unbox(boxed), shardings)
+  abstract = jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), nn.meta.unbox(boxed), shardings
+  )
   return abstract, shardings
 
 
 def _batch_struct(shapes: dict[str, tuple[int, ...]], mesh) -> dict[str, jax.ShapeDtypeStruct]:
-  return {k: jax.ShapeDtypeStruct(v, jnp.int32, sharding=sharding.batch_sharding(mesh, len(v)))
-          for k, v in shapes.items()}
+  return {
+    k: jax.ShapeDtypeStruct(v, jnp.int32, sharding=sharding.batch_sharding(mesh, len(v)))
+    for k, v in shapes.items()
+  }
 
 
 def _count(tree: Any) -> int:
@@ -92,8 +94,12 @@ def build(config: ml_collections.ConfigDict, mesh=None):
   mesh = mesh if mesh is not None else sharding.make_mesh(config.sharding.mesh_shape)
   rules = sharding.normalize_rules(config.sharding.rules)
   d = config.data
-  info: dict[str, Any] = {"stage": stage, "preset": config.get("preset"),
-                          "mesh": dict(mesh.shape), "devices": int(mesh.size)}
+  info: dict[str, Any] = {
+    "stage": stage,
+    "preset": config.get("preset"),
+    "mesh": dict(mesh.shape),
+    "devices": int(mesh.size),
+  }
 
   def round_up(b: int) -> int:
     return sharding.round_batch(int(b), mesh)
@@ -127,29 +133,45 @@ def build(config: ml_collections.ConfigDict, mesh=None):
     policy_cfg = train_state.model_config(config)
     value_cfg = train_state.model_config(config, head="scalar")
     vocab = policy_cfg.vocab_size
-    s = ppo.PPOSettings.from_config(cfg, policy_cfg, value_cfg, d, eos_id=vocab - 1,
-                                    pad_id=vocab - 2, ptx_coef=cfg.ptx_coef)
+    s = ppo.PPOSettings.from_config(
+      cfg, policy_cfg, value_cfg, d, eos_id=vocab - 1, pad_id=vocab - 2, ptx_coef=cfg.ptx_coef
+    )
     policy, policy_sh = _abstract_state(
-        policy_cfg, train_state.make_optimizer(cfg.optim, 1000), mesh, rules)
+      policy_cfg, train_state.make_optimizer(cfg.optim, 1000), mesh, rules
+    )
     value, value_sh = _abstract_state(
-        value_cfg, train_state.make_optimizer(cfg.value_optim, 1000), mesh, rules)
+      value_cfg, train_state.make_optimizer(cfg.value_optim, 1000), mesh, rules
+    )
     rep = sharding.replicated(mesh)
-    state = ppo.PPOState(policy=policy, value=value,
-                         kl_coef=jax.ShapeDtypeStruct((), jnp.float32, sharding=rep))
+    state = ppo.PPOState(
+      policy=policy, value=value, kl_coef=jax.ShapeDtypeStruct((), jnp.float32, sharding=rep)
+    )
     shardings = ppo.PPOState(policy=policy_sh, value=value_sh, kl_coef=rep)
     b = round_up(cfg.rollout_batch_size)
     ptx_rows = round_up(cfg.epochs * s.num_minibatches * cfg.ptx_batch_size)
-    batch = _batch_struct({"prompts": (b, d.prompt_len), "prompt_mask": (b, d.prompt_len),
-                           "tokens": (ptx_rows, d.seq_len), "mask": (ptx_rows, d.seq_len),
-                           "loss_mask": (ptx_rows, d.seq_len)}, mesh)
+    batch = _batch_struct(
+      {
+        "prompts": (b, d.prompt_len),
+        "prompt_mask": (b, d.prompt_len),
+        "tokens": (ptx_rows, d.seq_len),
+        "mask": (ptx_rows, d.seq_len),
+        "loss_mask": (ptx_rows, d.seq_len),
+      },
+      mesh,
+    )
     ref, rmp = policy.params, value.params
     step_fn = lambda st, bt, r, ref_p, rm_p: ppo.ppo_iteration(st, bt, r, ref_p, rm_p, s)
-    jitted = train_state.jit_step(step_fn, shardings, mesh,
-                                  const_shardings=(policy_sh.params, value_sh.params))
+    jitted = train_state.jit_step(
+      step_fn, shardings, mesh, const_shardings=(policy_sh.params, value_sh.params)
+    )
     args = (state, batch, _key_struct(), ref, rmp)
-    info.update(params={"policy": _count(policy.params), "value": _count(value.params)},
-                rollout_batch=b, prompt_len=d.prompt_len, response_len=d.response_len,
-                ptx_rows=ptx_rows)
+    info.update(
+      params={"policy": _count(policy.params), "value": _count(value.params)},
+      rollout_batch=b,
+      prompt_len=d.prompt_len,
+      response_len=d.response_len,
+      ptx_rows=ptx_rows,
+    )
   info["state_bytes_per_device"] = _bytes_per_device(args[0])
   info["args_bytes_per_device"] = _bytes_per_device(args)
   return jitted, args, mesh, info
@@ -159,8 +181,11 @@ def _first(x):
   return x[0] if isinstance(x, (list, tuple)) and x else x
 
 
-def dry_run(config: ml_collections.ConfigDict, compile: bool | None = None,  # pylint: disable=redefined-builtin
-            mesh=None) -> dict[str, Any]:
+def dry_run(
+  config: ml_collections.ConfigDict,
+  compile: bool | None = None,  # pylint: disable=redefined-builtin
+  mesh=None,
+) -> dict[str, Any]:
   """Lowers (and by default compiles) the config's train step on abstract arrays; see module doc."""
   jitted, args, mesh, info = build(config, mesh)
   nparams = info["params"] if isinstance(info["params"], int) else sum(info["params"].values())
@@ -178,8 +203,10 @@ def dry_run(config: ml_collections.ConfigDict, compile: bool | None = None,  # p
         info["flops_per_step_lowered"] = float(cost["flops"])
     except Exception as e:  # pylint: disable=broad-except
       info["lowered_cost_analysis_error"] = f"{type(e).__name__}: {e}"[:200]
-    info["note"] = ("lowered only (not compiled): flops from the unpartitioned module where "
-                    "available; bytes per device from the shardings")
+    info["note"] = (
+      "lowered only (not compiled): flops from the unpartitioned module where "
+      "available; bytes per device from the shardings"
+    )
     return info
   t0 = time.perf_counter()
   compiled = lowered.compile()
@@ -192,11 +219,16 @@ def dry_run(config: ml_collections.ConfigDict, compile: bool | None = None,  # p
       info["bytes_accessed_per_step"] = float(cost["bytes accessed"])
   mem = compiled.memory_analysis()
   if mem is not None:
-    fields = {"argument": "argument_size_in_bytes", "output": "output_size_in_bytes",
-              "temp": "temp_size_in_bytes", "generated_code": "generated_code_size_in_bytes",
-              "alias": "alias_size_in_bytes"}
+    fields = {
+      "argument": "argument_size_in_bytes",
+      "output": "output_size_in_bytes",
+      "temp": "temp_size_in_bytes",
+      "generated_code": "generated_code_size_in_bytes",
+      "alias": "alias_size_in_bytes",
+    }
     per_dev = {k: int(getattr(mem, f, 0) or 0) for k, f in fields.items()}
-    per_dev["peak_estimate"] = (per_dev["argument"] + per_dev["output"] + per_dev["temp"]
-                                - per_dev["alias"])
+    per_dev["peak_estimate"] = (
+      per_dev["argument"] + per_dev["output"] + per_dev["temp"] - per_dev["alias"]
+    )
     info["bytes_per_device"] = per_dev
   return info

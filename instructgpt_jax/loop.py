@@ -15,7 +15,8 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import jax
 import numpy as np
@@ -25,8 +26,7 @@ from jax.sharding import Mesh
 
 from instructgpt_jax import checkpoint as ckpt_lib
 from instructgpt_jax import metrics as metrics_lib
-from instructgpt_jax import sharding
-from instructgpt_jax import train_state
+from instructgpt_jax import sharding, train_state
 
 DONE_FILE = "DONE.json"
 
@@ -47,14 +47,14 @@ class PreemptionGuard:
   step boundary too. Nested guards (the loop's own) share the outer one's flag.
   """
 
-  _active: "PreemptionGuard | None" = None
+  _active: PreemptionGuard | None = None
 
   def __init__(self):
     self.requested = False
     self._previous = None
     self._outer: PreemptionGuard | None = None
 
-  def __enter__(self) -> "PreemptionGuard":
+  def __enter__(self) -> PreemptionGuard:
     self._outer = PreemptionGuard._active
     if self._outer is not None:  # Share the installed handler's flag.
       return self._outer
@@ -71,8 +71,10 @@ class PreemptionGuard:
       print("Second SIGTERM: exiting now without saving.", file=sys.stderr, flush=True)
       os._exit(143)  # pylint: disable=protected-access
     self.requested = True
-    logging.warning("SIGTERM received: saving a checkpoint at the next step boundary "
-                    "(a second SIGTERM exits at once).")
+    logging.warning(
+      "SIGTERM received: saving a checkpoint at the next step boundary "
+      "(a second SIGTERM exits at once)."
+    )
 
   def __exit__(self, *exc) -> None:
     if self._outer is not None:
@@ -91,8 +93,10 @@ def preemption_requested() -> bool:
 def raise_if_preempted(where: str) -> None:
   """Between stages: stop cleanly (exit 0) if a SIGTERM arrived; finished stages are kept."""
   if preemption_requested():
-    raise Preempted(f"preempted {where}; every finished stage and checkpoint is kept; re-run "
-                    f"the same command to continue.")
+    raise Preempted(
+      f"preempted {where}; every finished stage and checkpoint is kept; re-run "
+      f"the same command to continue."
+    )
 
 
 def stage_done(stage_dir: str) -> dict[str, Any] | None:
@@ -147,9 +151,10 @@ def check_finite(step: int, metrics: Mapping[str, Any], last_checkpoint: str) ->
   bad = _nonfinite(metrics)
   if bad:
     raise NonFiniteError(
-        f"Non-finite {', '.join(bad)} at step {step}. Stopped without saving this "
-        f"state; the last good checkpoint is {last_checkpoint}. Lower the learning rate, "
-        f"check the batch, or set on_nonfinite='skip' to drop such updates.")
+      f"Non-finite {', '.join(bad)} at step {step}. Stopped without saving this "
+      f"state; the last good checkpoint is {last_checkpoint}. Lower the learning rate, "
+      f"check the batch, or set on_nonfinite='skip' to drop such updates."
+    )
 
 
 def _skip_states(tree: Any) -> list[Any]:
@@ -165,18 +170,32 @@ def skipped_updates(state: Any) -> int:
 
 @jax.jit
 def _all_finite(tree: Any) -> jax.Array:
-  leaves = [x for x in jax.tree.leaves(tree)
-            if hasattr(x, "dtype") and jax.numpy.issubdtype(x.dtype, jax.numpy.inexact)]
+  leaves = [
+    x
+    for x in jax.tree.leaves(tree)
+    if hasattr(x, "dtype") and jax.numpy.issubdtype(x.dtype, jax.numpy.inexact)
+  ]
   if not leaves:
     return jax.numpy.asarray(True)
   return jax.numpy.all(jax.numpy.stack([jax.numpy.all(jax.numpy.isfinite(x)) for x in leaves]))
 
 
-def train(*, name: str, stage_dir: str, state: Any, state_shardings: Any,
-          step_fn: Callable[[Any, Any, jax.Array], tuple[Any, Any]], batches: Iterator,
-          total_steps: int, mesh: Mesh, seed: int, loop_cfg: Any,
-          extra_meta: Mapping[str, Any] | None = None, const_args: tuple = (),
-          const_shardings: tuple = ()) -> tuple[Any, list[dict[str, Any]]]:
+def train(
+  *,
+  name: str,
+  stage_dir: str,
+  state: Any,
+  state_shardings: Any,
+  step_fn: Callable[[Any, Any, jax.Array], tuple[Any, Any]],
+  batches: Iterator,
+  total_steps: int,
+  mesh: Mesh,
+  seed: int,
+  loop_cfg: Any,
+  extra_meta: Mapping[str, Any] | None = None,
+  const_args: tuple = (),
+  const_shardings: tuple = (),
+) -> tuple[Any, list[dict[str, Any]]]:
   """Runs `step_fn` from the newest checkpoint in `stage_dir/ckpt` to `total_steps`.
 
   `step_fn(state, batch, rng, *const_args) -> (state, metrics)`. `const_args` are arrays the
@@ -197,19 +216,25 @@ def train(*, name: str, stage_dir: str, state: Any, state_shardings: Any,
     raise ValueError(f"{name}.on_nonfinite={on_nonfinite!r} is not one of {list(ON_NONFINITE)}.")
   skip = on_nonfinite == "skip"
   if skip and not _skip_states(state):
-    raise ValueError(f"{name}.on_nonfinite='skip' but the optimizer does not skip non-finite "
-                     f"updates (build it with train_state.make_optimizer(..., skip_nonfinite="
-                     f"True)).")
-  ckpt = ckpt_lib.Checkpointer(os.path.join(stage_dir, "ckpt"), keep=loop_cfg.keep_checkpoints,
-                               save_every=loop_cfg.checkpoint_every)
+    raise ValueError(
+      f"{name}.on_nonfinite='skip' but the optimizer does not skip non-finite "
+      f"updates (build it with train_state.make_optimizer(..., skip_nonfinite="
+      f"True))."
+    )
+  ckpt = ckpt_lib.Checkpointer(
+    os.path.join(stage_dir, "ckpt"),
+    keep=loop_cfg.keep_checkpoints,
+    save_every=loop_cfg.checkpoint_every,
+  )
   writer = None
   try:
     start = 0
     if ckpt.latest_step() is not None:
       start, state, meta = ckpt.restore(ckpt_lib.abstract_like(state, state_shardings))
       if "data" not in meta:
-        raise ckpt_lib.CheckpointError(f"Checkpoint {start} in {ckpt.directory} has no data "
-                                       f"position (meta keys {sorted(meta)}).")
+        raise ckpt_lib.CheckpointError(
+          f"Checkpoint {start} in {ckpt.directory} has no data position (meta keys {sorted(meta)})."
+        )
       batches.set_state(decode_iterator_state(meta["data"]))
       msg = f"[{name}] resumed from {ckpt.directory}/{start} (step {start} of {total_steps})"
       logging.info(msg)
@@ -217,8 +242,7 @@ def train(*, name: str, stage_dir: str, state: Any, state_shardings: Any,
     writer = metrics_lib.MetricWriter(stage_dir, resume_step=start)
     rows = metrics_lib.read_metrics(writer.path)
     progress = metrics_lib.Progress(name, total_steps, start)
-    jitted = train_state.jit_step(step_fn, state_shardings, mesh,
-                                  const_shardings=const_shardings)
+    jitted = train_state.jit_step(step_fn, state_shardings, mesh, const_shardings=const_shardings)
     base_key = jax.random.key(seed)
     saved = start
 
@@ -233,9 +257,10 @@ def train(*, name: str, stage_dir: str, state: Any, state_shardings: Any,
       # Never write a non-finite state, whatever the metrics said.
       if not bool(jax.device_get(_all_finite(state))):
         raise NonFiniteError(
-            f"The {name} state became non-finite at step {step} (every logged metric was "
-            f"finite). Stopped without saving it; the last good checkpoint is "
-            f"{last_checkpoint()}. Lower the learning rate.")
+          f"The {name} state became non-finite at step {step} (every logged metric was "
+          f"finite). Stopped without saving it; the last good checkpoint is "
+          f"{last_checkpoint()}. Lower the learning rate."
+        )
       return ckpt.save(step, state, meta(), force=force)
 
     with PreemptionGuard() as guard, jax.set_mesh(mesh):
@@ -243,13 +268,17 @@ def train(*, name: str, stage_dir: str, state: Any, state_shardings: Any,
       for step in range(start, total_steps):
         if guard.requested:
           if step == 0:
-            raise Preempted(f"[{name}] preempted before its first step; nothing to save. "
-                            f"Re-run the same command to continue.")
+            raise Preempted(
+              f"[{name}] preempted before its first step; nothing to save. "
+              f"Re-run the same command to continue."
+            )
           if saved != step:
             save(step, force=True)
           ckpt.wait()
-          raise Preempted(f"[{name}] preempted: checkpoint for step {step} saved in "
-                          f"{ckpt.directory}/{step}; re-run the same command to resume.")
+          raise Preempted(
+            f"[{name}] preempted: checkpoint for step {step} saved in "
+            f"{ckpt.directory}/{step}; re-run the same command to resume."
+          )
         batch = sharding.shard_batch(next(batches), mesh)
         state, m = jitted(state, batch, jax.random.fold_in(base_key, step), *const_args)
         m = dict(jax.device_get(m))
@@ -259,14 +288,20 @@ def train(*, name: str, stage_dir: str, state: Any, state_shardings: Any,
         if skip:
           m["skipped_updates"] = skipped_updates(state)
           if bad:
-            logging.warning("[%s] step %d: non-finite %s; the update was skipped (%d so far).",
-                            name, step + 1, ", ".join(bad), m["skipped_updates"])
+            logging.warning(
+              "[%s] step %d: non-finite %s; the update was skipped (%d so far).",
+              name,
+              step + 1,
+              ", ".join(bad),
+              m["skipped_updates"],
+            )
         if (step + 1) % loop_cfg.log_every == 0 or step + 1 == total_steps:
           m = dict(m, steps_per_s=(step + 1 - start) / (time.perf_counter() - t0))
           rows.append(writer.write(step + 1, m))
           progress.update(step + 1, m)
         if (step + 1 == total_steps or ckpt.should_save(step + 1)) and save(
-            step + 1, force=step + 1 == total_steps):
+          step + 1, force=step + 1 == total_steps
+        ):
           saved = step + 1
   except BaseException:
     try:

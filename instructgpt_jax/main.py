@@ -11,16 +11,15 @@ import os
 import sys
 from typing import Any
 
-from absl import app
-from absl import flags
-from absl import logging
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file, e.g. configs/ppo.py or configs/ppo.py:tiny.", lock_config=True)
+  "config", None, "Config file, e.g. configs/ppo.py or configs/ppo.py:tiny.", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Directory for checkpoints, metrics and the report "
-    "(default: runs/<preset>).")
+  "workdir", None, "Directory for checkpoints, metrics and the report (default: runs/<preset>)."
+)
 
 
 def main(argv: list[str]) -> int:
@@ -30,8 +29,9 @@ def main(argv: list[str]) -> int:
   if config is None:
     raise app.UsageError("--config is required, e.g. --config=configs/ppo.py")
   # Import JAX-heavy modules after flag parsing so `--help` is instant.
-  from instructgpt_jax import loop, pipeline, sharding, workspace  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
+
+  from instructgpt_jax import loop, pipeline, sharding, workspace  # pylint: disable=import-outside-toplevel
 
   try:
     pipeline.check_stage(config.stage)
@@ -41,14 +41,16 @@ def main(argv: list[str]) -> int:
     # Compile the stage's train step on abstract arrays over the configured mesh and report
     # parameters, FLOPs and bytes per device; nothing is allocated or trained.
     from instructgpt_jax import dry_run  # pylint: disable=import-outside-toplevel
+
     print(json.dumps(dry_run.dry_run(config), indent=1, default=str))
     return 0
   workdir = _WORKDIR.value or os.path.join("runs", config.preset)
   sharding.maybe_initialize_distributed(config.sharding.distributed)
   if config.compilation_cache:
     # A second run of the same config reuses compiled programs instead of paying XLA again.
-    jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.abspath(workdir),
-                                                                "jax_cache"))
+    jax.config.update(
+      "jax_compilation_cache_dir", os.path.join(os.path.abspath(workdir), "jax_cache")
+    )
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   logging.info("Config:\n%s", config)
   ws = workspace.Workspace(config, workdir)
@@ -72,9 +74,11 @@ def _parse_flags(argv: list[str]) -> list[str]:
       cause = cause.args[0]
     msg = str(cause).replace("\n", " ")
     overrides = [a for a in argv[1:] if a.startswith("--config.")]
-    sys.stderr.write(f"FATAL Flags parsing error: unknown config key {msg} in the overrides "
-                     f"{overrides}. Valid keys are the fields of the config file (see "
-                     f"instructgpt_jax/presets.py).\n")
+    sys.stderr.write(
+      f"FATAL Flags parsing error: unknown config key {msg} in the overrides "
+      f"{overrides}. Valid keys are the fields of the config file (see "
+      f"instructgpt_jax/presets.py).\n"
+    )
     sys.exit(1)
 
 

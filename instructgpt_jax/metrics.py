@@ -7,7 +7,8 @@ import math
 import os
 import sys
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -34,6 +35,7 @@ class MetricWriter:
     self._file = open(self.path, "a", encoding="utf-8")
     try:
       from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+
       self._tb = SummaryWriter(os.path.join(logdir, "tensorboard"), flush_secs=30)
     except ImportError:  # TensorBoard output is optional; the JSONL file is the record.
       self._tb = None
@@ -75,15 +77,17 @@ _HEADLINE = ["loss", "score", "kl", "accuracy", "ptx_loss", "eos_rate"]
 class Progress:
   """A periodic log line: stage, step/total, steps per second, ETA and a few metrics."""
 
-  def __init__(self, name: str, total: int, start: int = 0, every_s: float = 10.0,
-               unit: str = "step"):
+  def __init__(
+    self, name: str, total: int, start: int = 0, every_s: float = 10.0, unit: str = "step"
+  ):
     self.name, self.total, self.start, self.unit = name, total, start, unit
     self.every_s = every_s
     self._t0 = self._last = time.perf_counter()
     self._printed = False
 
-  def update(self, step: int, metrics: Mapping[str, Any] | None = None,
-             force: bool = False) -> None:
+  def update(
+    self, step: int, metrics: Mapping[str, Any] | None = None, force: bool = False
+  ) -> None:
     now = time.perf_counter()
     if not force and now - self._last < self.every_s and step < self.total:
       return
@@ -94,12 +98,15 @@ class Progress:
     shown = ""
     if metrics:
       # The headline metrics first, then the rest alphabetically, at most six.
-      keys = sorted(metrics, key=lambda k: (k not in _HEADLINE, _HEADLINE.index(k)
-                                            if k in _HEADLINE else 0, k))[:6]
+      keys = sorted(
+        metrics, key=lambda k: (k not in _HEADLINE, _HEADLINE.index(k) if k in _HEADLINE else 0, k)
+      )[:6]
       shown = " ".join(f"{k}={_fmt(metrics[k])}" for k in keys)
     pct = 100.0 * step / max(self.total, 1)
-    line = (f"[{self.name}] {self.unit} {step}/{self.total} ({pct:.0f}%) "
-            f"{rate:.2f} {self.unit}/s ETA {_fmt_time(eta)} {shown}")
+    line = (
+      f"[{self.name}] {self.unit} {step}/{self.total} ({pct:.0f}%) "
+      f"{rate:.2f} {self.unit}/s ETA {_fmt_time(eta)} {shown}"
+    )
     print(line, file=sys.stderr, flush=True)
 
 

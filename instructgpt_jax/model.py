@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -63,11 +64,13 @@ class ModelConfig:
     _check_choice("head", self.head, HEADS)
     _check_choice("remat", self.remat, REMAT_POLICIES)
     if self.d_model % self.num_heads:
-      raise ValueError(f"model.d_model={self.d_model} is not divisible by "
-                       f"model.num_heads={self.num_heads}.")
+      raise ValueError(
+        f"model.d_model={self.d_model} is not divisible by model.num_heads={self.num_heads}."
+      )
     if self.num_heads % self.kv_heads:
-      raise ValueError(f"model.num_heads={self.num_heads} is not divisible by "
-                       f"model.num_kv_heads={self.kv_heads}.")
+      raise ValueError(
+        f"model.num_heads={self.num_heads} is not divisible by model.num_kv_heads={self.kv_heads}."
+      )
 
   @property
   def kv_heads(self) -> int:
@@ -78,7 +81,7 @@ class ModelConfig:
     return self.d_model // self.num_heads
 
   @classmethod
-  def from_dict(cls, d: Mapping[str, Any], **overrides: Any) -> "ModelConfig":
+  def from_dict(cls, d: Mapping[str, Any], **overrides: Any) -> ModelConfig:
     """Builds from `config.model`; an unknown key is an error that lists the valid ones."""
     d = dict(d, **overrides)
     valid = {f.name for f in dataclasses.fields(cls)}
@@ -87,7 +90,7 @@ class ModelConfig:
       raise ValueError(f"Unknown model config key(s) {unknown}; valid keys: {sorted(valid)}.")
     return cls(**d)
 
-  def replace(self, **kw: Any) -> "ModelConfig":
+  def replace(self, **kw: Any) -> ModelConfig:
     return dataclasses.replace(self, **kw)
 
   def num_params(self, include_embeddings: bool = True) -> int:
@@ -158,8 +161,12 @@ class Norm(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     cfg = self.config
-    kw = dict(epsilon=cfg.norm_eps, dtype=jnp.float32, param_dtype=jnp.dtype(cfg.param_dtype),
-              scale_init=_logical(nn.initializers.ones, ("norm",)))
+    kw = dict(
+      epsilon=cfg.norm_eps,
+      dtype=jnp.float32,
+      param_dtype=jnp.dtype(cfg.param_dtype),
+      scale_init=_logical(nn.initializers.ones, ("norm",)),
+    )
     if cfg.family == "gpt":
       norm = nn.LayerNorm(bias_init=_logical(nn.initializers.zeros, ("norm",)), **kw)
     else:
@@ -173,8 +180,15 @@ class Attention(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x: Array, positions: Array, key_mask: Array, cache: Cache | None,
-               cache_index: Array, layer: int | None = None) -> tuple[Array, Cache | None]:
+  def __call__(
+    self,
+    x: Array,
+    positions: Array,
+    key_mask: Array,
+    cache: Cache | None,
+    cache_index: Array,
+    layer: int | None = None,
+  ) -> tuple[Array, Cache | None]:
     """x: [batch, seq, embed]; key_mask: [batch, keys] (keys = seq, or the cache length).
 
     `cache` is this layer's `[batch, kv_heads, len, head_dim]` arrays (under `nn.scan`), or with
@@ -183,19 +197,36 @@ class Attention(nn.Module):
     cfg = self.config
     H, K, D = cfg.num_heads, cfg.kv_heads, cfg.head_dim
     use_bias = cfg.family == "gpt"
-    dense = functools.partial(nn.DenseGeneral, use_bias=use_bias, dtype=jnp.dtype(cfg.dtype),
-                              param_dtype=jnp.dtype(cfg.param_dtype))
-    q = dense((H, D), kernel_init=_logical(_dense_init(), ("embed", "heads", "kv")),
-              bias_init=_logical(nn.initializers.zeros, ("heads", "kv")), name="query")(x)
-    k = dense((K, D), kernel_init=_logical(_dense_init(), ("embed", "kv_heads", "kv")),
-              bias_init=_logical(nn.initializers.zeros, ("kv_heads", "kv")), name="key")(x)
-    v = dense((K, D), kernel_init=_logical(_dense_init(), ("embed", "kv_heads", "kv")),
-              bias_init=_logical(nn.initializers.zeros, ("kv_heads", "kv")), name="value")(x)
+    dense = functools.partial(
+      nn.DenseGeneral,
+      use_bias=use_bias,
+      dtype=jnp.dtype(cfg.dtype),
+      param_dtype=jnp.dtype(cfg.param_dtype),
+    )
+    q = dense(
+      (H, D),
+      kernel_init=_logical(_dense_init(), ("embed", "heads", "kv")),
+      bias_init=_logical(nn.initializers.zeros, ("heads", "kv")),
+      name="query",
+    )(x)
+    k = dense(
+      (K, D),
+      kernel_init=_logical(_dense_init(), ("embed", "kv_heads", "kv")),
+      bias_init=_logical(nn.initializers.zeros, ("kv_heads", "kv")),
+      name="key",
+    )(x)
+    v = dense(
+      (K, D),
+      kernel_init=_logical(_dense_init(), ("embed", "kv_heads", "kv")),
+      bias_init=_logical(nn.initializers.zeros, ("kv_heads", "kv")),
+      name="value",
+    )(x)
     if cfg.family == "llama":
       q = _apply_rope(q, positions, cfg.rope_theta)
       k = _apply_rope(k, positions, cfg.rope_theta)
-    q = nn.with_logical_constraint(q, ("activation_batch", "activation_length", "activation_heads",
-                                       "activation_kv"))
+    q = nn.with_logical_constraint(
+      q, ("activation_batch", "activation_length", "activation_heads", "activation_kv")
+    )
 
     B, T = x.shape[:2]
     if cache is not None:
@@ -205,15 +236,19 @@ class Attention(nn.Module):
       v = v.transpose(0, 2, 1, 3).astype(cache["v"].dtype)
       if layer is None:  # This layer's cache (under nn.scan).
         start = (0, 0, cache_index, 0)
-        cache = {"k": jax.lax.dynamic_update_slice(cache["k"], k, start),
-                 "v": jax.lax.dynamic_update_slice(cache["v"], v, start)}
+        cache = {
+          "k": jax.lax.dynamic_update_slice(cache["k"], k, start),
+          "v": jax.lax.dynamic_update_slice(cache["v"], v, start),
+        }
         k, v = cache["k"], cache["v"]
       else:
         # Written into the stacked cache (not sliced out and stacked back) so that XLA updates
         # it in place: no copy of the whole cache per token.
         start = (layer, 0, 0, cache_index, 0)
-        cache = {"k": jax.lax.dynamic_update_slice(cache["k"], k[None], start),
-                 "v": jax.lax.dynamic_update_slice(cache["v"], v[None], start)}
+        cache = {
+          "k": jax.lax.dynamic_update_slice(cache["k"], k[None], start),
+          "v": jax.lax.dynamic_update_slice(cache["v"], v[None], start),
+        }
         k, v = cache["k"][layer], cache["v"][layer]
       S = k.shape[2]
       kv = "bhsd"
@@ -224,7 +259,7 @@ class Attention(nn.Module):
     allowed = (jnp.arange(S)[None, :] <= q_idx[:, None])[None] & key_mask[:, None, :].astype(bool)
     # One additive [B, T, S] bias shared by all heads: cheaper on XLA:CPU than a select per head.
     bias = jnp.where(allowed, 0.0, _MASK_VALUE).astype(jnp.float32)
-    q = q * (D ** -0.5)
+    q = q * (D**-0.5)
     if K == H:  # Multi-head attention: 4-D einsums (no size-1 group axis) are faster.
       scores = jnp.einsum(f"bthd,{kv}->bhts", q, k, preferred_element_type=jnp.float32)
       probs = jax.nn.softmax(scores + bias[:, None], axis=-1).astype(v.dtype)
@@ -237,10 +272,15 @@ class Attention(nn.Module):
       out = jnp.einsum(f"bkgts,{kvg}->btkgd", probs, v).reshape(B, T, H, D)
 
     out = nn.DenseGeneral(
-        cfg.d_model, axis=(-2, -1), use_bias=use_bias, dtype=jnp.dtype(cfg.dtype),
-        param_dtype=jnp.dtype(cfg.param_dtype),
-        kernel_init=_logical(_dense_init(1.0 / cfg.num_layers), ("heads", "kv", "embed")),
-        bias_init=_logical(nn.initializers.zeros, ("embed",)), name="out")(out)
+      cfg.d_model,
+      axis=(-2, -1),
+      use_bias=use_bias,
+      dtype=jnp.dtype(cfg.dtype),
+      param_dtype=jnp.dtype(cfg.param_dtype),
+      kernel_init=_logical(_dense_init(1.0 / cfg.num_layers), ("heads", "kv", "embed")),
+      bias_init=_logical(nn.initializers.zeros, ("embed",)),
+      name="out",
+    )(out)
     return out, cache
 
 
@@ -253,20 +293,30 @@ class Mlp(nn.Module):
   def __call__(self, x: Array) -> Array:
     cfg = self.config
     use_bias = cfg.family == "gpt"
-    dense = functools.partial(nn.Dense, use_bias=use_bias, dtype=jnp.dtype(cfg.dtype),
-                              param_dtype=jnp.dtype(cfg.param_dtype),
-                              bias_init=_logical(nn.initializers.zeros, ("mlp",)))
+    dense = functools.partial(
+      nn.Dense,
+      use_bias=use_bias,
+      dtype=jnp.dtype(cfg.dtype),
+      param_dtype=jnp.dtype(cfg.param_dtype),
+      bias_init=_logical(nn.initializers.zeros, ("mlp",)),
+    )
     up = _logical(_dense_init(), ("embed", "mlp"))
     if cfg.family == "gpt":
       h = nn.gelu(dense(cfg.d_ff, kernel_init=up, name="wi")(x))
     else:
       h = nn.silu(dense(cfg.d_ff, kernel_init=up, name="wi_gate")(x)) * dense(
-          cfg.d_ff, kernel_init=up, name="wi_up")(x)
+        cfg.d_ff, kernel_init=up, name="wi_up"
+      )(x)
     h = nn.with_logical_constraint(h, ("activation_batch", "activation_length", "activation_mlp"))
-    return nn.Dense(cfg.d_model, use_bias=use_bias, dtype=jnp.dtype(cfg.dtype),
-                    param_dtype=jnp.dtype(cfg.param_dtype),
-                    kernel_init=_logical(_dense_init(1.0 / cfg.num_layers), ("mlp", "embed")),
-                    bias_init=_logical(nn.initializers.zeros, ("embed",)), name="wo")(h)
+    return nn.Dense(
+      cfg.d_model,
+      use_bias=use_bias,
+      dtype=jnp.dtype(cfg.dtype),
+      param_dtype=jnp.dtype(cfg.param_dtype),
+      kernel_init=_logical(_dense_init(1.0 / cfg.num_layers), ("mlp", "embed")),
+      bias_init=_logical(nn.initializers.zeros, ("embed",)),
+      name="wo",
+    )(h)
 
 
 class Block(nn.Module):
@@ -276,12 +326,20 @@ class Block(nn.Module):
   deterministic: bool = True
 
   @nn.compact
-  def __call__(self, x: Array, cache: Cache | None, positions: Array, key_mask: Array,
-               cache_index: Array, layer: int | None = None) -> tuple[Array, Cache | None]:
+  def __call__(
+    self,
+    x: Array,
+    cache: Cache | None,
+    positions: Array,
+    key_mask: Array,
+    cache_index: Array,
+    layer: int | None = None,
+  ) -> tuple[Array, Cache | None]:
     cfg = self.config
     drop = nn.Dropout(cfg.dropout, deterministic=self.deterministic)
-    h, cache = Attention(cfg, name="attn")(Norm(cfg, name="ln_attn")(x), positions, key_mask,
-                                           cache, cache_index, layer)
+    h, cache = Attention(cfg, name="attn")(
+      Norm(cfg, name="ln_attn")(x), positions, key_mask, cache, cache_index, layer
+    )
     x = x + drop(h)
     x = x + drop(Mlp(cfg, name="mlp")(Norm(cfg, name="ln_mlp")(x)))
     x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
@@ -303,10 +361,18 @@ class Transformer(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, tokens: Array, mask: Array, *, positions: Array | None = None,
-               cache: Cache | None = None, cache_index: Array | int = 0,
-               deterministic: bool = True, return_hidden: bool = False,
-               head_span: tuple[int, int] | None = None):
+  def __call__(
+    self,
+    tokens: Array,
+    mask: Array,
+    *,
+    positions: Array | None = None,
+    cache: Cache | None = None,
+    cache_index: Array | int = 0,
+    deterministic: bool = True,
+    return_hidden: bool = False,
+    head_span: tuple[int, int] | None = None,
+  ):
     """Runs the model.
 
     Args:
@@ -338,29 +404,42 @@ class Transformer(nn.Module):
       # Learned positions past the table would silently read NaN (jnp.take fills).
       raise ValueError(f"Sequence length {length} exceeds model.max_len={cfg.max_len}.")
 
-    embed = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=jnp.dtype(cfg.dtype),
-                     param_dtype=jnp.dtype(cfg.param_dtype),
-                     embedding_init=_logical(nn.initializers.normal(0.02), ("vocab", "embed")),
-                     name="token_embed")
+    embed = nn.Embed(
+      cfg.vocab_size,
+      cfg.d_model,
+      dtype=jnp.dtype(cfg.dtype),
+      param_dtype=jnp.dtype(cfg.param_dtype),
+      embedding_init=_logical(nn.initializers.normal(0.02), ("vocab", "embed")),
+      name="token_embed",
+    )
     x = embed(tokens)
     if cfg.family == "gpt":
-      pos_table = self.param("pos_embed", _logical(nn.initializers.normal(0.01), ("pos", "embed")),
-                             (cfg.max_len, cfg.d_model), jnp.dtype(cfg.param_dtype))
+      pos_table = self.param(
+        "pos_embed",
+        _logical(nn.initializers.normal(0.01), ("pos", "embed")),
+        (cfg.max_len, cfg.d_model),
+        jnp.dtype(cfg.param_dtype),
+      )
       x = x + jnp.take(pos_table, positions, axis=0).astype(x.dtype)
     x = nn.Dropout(cfg.dropout, deterministic=deterministic)(x)
     x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
 
     block_cls = _block_class(cfg)
     if cfg.scan_layers:
-      scanned = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True,
-                                                                            "dropout": True},
-                        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
-                        length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
+      scanned = nn.scan(
+        block_cls,
+        variable_axes={"params": 0},
+        split_rngs={"params": True, "dropout": True},
+        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
+        length=cfg.num_layers,
+        metadata_params={nn.PARTITION_NAME: "layers"},
+      )
       x, cache = scanned(cfg, deterministic, name="layers")(x, cache, positions, mask, cache_index)
     else:
       for i in range(cfg.num_layers):
         x, cache = block_cls(cfg, deterministic, name=f"layer_{i}")(
-            x, cache, positions, mask, cache_index, i)
+          x, cache, positions, mask, cache_index, i
+        )
     if head_span is not None:
       x = jax.lax.slice_in_dim(x, head_span[0], head_span[0] + head_span[1], axis=1)
     hidden = Norm(cfg, name="ln_final")(x)
@@ -369,19 +448,29 @@ class Transformer(nn.Module):
       if cfg.tie_embeddings:
         out = embed.attend(hidden)
       else:
-        out = nn.Dense(cfg.vocab_size, use_bias=False, dtype=jnp.dtype(cfg.dtype),
-                       param_dtype=jnp.dtype(cfg.param_dtype),
-                       kernel_init=_logical(_dense_init(), ("embed", "vocab")),
-                       name="unembed")(hidden)
-      out = nn.with_logical_constraint(out.astype(jnp.float32),
-                                       ("activation_batch", "activation_length", "activation_vocab"))
+        out = nn.Dense(
+          cfg.vocab_size,
+          use_bias=False,
+          dtype=jnp.dtype(cfg.dtype),
+          param_dtype=jnp.dtype(cfg.param_dtype),
+          kernel_init=_logical(_dense_init(), ("embed", "vocab")),
+          name="unembed",
+        )(hidden)
+      out = nn.with_logical_constraint(
+        out.astype(jnp.float32), ("activation_batch", "activation_length", "activation_vocab")
+      )
     else:
       # N(0, 1/sqrt(d+1)) with zero bias, as in the OpenAI reward models (RLHF-NOTES 3.5).
-      out = nn.Dense(1, dtype=jnp.float32, param_dtype=jnp.dtype(cfg.param_dtype),
-                     kernel_init=_logical(nn.initializers.normal((cfg.d_model + 1) ** -0.5),
-                                          ("embed", "scalar")),
-                     bias_init=_logical(nn.initializers.zeros, ("scalar",)),
-                     name="scalar_head")(hidden.astype(jnp.float32))[..., 0]
+      out = nn.Dense(
+        1,
+        dtype=jnp.float32,
+        param_dtype=jnp.dtype(cfg.param_dtype),
+        kernel_init=_logical(
+          nn.initializers.normal((cfg.d_model + 1) ** -0.5), ("embed", "scalar")
+        ),
+        bias_init=_logical(nn.initializers.zeros, ("scalar",)),
+        name="scalar_head",
+      )(hidden.astype(jnp.float32))[..., 0]
 
     result = (out,)
     if cache is not None:

@@ -10,12 +10,12 @@ from __future__ import annotations
 import shutil
 import time
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from absl import logging
 
-from instructgpt_jax import loop
-from instructgpt_jax import presets
+from instructgpt_jax import loop, presets
 from instructgpt_jax.workspace import Workspace
 
 STAGES = presets.STAGES
@@ -23,9 +23,16 @@ STAGES = presets.STAGES
 
 def _runners() -> dict[str, Callable[[Workspace], dict[str, Any]]]:
   # Imported here so that a stage's module (and its dependencies) load only when used.
-  from instructgpt_jax import evaluate, label, pretrain, ppo, rm, sft  # pylint: disable=import-outside-toplevel
-  return {"pretrain": pretrain.run, "sft": sft.run, "label": label.run, "rm": rm.run,
-          "ppo": ppo.run, "eval": evaluate.run}
+  from instructgpt_jax import evaluate, label, ppo, pretrain, rm, sft  # pylint: disable=import-outside-toplevel
+
+  return {
+    "pretrain": pretrain.run,
+    "sft": sft.run,
+    "label": label.run,
+    "rm": rm.run,
+    "ppo": ppo.run,
+    "eval": evaluate.run,
+  }
 
 
 def check_stage(stage: str) -> None:
@@ -36,7 +43,7 @@ def check_stage(stage: str) -> None:
 def stages_to_run(stage: str) -> list[str]:
   """The stage and everything before it; PPO is followed by the evaluation report."""
   check_stage(stage)
-  todo = list(STAGES[:STAGES.index(stage) + 1])
+  todo = list(STAGES[: STAGES.index(stage) + 1])
   if stage == "ppo":
     todo.append("eval")
   return todo
@@ -69,8 +76,11 @@ def run(ws: Workspace, stage: str) -> dict[str, Any]:
     done = loop.stage_done(stage_dir)
     stale = changed_upstream(done, run_ids)
     if done is not None and not stale and not (name == stage and ws.config.overwrite):
-      logging.info("[%s] already complete in %s (reused; --config.overwrite=True redoes the "
-                   "requested stage)", name, stage_dir)
+      logging.info(
+        "[%s] already complete in %s (reused; --config.overwrite=True redoes the requested stage)",
+        name,
+        stage_dir,
+      )
       summaries[name] = done
       run_ids[name] = done.get("run_id", "")
       continue

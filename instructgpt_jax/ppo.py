@@ -28,14 +28,8 @@ import optax
 from absl import logging
 
 from instructgpt_jax import data as data_lib
-from instructgpt_jax import loop
-from instructgpt_jax import losses
+from instructgpt_jax import loop, losses, pretrain, rm, sampling, sharding, train_state
 from instructgpt_jax import model as model_lib
-from instructgpt_jax import pretrain
-from instructgpt_jax import rm
-from instructgpt_jax import sampling
-from instructgpt_jax import sharding
-from instructgpt_jax import train_state
 from instructgpt_jax.workspace import Workspace
 
 TrainState = train_state.TrainState
@@ -75,21 +69,44 @@ class PPOSettings:
   recompute_logprobs: bool = False
 
   @classmethod
-  def from_config(cls, cfg: ml_collections.ConfigDict, policy_cfg: model_lib.ModelConfig,
-                  value_cfg: model_lib.ModelConfig, data_cfg: ml_collections.ConfigDict,
-                  eos_id: int, pad_id: int, ptx_coef: float) -> "PPOSettings":
+  def from_config(
+    cls,
+    cfg: ml_collections.ConfigDict,
+    policy_cfg: model_lib.ModelConfig,
+    value_cfg: model_lib.ModelConfig,
+    data_cfg: ml_collections.ConfigDict,
+    eos_id: int,
+    pad_id: int,
+    ptx_coef: float,
+  ) -> PPOSettings:
     if cfg.rollout_batch_size % cfg.minibatch_size:
-      raise ValueError(f"ppo.rollout_batch_size={cfg.rollout_batch_size} must be a multiple of "
-                       f"ppo.minibatch_size={cfg.minibatch_size}.")
-    return cls(policy_cfg=policy_cfg, value_cfg=value_cfg, prompt_len=data_cfg.prompt_len,
-               response_len=data_cfg.response_len, eos_id=eos_id, pad_id=pad_id,
-               num_minibatches=cfg.rollout_batch_size // cfg.minibatch_size, epochs=cfg.epochs,
-               temperature=cfg.temperature, clip_eps=cfg.clip_eps,
-               value_clip_eps=cfg.value_clip_eps, vf_coef=cfg.vf_coef, gamma=cfg.gamma,
-               lam=cfg.lam, ptx_coef=float(ptx_coef), whiten_rewards=cfg.whiten_rewards,
-               missing_eos_penalty=cfg.missing_eos_penalty, adaptive_kl=cfg.adaptive_kl,
-               kl_target=cfg.kl_target, kl_horizon=cfg.kl_horizon,
-               recompute_logprobs=cfg.recompute_logprobs)
+      raise ValueError(
+        f"ppo.rollout_batch_size={cfg.rollout_batch_size} must be a multiple of "
+        f"ppo.minibatch_size={cfg.minibatch_size}."
+      )
+    return cls(
+      policy_cfg=policy_cfg,
+      value_cfg=value_cfg,
+      prompt_len=data_cfg.prompt_len,
+      response_len=data_cfg.response_len,
+      eos_id=eos_id,
+      pad_id=pad_id,
+      num_minibatches=cfg.rollout_batch_size // cfg.minibatch_size,
+      epochs=cfg.epochs,
+      temperature=cfg.temperature,
+      clip_eps=cfg.clip_eps,
+      value_clip_eps=cfg.value_clip_eps,
+      vf_coef=cfg.vf_coef,
+      gamma=cfg.gamma,
+      lam=cfg.lam,
+      ptx_coef=float(ptx_coef),
+      whiten_rewards=cfg.whiten_rewards,
+      missing_eos_penalty=cfg.missing_eos_penalty,
+      adaptive_kl=cfg.adaptive_kl,
+      kl_target=cfg.kl_target,
+      kl_horizon=cfg.kl_horizon,
+      recompute_logprobs=cfg.recompute_logprobs,
+    )
 
 
 def _response_slice(x: jax.Array, s: PPOSettings) -> jax.Array:
@@ -97,26 +114,42 @@ def _response_slice(x: jax.Array, s: PPOSettings) -> jax.Array:
   return jax.lax.slice_in_dim(x, s.prompt_len, s.prompt_len + s.response_len, axis=1)
 
 
-def policy_logprobs(params: Any, s: PPOSettings, tokens: jax.Array,
-                    mask: jax.Array) -> jax.Array:
+def policy_logprobs(params: Any, s: PPOSettings, tokens: jax.Array, mask: jax.Array) -> jax.Array:
   """log pi(token | prefix) of the response tokens at the sampling temperature: [batch, R]."""
-  return sampling.response_logprobs(params, s.policy_cfg, tokens, mask, s.prompt_len,
-                                    s.response_len, s.temperature)
+  return sampling.response_logprobs(
+    params, s.policy_cfg, tokens, mask, s.prompt_len, s.response_len, s.temperature
+  )
 
 
 def value_estimates(params: Any, s: PPOSettings, tokens: jax.Array, mask: jax.Array) -> jax.Array:
   """V(state before each response token): [batch, R]."""
   # The state before response token t is position t - 1: the head runs on [P - 1, P + R - 1).
-  return model_lib.Transformer(s.value_cfg).apply({"params": params}, tokens, mask,
-                                                  head_span=(s.prompt_len - 1, s.response_len))
+  return model_lib.Transformer(s.value_cfg).apply(
+    {"params": params}, tokens, mask, head_span=(s.prompt_len - 1, s.response_len)
+  )
 
 
-def rollout(state: PPOState, ref_params: Any, rm_params: Any, prompts: jax.Array,
-            prompt_mask: jax.Array, rng: jax.Array, s: PPOSettings) -> dict[str, jax.Array]:
+def rollout(
+  state: PPOState,
+  ref_params: Any,
+  rm_params: Any,
+  prompts: jax.Array,
+  prompt_mask: jax.Array,
+  rng: jax.Array,
+  s: PPOSettings,
+) -> dict[str, jax.Array]:
   """Samples responses and scores them. Every per-token entry is [batch, R]."""
-  out = sampling.generate(state.policy.params, s.policy_cfg, prompts, prompt_mask, rng,
-                          max_new_tokens=s.response_len, eos_id=s.eos_id, pad_id=s.pad_id,
-                          temperature=s.temperature)
+  out = sampling.generate(
+    state.policy.params,
+    s.policy_cfg,
+    prompts,
+    prompt_mask,
+    rng,
+    max_new_tokens=s.response_len,
+    eos_id=s.eos_id,
+    pad_id=s.pad_id,
+    temperature=s.temperature,
+  )
   tokens, mask = out.tokens, out.mask
   rmask = _response_slice(out.response_mask, s).astype(jnp.float32)
   if s.recompute_logprobs:  # A full forward pass: the first minibatch's ratio is exactly 1.
@@ -125,8 +158,7 @@ def rollout(state: PPOState, ref_params: Any, rm_params: Any, prompts: jax.Array
     logp = _response_slice(out.logprobs, s)
   ref_logp = policy_logprobs(ref_params, s, tokens, mask)
   values = value_estimates(state.value.params, s, tokens, mask)
-  raw_score = rm.sequence_rewards(rm_params, model_lib.Transformer(s.value_cfg).apply, tokens,
-                                  mask)
+  raw_score = rm.sequence_rewards(rm_params, model_lib.Transformer(s.value_cfg).apply, tokens, mask)
   score = raw_score
   if s.missing_eos_penalty is not None:
     # A response that never ends gets a fixed low score (RLHF-NOTES 3.11, the "EOS trick").
@@ -136,17 +168,29 @@ def rollout(state: PPOState, ref_params: Any, rm_params: Any, prompts: jax.Array
     rewards = losses.whiten(rewards, rmask, shift_mean=False)
   advantages, returns = losses.gae(rewards, values, rmask, s.gamma, s.lam)
   advantages = losses.whiten(advantages, rmask)
-  return {"tokens": tokens, "mask": mask, "rmask": rmask, "logp": logp, "ref_logp": ref_logp,
-          "values": values,
-          "advantages": advantages, "returns": returns, "raw_score": raw_score, "score": score,
-          "kl": kl, "rewards": rewards, "ended": out.ended.astype(jnp.float32),
-          "lengths": out.lengths.astype(jnp.float32)}
+  return {
+    "tokens": tokens,
+    "mask": mask,
+    "rmask": rmask,
+    "logp": logp,
+    "ref_logp": ref_logp,
+    "values": values,
+    "advantages": advantages,
+    "returns": returns,
+    "raw_score": raw_score,
+    "score": score,
+    "kl": kl,
+    "rewards": rewards,
+    "ended": out.ended.astype(jnp.float32),
+    "lengths": out.lengths.astype(jnp.float32),
+  }
 
 
 def _policy_loss(params, s: PPOSettings, mb: dict[str, jax.Array], ptx: dict[str, jax.Array]):
   logp = policy_logprobs(params, s, mb["tokens"], mb["mask"])
-  loss, metrics = losses.ppo_policy_loss(logp, mb["logp"], mb["advantages"], mb["rmask"],
-                                         s.clip_eps)
+  loss, metrics = losses.ppo_policy_loss(
+    logp, mb["logp"], mb["advantages"], mb["rmask"], s.clip_eps
+  )
   if s.ptx_coef:
     apply_fn = model_lib.Transformer(s.policy_cfg).apply
     ptx_loss, _ = pretrain.lm_loss_fn(params, apply_fn, ptx)
@@ -157,13 +201,19 @@ def _policy_loss(params, s: PPOSettings, mb: dict[str, jax.Array], ptx: dict[str
 
 def _value_loss(params, s: PPOSettings, mb: dict[str, jax.Array]):
   values = value_estimates(params, s, mb["tokens"], mb["mask"])
-  loss, metrics = losses.ppo_value_loss(values, mb["values"], mb["returns"], mb["rmask"],
-                                        s.value_clip_eps)
+  loss, metrics = losses.ppo_value_loss(
+    values, mb["values"], mb["returns"], mb["rmask"], s.value_clip_eps
+  )
   return s.vf_coef * loss, metrics
 
 
-def ppo_update(state: PPOState, batch: dict[str, jax.Array], ptx: dict[str, jax.Array],
-               rng: jax.Array, s: PPOSettings) -> tuple[PPOState, dict[str, jax.Array]]:
+def ppo_update(
+  state: PPOState,
+  batch: dict[str, jax.Array],
+  ptx: dict[str, jax.Array],
+  rng: jax.Array,
+  s: PPOSettings,
+) -> tuple[PPOState, dict[str, jax.Array]]:
   """`epochs x num_minibatches` policy and value updates, scanned on device.
 
   batch: rollout arrays [B, ...]; ptx: tokens/mask/loss_mask [updates * ptx_batch, seq].
@@ -171,8 +221,7 @@ def ppo_update(state: PPOState, batch: dict[str, jax.Array], ptx: dict[str, jax.
   n = batch["tokens"].shape[0]
   mb_size = n // s.num_minibatches
   updates = s.epochs * s.num_minibatches
-  perms = jnp.concatenate([jax.random.permutation(k, n)
-                           for k in jax.random.split(rng, s.epochs)])
+  perms = jnp.concatenate([jax.random.permutation(k, n) for k in jax.random.split(rng, s.epochs)])
   perms = perms.reshape(updates, mb_size)
   ptx = jax.tree.map(lambda x: x.reshape(updates, -1, *x.shape[1:]), ptx)
 
@@ -182,16 +231,26 @@ def ppo_update(state: PPOState, batch: dict[str, jax.Array], ptx: dict[str, jax.
     mb = jax.tree.map(lambda x: x[idx], batch)
     (_, pm), pgrads = jax.value_and_grad(_policy_loss, has_aux=True)(policy.params, s, mb, ptx_mb)
     (_, vm), vgrads = jax.value_and_grad(_value_loss, has_aux=True)(value.params, s, mb)
-    metrics = dict(pm, **vm, policy_grad_norm=optax.global_norm(pgrads),
-                   value_grad_norm=optax.global_norm(vgrads))
+    metrics = dict(
+      pm,
+      **vm,
+      policy_grad_norm=optax.global_norm(pgrads),
+      value_grad_norm=optax.global_norm(vgrads),
+    )
     return (policy.apply_gradients(grads=pgrads), value.apply_gradients(grads=vgrads)), metrics
 
   (policy, value), metrics = jax.lax.scan(one_update, (state.policy, state.value), (perms, ptx))
   return state.replace(policy=policy, value=value), jax.tree.map(jnp.mean, metrics)
 
 
-def ppo_iteration(state: PPOState, batch: dict[str, jax.Array], rng: jax.Array, ref_params: Any,
-                  rm_params: Any, s: PPOSettings) -> tuple[PPOState, dict[str, jax.Array]]:
+def ppo_iteration(
+  state: PPOState,
+  batch: dict[str, jax.Array],
+  rng: jax.Array,
+  ref_params: Any,
+  rm_params: Any,
+  s: PPOSettings,
+) -> tuple[PPOState, dict[str, jax.Array]]:
   """One PPO iteration: `new_state, metrics = ppo_iteration(state, batch, rng, ref, rm, s)`.
 
   batch: prompts/prompt_mask [B, P] and ptx tokens/mask/loss_mask [updates * ptx_batch, seq].
@@ -200,20 +259,26 @@ def ppo_iteration(state: PPOState, batch: dict[str, jax.Array], rng: jax.Array, 
   ro = rollout(state, ref_params, rm_params, batch["prompts"], batch["prompt_mask"], roll_key, s)
   ro = jax.tree.map(jax.lax.stop_gradient, ro)
   ptx = {k: batch[k] for k in ("tokens", "mask", "loss_mask")}
-  train_batch = {k: ro[k] for k in ("tokens", "mask", "rmask", "logp", "values", "advantages",
-                                    "returns")}
+  train_batch = {
+    k: ro[k] for k in ("tokens", "mask", "rmask", "logp", "values", "advantages", "returns")
+  }
   state, metrics = ppo_update(state, train_batch, ptx, update_key, s)
   seq_kl = losses.sequence_kl(ro["logp"], ro["ref_logp"], ro["rmask"])
   kl_mean = jnp.mean(seq_kl)
   if s.adaptive_kl:
-    new_coef = losses.kl_controller_update(state.kl_coef, kl_mean, ro["tokens"].shape[0],
-                                           s.kl_target, s.kl_horizon)
+    new_coef = losses.kl_controller_update(
+      state.kl_coef, kl_mean, ro["tokens"].shape[0], s.kl_target, s.kl_horizon
+    )
     state = state.replace(kl_coef=new_coef)
   metrics.update(
-      score=jnp.mean(ro["raw_score"]), score_with_penalty=jnp.mean(ro["score"]),
-      kl=kl_mean, reward=jnp.mean(jnp.sum(ro["rewards"], axis=1)),
-      response_length=jnp.mean(ro["lengths"]), eos_rate=jnp.mean(ro["ended"]),
-      kl_coef=state.kl_coef)
+    score=jnp.mean(ro["raw_score"]),
+    score_with_penalty=jnp.mean(ro["score"]),
+    kl=kl_mean,
+    reward=jnp.mean(jnp.sum(ro["rewards"], axis=1)),
+    response_length=jnp.mean(ro["lengths"]),
+    eos_rate=jnp.mean(ro["ended"]),
+    kl_coef=state.kl_coef,
+  )
   return state, metrics
 
 
@@ -228,8 +293,10 @@ class PPOBatches:
     return {"prompts": p["tokens"], "prompt_mask": p["mask"], **next(self.ptx)}
 
   def get_state(self) -> dict[str, Any]:
-    return {"prompts": loop.encode_iterator_state(self.prompts.get_state()),
-            "ptx": loop.encode_iterator_state(self.ptx.get_state())}
+    return {
+      "prompts": loop.encode_iterator_state(self.prompts.get_state()),
+      "ptx": loop.encode_iterator_state(self.ptx.get_state()),
+    }
 
   def set_state(self, state: dict[str, Any]) -> None:
     self.prompts.set_state(loop.decode_iterator_state(state["prompts"]))
@@ -238,48 +305,71 @@ class PPOBatches:
 
 def prompt_arrays(ws: Workspace, split: str = "train") -> dict[str, Any]:
   recs = ws.records("prompts", split)
-  enc = data_lib.encode_prompts(ws.tokenizer(), [r["prompt"] for r in recs],
-                                ws.config.data.prompt_len)
+  enc = data_lib.encode_prompts(
+    ws.tokenizer(), [r["prompt"] for r in recs], ws.config.data.prompt_len
+  )
   if enc.n_dropped:
-    logging.warning("ppo: dropped %d of %d prompts longer than %d tokens", enc.n_dropped,
-                    len(recs), ws.config.data.prompt_len)
+    logging.warning(
+      "ppo: dropped %d of %d prompts longer than %d tokens",
+      enc.n_dropped,
+      len(recs),
+      ws.config.data.prompt_len,
+    )
   return {"tokens": enc.tokens, "mask": enc.mask}
 
 
-def train_variant(ws: Workspace, variant: str, ptx_coef: float,
-                  prompts: dict[str, Any], ptx_arrays: dict[str, Any]) -> dict[str, Any]:
+def train_variant(
+  ws: Workspace, variant: str, ptx_coef: float, prompts: dict[str, Any], ptx_arrays: dict[str, Any]
+) -> dict[str, Any]:
   """Trains one policy (e.g. "ppo" with ptx_coef 0, "ppo_ptx" with 27.8) into ppo/<variant>."""
   cfg = ws.config.ppo
   tok = ws.tokenizer()
   policy_cfg, value_cfg = ws.model_config(), ws.model_config(head="scalar")
-  s = PPOSettings.from_config(cfg, policy_cfg, value_cfg, ws.config.data, tok.eos_id,
-                              tok.pad_id, ptx_coef)
+  s = PPOSettings.from_config(
+    cfg, policy_cfg, value_cfg, ws.config.data, tok.eos_id, tok.pad_id, ptx_coef
+  )
   seed = ws.config.seed + 100
   sft_params = ws.load_params("sft", policy_cfg)
   rm_params = ws.load_params("rm", value_cfg)
   skip = cfg.on_nonfinite == "skip"
   policy_tx = train_state.make_optimizer(cfg.optim, cfg.iterations * s.num_minibatches, skip)
   value_tx = train_state.make_optimizer(cfg.value_optim, cfg.iterations * s.num_minibatches, skip)
-  policy, policy_sh = train_state.create_train_state(policy_cfg, policy_tx, ws.mesh, ws.rules,
-                                                     jax.random.key(seed), sft_params)
-  value, value_sh = train_state.create_train_state(value_cfg, value_tx, ws.mesh, ws.rules,
-                                                   jax.random.key(seed), rm_params)
+  policy, policy_sh = train_state.create_train_state(
+    policy_cfg, policy_tx, ws.mesh, ws.rules, jax.random.key(seed), sft_params
+  )
+  value, value_sh = train_state.create_train_state(
+    value_cfg, value_tx, ws.mesh, ws.rules, jax.random.key(seed), rm_params
+  )
   rep = sharding.replicated(ws.mesh)
-  state = PPOState(policy=policy, value=value,
-                   kl_coef=jax.device_put(jnp.asarray(cfg.kl_coef, jnp.float32), rep))
+  state = PPOState(
+    policy=policy, value=value, kl_coef=jax.device_put(jnp.asarray(cfg.kl_coef, jnp.float32), rep)
+  )
   shardings = PPOState(policy=policy_sh, value=value_sh, kl_coef=rep)
   updates = cfg.epochs * s.num_minibatches
   batches = PPOBatches(
-      data_lib.make_batches(prompts, cfg.rollout_batch_size, seed=seed + 1),
-      data_lib.make_batches(ptx_arrays, updates * cfg.ptx_batch_size, seed=seed + 2))
+    data_lib.make_batches(prompts, cfg.rollout_batch_size, seed=seed + 1),
+    data_lib.make_batches(ptx_arrays, updates * cfg.ptx_batch_size, seed=seed + 2),
+  )
   step_fn = lambda st, b, r, ref, rmp: ppo_iteration(st, b, r, ref, rmp, s)
   stage_dir = os.path.join(ws.stage_dir("ppo"), variant)
-  param_sh = (train_state.param_shardings(policy_cfg, ws.mesh, ws.rules),
-              train_state.param_shardings(value_cfg, ws.mesh, ws.rules))
-  state, rows = loop.train(name=variant, stage_dir=stage_dir, state=state,
-                           state_shardings=shardings, step_fn=step_fn, batches=batches,
-                           total_steps=cfg.iterations, mesh=ws.mesh, seed=seed + 3, loop_cfg=cfg,
-                           const_args=(sft_params, rm_params), const_shardings=param_sh)
+  param_sh = (
+    train_state.param_shardings(policy_cfg, ws.mesh, ws.rules),
+    train_state.param_shardings(value_cfg, ws.mesh, ws.rules),
+  )
+  state, rows = loop.train(
+    name=variant,
+    stage_dir=stage_dir,
+    state=state,
+    state_shardings=shardings,
+    step_fn=step_fn,
+    batches=batches,
+    total_steps=cfg.iterations,
+    mesh=ws.mesh,
+    seed=seed + 3,
+    loop_cfg=cfg,
+    const_args=(sft_params, rm_params),
+    const_shardings=param_sh,
+  )
   ws.save_params(f"ppo/{variant}", jax.device_get(state.policy.params), policy_cfg)
   summary = {"iterations": cfg.iterations, "ptx_coef": ptx_coef}
   if rows:
@@ -300,8 +390,9 @@ def run(ws: Workspace) -> dict[str, Any]:
     variant_dir = os.path.join(ws.stage_dir("ppo"), variant)
     done = loop.stage_done(variant_dir)
     if done is None:
-      done = train_variant(ws, variant, cfg.ptx_coef if variant == "ppo_ptx" else 0.0, prompts,
-                           ptx_arrays)
+      done = train_variant(
+        ws, variant, cfg.ptx_coef if variant == "ppo_ptx" else 0.0, prompts, ptx_arrays
+      )
       loop.mark_done(variant_dir, done)
     summaries[variant] = done
   return summaries

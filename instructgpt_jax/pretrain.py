@@ -7,23 +7,27 @@ and `lm_loss_fn` is the ptx term of PPO.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import optax
 
 from instructgpt_jax import data as data_lib
-from instructgpt_jax import loop
-from instructgpt_jax import losses
+from instructgpt_jax import loop, losses, train_state
 from instructgpt_jax import model as model_lib
-from instructgpt_jax import train_state
 from instructgpt_jax.workspace import Workspace
 
 Batch = dict[str, jax.Array]
 
 
-def lm_loss_fn(params: Any, apply_fn: Callable, batch: Batch, rng: jax.Array | None = None,
-               deterministic: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
+def lm_loss_fn(
+  params: Any,
+  apply_fn: Callable,
+  batch: Batch,
+  rng: jax.Array | None = None,
+  deterministic: bool = True,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Mean next-token cross-entropy over `batch["loss_mask"]` (1 on target tokens).
 
   batch: tokens [batch, seq], mask [batch, seq] (real tokens), loss_mask [batch, seq].
@@ -31,13 +35,20 @@ def lm_loss_fn(params: Any, apply_fn: Callable, batch: Batch, rng: jax.Array | N
   """
   rngs = {} if deterministic else {"dropout": rng}
   seq = batch["tokens"].shape[1]
-  logits = apply_fn({"params": params}, batch["tokens"], batch["mask"],
-                    deterministic=deterministic, rngs=rngs, head_span=(0, seq - 1))
+  logits = apply_fn(
+    {"params": params},
+    batch["tokens"],
+    batch["mask"],
+    deterministic=deterministic,
+    rngs=rngs,
+    head_span=(0, seq - 1),
+  )
   return losses.lm_loss(logits, batch["tokens"][:, 1:], batch["loss_mask"][:, 1:])
 
 
-def lm_train_step(state: train_state.TrainState, batch: Batch, rng: jax.Array,
-                  dropout: bool = False) -> tuple[train_state.TrainState, dict[str, jax.Array]]:
+def lm_train_step(
+  state: train_state.TrainState, batch: Batch, rng: jax.Array, dropout: bool = False
+) -> tuple[train_state.TrainState, dict[str, jax.Array]]:
   """One optimizer step on the LM loss: `new_state, metrics = lm_train_step(state, batch, rng)`."""
   grad_fn = jax.value_and_grad(lm_loss_fn, has_aux=True)
   (_, metrics), grads = grad_fn(state.params, state.apply_fn, batch, rng, not dropout)
@@ -59,22 +70,31 @@ def run(ws: Workspace) -> dict[str, Any]:
   arrays = lm_arrays(ws, "train")
   model_cfg = ws.model_config()
   tx = train_state.make_optimizer(cfg.optim, cfg.steps, cfg.on_nonfinite == "skip")
-  state, shardings = train_state.create_train_state(model_cfg, tx, ws.mesh, ws.rules,
-                                                    jax.random.key(ws.config.seed))
+  state, shardings = train_state.create_train_state(
+    model_cfg, tx, ws.mesh, ws.rules, jax.random.key(ws.config.seed)
+  )
   batches = data_lib.make_batches(arrays, cfg.batch_size, seed=ws.config.seed)
-  state, rows = loop.train(name="pretrain", stage_dir=ws.stage_dir("pretrain"), state=state,
-                           state_shardings=shardings, step_fn=lm_train_step, batches=batches,
-                           total_steps=cfg.steps, mesh=ws.mesh, seed=ws.config.seed + 1,
-                           loop_cfg=cfg)
+  state, rows = loop.train(
+    name="pretrain",
+    stage_dir=ws.stage_dir("pretrain"),
+    state=state,
+    state_shardings=shardings,
+    step_fn=lm_train_step,
+    batches=batches,
+    total_steps=cfg.steps,
+    mesh=ws.mesh,
+    seed=ws.config.seed + 1,
+    loop_cfg=cfg,
+  )
   summary = {"steps": cfg.steps, "train_rows": int(arrays["tokens"].shape[0])}
   if rows:
     summary["final_loss"] = rows[-1]["loss"]
   return summary
 
 
-
-def evaluate_lm(ws: Workspace, params: Any, model_cfg: Any, arrays: dict[str, Any],
-                batch_size: int = 32) -> float:
+def evaluate_lm(
+  ws: Workspace, params: Any, model_cfg: Any, arrays: dict[str, Any], batch_size: int = 32
+) -> float:
   """Token-weighted mean LM loss of `params` over every row of `arrays` (dropout off)."""
   apply_fn = model_lib.Transformer(model_cfg.replace(dropout=0.0)).apply
 

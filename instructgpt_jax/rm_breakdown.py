@@ -17,27 +17,30 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from absl import app
-from absl import flags
 import numpy as np
+from absl import app, flags
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "The config the workdir was made with, e.g. configs/rm.py:tiny.",
-    lock_config=True)
+  "config", None, "The config the workdir was made with, e.g. configs/rm.py:tiny.", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "A workdir whose rm stage is finished.")
-_SPLITS = flags.DEFINE_list("splits", ["validation", "test"],
-                            "Comparison splits to score (train shows what the RM memorised).")
+_SPLITS = flags.DEFINE_list(
+  "splits",
+  ["validation", "test"],
+  "Comparison splits to score (train shows what the RM memorised).",
+)
 
 # (name, reads the criterion from a `World.analyze` result)
 CRITERIA = (
-    ("content", lambda a: round(a["content"], 9)),
-    ("constraint", lambda a: a["constraint_frac"]),
-    ("hallucination", lambda a: a["hallucinated"]),
-    ("ending", lambda a: a["terminated"]),
-    ("verbosity", lambda a: round(a["verbosity"], 9)),
+  ("content", lambda a: round(a["content"], 9)),
+  ("constraint", lambda a: a["constraint_frac"]),
+  ("hallucination", lambda a: a["hallucinated"]),
+  ("ending", lambda a: a["terminated"]),
+  ("verbosity", lambda a: round(a["verbosity"], 9)),
 )
 JUDGES = ("reward_model", "likelihood", "labelers")
 
@@ -49,8 +52,9 @@ def differing_criteria(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
   return "+".join(names) or "none"
 
 
-def accuracy_by_group(groups: Sequence[str], gold_diff: np.ndarray,
-                      judge_diffs: Mapping[str, np.ndarray]) -> dict[str, dict[str, float]]:
+def accuracy_by_group(
+  groups: Sequence[str], gold_diff: np.ndarray, judge_diffs: Mapping[str, np.ndarray]
+) -> dict[str, dict[str, float]]:
   """How often each judge orders a pair as the gold score does, per group and over "all".
 
   groups: [pairs] labels; gold_diff: [pairs] gold(a) - gold(b), nonzero; judge_diffs: judge ->
@@ -61,20 +65,23 @@ def accuracy_by_group(groups: Sequence[str], gold_diff: np.ndarray,
   sign = np.sign(gold_diff)
   if np.any(sign == 0):
     raise ValueError("accuracy_by_group takes only pairs whose gold scores differ")
-  right = {name: (np.sign(d) == sign) + 0.5 * (np.sign(d) == 0)
-           for name, d in judge_diffs.items()}
+  right = {name: (np.sign(d) == sign) + 0.5 * (np.sign(d) == 0) for name, d in judge_diffs.items()}
   names, counts = np.unique(groups, return_counts=True)
   out = {}
   for group in ("all", *names[np.argsort(-counts, kind="stable")]):
     sel = np.ones(len(groups), bool) if group == "all" else groups == group
-    out[str(group)] = {"pairs": int(sel.sum()),
-                       **{name: float(r[sel].mean()) for name, r in right.items()}}
+    out[str(group)] = {
+      "pairs": int(sel.sum()),
+      **{name: float(r[sel].mean()) for name, r in right.items()},
+    }
   return out
 
 
-def gold_differing_pairs(records: Sequence[Mapping[str, Any]],
-                         analyses: Sequence[Mapping[str, Any]],
-                         scores: Mapping[str, np.ndarray]) -> dict[str, Any]:
+def gold_differing_pairs(
+  records: Sequence[Mapping[str, Any]],
+  analyses: Sequence[Mapping[str, Any]],
+  scores: Mapping[str, np.ndarray],
+) -> dict[str, Any]:
   """The pairs of `records` (comparisons) whose gold scores differ, with each judge's difference.
 
   analyses and every array of `scores` run over the responses of all records in order (NaN
@@ -96,12 +103,16 @@ def gold_differing_pairs(records: Sequence[Mapping[str, Any]],
         diffs[name].append(s[a] - s[b])
       diffs["labelers"].append(rec["ranking"][j] - rec["ranking"][i])
     offset += n
-  return {"groups": groups, "gold_diff": np.asarray(gold, np.float64),
-          "judge_diffs": {k: np.asarray(v, np.float64) for k, v in diffs.items()}}
+  return {
+    "groups": groups,
+    "gold_diff": np.asarray(gold, np.float64),
+    "judge_diffs": {k: np.asarray(v, np.float64) for k, v in diffs.items()},
+  }
 
 
-def breakdown(ws: Any, splits: Sequence[str] = ("validation", "test")
-              ) -> dict[str, dict[str, float]]:
+def breakdown(
+  ws: Any, splits: Sequence[str] = ("validation", "test")
+) -> dict[str, dict[str, float]]:
   """`accuracy_by_group` of the workdir's RM, its initial model's likelihood and the labelers
   on the comparisons of `splits` (by default the held-out ones)."""
   from instructgpt_jax import data as data_lib  # pylint: disable=import-outside-toplevel
@@ -109,22 +120,27 @@ def breakdown(ws: Any, splits: Sequence[str] = ("validation", "test")
 
   if not ws.uses_world:
     raise ValueError("The breakdown needs the built-in world's gold score; your data has none.")
-  recs = [r for split in splits
-          for r in ws.records("comparisons", split, path=rm.comparisons_path(ws))]
+  recs = [
+    r for split in splits for r in ws.records("comparisons", split, path=rm.comparisons_path(ws))
+  ]
   if not recs:
-    raise ValueError(f"No comparisons of the splits {list(splits)} in "
-                     f"{rm.comparisons_path(ws)}.")
+    raise ValueError(f"No comparisons of the splits {list(splits)} in {rm.comparisons_path(ws)}.")
   flat = [(r["prompt"], t) for r in recs for t in r["responses"]]
   d = ws.config.data
-  enc = data_lib.encode_sft(ws.tokenizer(), [p for p, _ in flat], [t for _, t in flat],
-                            d.prompt_len, d.response_len)
+  enc = data_lib.encode_sft(
+    ws.tokenizer(), [p for p, _ in flat], [t for _, t in flat], d.prompt_len, d.response_len
+  )
   rm_cfg, lm_cfg = ws.model_config(head="scalar"), ws.model_config()
   judges = {
-      "reward_model": lambda: rm.score_sequences(ws, ws.load_params("rm", rm_cfg), rm_cfg,
-                                                 enc["tokens"], enc["mask"]),
-      "likelihood": lambda: rm.score_with(
-          ws, rm.loglik_fn(ws, ws.load_params(ws.config.rm.init_from, lm_cfg), lm_cfg),
-          enc["tokens"], enc["mask"]),
+    "reward_model": lambda: rm.score_sequences(
+      ws, ws.load_params("rm", rm_cfg), rm_cfg, enc["tokens"], enc["mask"]
+    ),
+    "likelihood": lambda: rm.score_with(
+      ws,
+      rm.loglik_fn(ws, ws.load_params(ws.config.rm.init_from, lm_cfg), lm_cfg),
+      enc["tokens"],
+      enc["mask"],
+    ),
   }
   scores = {}
   for name, score in judges.items():  # One model in memory at a time.

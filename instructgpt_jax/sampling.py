@@ -125,10 +125,21 @@ def _choose(logits: Array, rng: Array, *, temperature, top_k: int, top_p, greedy
   return tok, jnp.take_along_axis(logp, tok[:, None], axis=-1)[:, 0]
 
 
-def generate(params, config: model_lib.ModelConfig, prompt_tokens: Array, prompt_mask: Array,
-             rng: Array, *, max_new_tokens: int, eos_id: int, pad_id: int,
-             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-             greedy: bool = False) -> SampleOutput:
+def generate(
+  params,
+  config: model_lib.ModelConfig,
+  prompt_tokens: Array,
+  prompt_mask: Array,
+  rng: Array,
+  *,
+  max_new_tokens: int,
+  eos_id: int,
+  pad_id: int,
+  temperature: float = 1.0,
+  top_k: int = 0,
+  top_p: float = 1.0,
+  greedy: bool = False,
+) -> SampleOutput:
   """Samples up to `max_new_tokens` tokens after each (left-padded) prompt.
 
   Args:
@@ -160,13 +171,16 @@ def generate(params, config: model_lib.ModelConfig, prompt_tokens: Array, prompt
   R = max_new_tokens
   S = P + R
   if config.family == "gpt" and S > config.max_len:
-    raise ValueError(f"prompt length {P} + max_new_tokens {R} = {S} exceeds model.max_len="
-                     f"{config.max_len} (learned positions).")
+    raise ValueError(
+      f"prompt length {P} + max_new_tokens {R} = {S} exceeds model.max_len="
+      f"{config.max_len} (learned positions)."
+    )
 
   model = model_lib.Transformer(config)
   variables = {"params": params}
-  choose = lambda lg, key: _choose(lg, key, temperature=temperature, top_k=top_k, top_p=top_p,
-                                   greedy=greedy)
+  choose = lambda lg, key: _choose(
+    lg, key, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy
+  )
 
   prompt_tokens = prompt_tokens.astype(jnp.int32)
   prompt_mask = prompt_mask.astype(jnp.int32)
@@ -177,9 +191,14 @@ def generate(params, config: model_lib.ModelConfig, prompt_tokens: Array, prompt
 
   # Prefill: the whole prompt in one pass; `mask` (over the whole cache) has no response keys yet.
   cache = model_lib.init_cache(config, B, S)
-  logits, cache = model.apply(variables, prompt_tokens, mask,
-                              positions=model_lib.positions_from_mask(prompt_mask),
-                              cache=cache, cache_index=0)
+  logits, cache = model.apply(
+    variables,
+    prompt_tokens,
+    mask,
+    positions=model_lib.positions_from_mask(prompt_mask),
+    cache=cache,
+    cache_index=0,
+  )
   last_real = P - 1 - jnp.argmax(prompt_mask[:, ::-1], axis=-1)  # P - 1 for left padding
   logits = jnp.take_along_axis(logits, last_real[:, None, None], axis=1)[:, 0]
 
@@ -205,8 +224,9 @@ def generate(params, config: model_lib.ModelConfig, prompt_tokens: Array, prompt
     i, prev, cache, tokens, mask, logprobs, done = state
     slot = P + i - 1  # where `prev` (response token i - 1) sits; its key validity is in `mask`
     positions = (prompt_len + i - 1)[:, None]
-    logits, cache = model.apply(variables, prev[:, None], mask, positions=positions, cache=cache,
-                                cache_index=slot)
+    logits, cache = model.apply(
+      variables, prev[:, None], mask, positions=positions, cache=cache, cache_index=slot
+    )
     tok, tokens, mask, logprobs, done = emit(i, logits[:, 0], tokens, mask, logprobs, done)
     return i + 1, tok, cache, tokens, mask, logprobs, done
 
@@ -214,35 +234,52 @@ def generate(params, config: model_lib.ModelConfig, prompt_tokens: Array, prompt
   _, _, _, tokens, mask, logprobs, done = jax.lax.while_loop(cond, body, state)
 
   response_mask = mask.at[:, :P].set(0)
-  return SampleOutput(tokens=tokens, mask=mask, response_mask=response_mask, logprobs=logprobs,
-                      ended=done, lengths=response_mask.sum(axis=-1))
+  return SampleOutput(
+    tokens=tokens,
+    mask=mask,
+    response_mask=response_mask,
+    logprobs=logprobs,
+    ended=done,
+    lengths=response_mask.sum(axis=-1),
+  )
 
 
 generate_jit = jax.jit(generate, static_argnames=GENERATE_STATIC_ARGNAMES)
-generate_jit.__doc__ = "`generate` under `jax.jit` (static: " + ", ".join(
-    GENERATE_STATIC_ARGNAMES) + ")."
+generate_jit.__doc__ = (
+  "`generate` under `jax.jit` (static: " + ", ".join(GENERATE_STATIC_ARGNAMES) + ")."
+)
 
 
-def response_logprobs(params, config: model_lib.ModelConfig, tokens: Array, mask: Array,
-                      start: int, length: int, temperature: float = 1.0) -> Array:
+def response_logprobs(
+  params,
+  config: model_lib.ModelConfig,
+  tokens: Array,
+  mask: Array,
+  start: int,
+  length: int,
+  temperature: float = 1.0,
+) -> Array:
   """log p(tokens[:, t] | tokens[:, <t]) for t in [start, start + length): `[B, length]`.
 
   One forward pass with the unembedding applied only to the positions [start - 1, start +
   length - 1) whose logits predict those tokens (`start` >= 1, static). Zero where the token
   or its predecessor is masked (e.g. the first real token of a left-padded row).
   """
-  logits = model_lib.Transformer(config).apply({"params": params}, tokens, mask,
-                                               head_span=(start - 1, length))
+  logits = model_lib.Transformer(config).apply(
+    {"params": params}, tokens, mask, head_span=(start - 1, length)
+  )
   logp = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
   targets = jax.lax.slice_in_dim(tokens, start, start + length, axis=1).astype(jnp.int32)
   lp = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-  valid = ((jax.lax.slice_in_dim(mask, start, start + length, axis=1) != 0)
-           & (jax.lax.slice_in_dim(mask, start - 1, start + length - 1, axis=1) != 0))
+  valid = (jax.lax.slice_in_dim(mask, start, start + length, axis=1) != 0) & (
+    jax.lax.slice_in_dim(mask, start - 1, start + length - 1, axis=1) != 0
+  )
   return jnp.where(valid, lp, 0.0)
 
 
-def score_logprobs(params, config: model_lib.ModelConfig, tokens: Array, mask: Array,
-                   temperature: float = 1.0) -> Array:
+def score_logprobs(
+  params, config: model_lib.ModelConfig, tokens: Array, mask: Array, temperature: float = 1.0
+) -> Array:
   """Per-token log-probs `[B, S]` from one full forward pass (no cache).
 
   `out[:, t] = log_softmax(logits[:, t - 1] / temperature)[tokens[:, t]]`, i.e.
@@ -255,19 +292,43 @@ def score_logprobs(params, config: model_lib.ModelConfig, tokens: Array, mask: A
 
 
 @functools.lru_cache(maxsize=16)
-def _jitted_generate(config: model_lib.ModelConfig, max_new_tokens: int, eos_id: int,
-                     pad_id: int, greedy: bool):
+def _jitted_generate(
+  config: model_lib.ModelConfig, max_new_tokens: int, eos_id: int, pad_id: int, greedy: bool
+):
   """One jitted `generate` per setting, so repeated `generate_batched` calls (labelling in
   chunks, one call per evaluated policy) reuse the compiled program."""
-  return jax.jit(lambda p, t, m, r, temp: generate(
-      p, config, t, m, r, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id,
-      temperature=temp, greedy=greedy))
+  return jax.jit(
+    lambda p, t, m, r, temp: generate(
+      p,
+      config,
+      t,
+      m,
+      r,
+      max_new_tokens=max_new_tokens,
+      eos_id=eos_id,
+      pad_id=pad_id,
+      temperature=temp,
+      greedy=greedy,
+    )
+  )
 
 
-def generate_batched(params, config: model_lib.ModelConfig, prompt_tokens, prompt_mask,
-                     rng: Array, mesh, *, batch_size: int, max_new_tokens: int, eos_id: int,
-                     pad_id: int, temperature: float = 1.0, greedy: bool = False,
-                     progress_name: str = "sample") -> dict[str, Any]:
+def generate_batched(
+  params,
+  config: model_lib.ModelConfig,
+  prompt_tokens,
+  prompt_mask,
+  rng: Array,
+  mesh,
+  *,
+  batch_size: int,
+  max_new_tokens: int,
+  eos_id: int,
+  pad_id: int,
+  temperature: float = 1.0,
+  greedy: bool = False,
+  progress_name: str = "sample",
+) -> dict[str, Any]:
   """Host-side helper: `generate` over many prompts in fixed-size batches on `mesh`.
 
   prompt_tokens/prompt_mask: numpy [N, P]. The last batch is padded (so one program serves
@@ -275,15 +336,19 @@ def generate_batched(params, config: model_lib.ModelConfig, prompt_tokens, promp
   """
   gen = _jitted_generate(config, max_new_tokens, eos_id, pad_id, greedy)
   batch_index = itertools.count()
-  fn = lambda b: gen(params, b["tokens"], b["mask"], jax.random.fold_in(rng, next(batch_index)),
-                     jnp.float32(temperature))
+  fn = lambda b: gen(
+    params,
+    b["tokens"],
+    b["mask"],
+    jax.random.fold_in(rng, next(batch_index)),
+    jnp.float32(temperature),
+  )
   arrays = {"tokens": np.asarray(prompt_tokens), "mask": np.asarray(prompt_mask)}
   num_batches = -(-len(prompt_tokens) // sharding.round_batch(batch_size, mesh))
   progress = metrics_lib.Progress(progress_name, num_batches, unit="batch")
   outs = []
   for i, (batch, out) in enumerate(data_lib.map_batches(fn, arrays, batch_size, mesh)):
     valid = batch["valid"] > 0
-    outs.append({f.name: np.asarray(getattr(out, f.name))[valid]
-                 for f in dataclasses.fields(out)})
+    outs.append({f.name: np.asarray(getattr(out, f.name))[valid] for f in dataclasses.fields(out)})
     progress.update(i + 1)
   return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}

@@ -9,7 +9,8 @@ logical name to mesh axes, so changing the parallelism of a run is a config chan
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -25,24 +26,24 @@ Rules = Sequence[tuple[str, Any]]
 # Logical name -> mesh axes. Weights: "embed" is FSDP-sharded, the wide dimensions are tensor-
 # sharded. Activations: the batch is split over data and fsdp, heads/mlp/vocab over tensor.
 DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
-    ("batch", BATCH_AXES),
-    ("activation_batch", BATCH_AXES),
-    ("activation_length", None),
-    ("activation_embed", None),
-    ("activation_heads", "tensor"),
-    ("activation_kv", None),
-    ("activation_mlp", "tensor"),
-    ("activation_vocab", "tensor"),
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("kv_heads", "tensor"),
-    ("kv", None),
-    ("vocab", "tensor"),
-    ("pos", None),
-    ("norm", None),
-    ("scalar", None),
-    ("layers", None),
+  ("batch", BATCH_AXES),
+  ("activation_batch", BATCH_AXES),
+  ("activation_length", None),
+  ("activation_embed", None),
+  ("activation_heads", "tensor"),
+  ("activation_kv", None),
+  ("activation_mlp", "tensor"),
+  ("activation_vocab", "tensor"),
+  ("embed", "fsdp"),
+  ("mlp", "tensor"),
+  ("heads", "tensor"),
+  ("kv_heads", "tensor"),
+  ("kv", None),
+  ("vocab", "tensor"),
+  ("pos", None),
+  ("norm", None),
+  ("scalar", None),
+  ("layers", None),
 )
 
 
@@ -64,16 +65,21 @@ def mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...]:
   """
   shape = tuple(int(s) for s in shape)
   if len(shape) != len(MESH_AXES):
-    raise ValueError(f"sharding.mesh_shape={shape} must have {len(MESH_AXES)} entries "
-                     f"for the axes {MESH_AXES}.")
+    raise ValueError(
+      f"sharding.mesh_shape={shape} must have {len(MESH_AXES)} entries for the axes {MESH_AXES}."
+    )
   if shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
-    raise ValueError(f"sharding.mesh_shape={shape}: sizes must be positive, with at most one "
-                     f"-1 (the axis that takes the remaining devices).")
+    raise ValueError(
+      f"sharding.mesh_shape={shape}: sizes must be positive, with at most one "
+      f"-1 (the axis that takes the remaining devices)."
+    )
   known = math.prod(s for s in shape if s != -1)
   if num_devices % known:
-    raise ValueError(f"sharding.mesh_shape={shape} (axes {MESH_AXES}) does not divide the "
-                     f"{num_devices} available devices; use sizes whose product divides "
-                     f"{num_devices}, with -1 for the axis that takes the rest.")
+    raise ValueError(
+      f"sharding.mesh_shape={shape} (axes {MESH_AXES}) does not divide the "
+      f"{num_devices} available devices; use sizes whose product divides "
+      f"{num_devices}, with -1 for the axis that takes the rest."
+    )
   return tuple(num_devices // known if s == -1 else s for s in shape)
 
 
@@ -83,18 +89,23 @@ def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None)
   resolved = mesh_shape(shape, len(devices))
   if math.prod(resolved) < len(devices):
     logging.warning("Mesh %s uses %d of %d devices.", resolved, math.prod(resolved), len(devices))
-    devices = devices[:math.prod(resolved)]
-  return jax.make_mesh(resolved, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
-                       devices=devices)
+    devices = devices[: math.prod(resolved)]
+  return jax.make_mesh(
+    resolved, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices
+  )
 
 
 def maybe_initialize_distributed(enabled: bool) -> None:
   """Multi-host start: every host of a TPU pod slice runs the same command."""
   if enabled:
     jax.distributed.initialize()
-    logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
-                 jax.process_index(), jax.process_count(), jax.local_device_count(),
-                 jax.device_count())
+    logging.info(
+      "jax.distributed: process %d of %d, %d local / %d global devices",
+      jax.process_index(),
+      jax.process_count(),
+      jax.local_device_count(),
+      jax.device_count(),
+    )
 
 
 def logical_shardings(boxed_tree: Any, mesh: Mesh, rules: Rules) -> Any:
@@ -110,6 +121,7 @@ def logical_shardings(boxed_tree: Any, mesh: Mesh, rules: Rules) -> Any:
 
 def check_divisible(tree: Any, shardings: Any) -> None:
   """Fails early, naming the parameter, when a dimension does not divide its mesh axes."""
+
   def check(path, leaf, sharding):
     if not hasattr(leaf, "shape") or not isinstance(sharding, NamedSharding):
       return
@@ -120,9 +132,11 @@ def check_divisible(tree: Any, shardings: Any) -> None:
       size = math.prod(sharding.mesh.shape[a] for a in axes)
       if dim % size:
         raise ValueError(
-            f"{jax.tree_util.keystr(path)} with shape {leaf.shape} cannot be sharded as "
-            f"{sharding.spec} on mesh {dict(sharding.mesh.shape)}: {dim} is not divisible by "
-            f"{size}. Change the model size, the mesh shape, or sharding.rules.")
+          f"{jax.tree_util.keystr(path)} with shape {leaf.shape} cannot be sharded as "
+          f"{sharding.spec} on mesh {dict(sharding.mesh.shape)}: {dim} is not divisible by "
+          f"{size}. Change the model size, the mesh shape, or sharding.rules."
+        )
+
   jax.tree_util.tree_map_with_path(check, tree, shardings)
 
 
@@ -137,9 +151,11 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   """Places a host batch on the mesh (each process passes its local part of the global batch)."""
+
   def put(x):
     x = np.asarray(x)
     return jax.make_array_from_process_local_data(batch_sharding(mesh, x.ndim), x)
+
   return {k: put(v) for k, v in batch.items()}
 
 
@@ -154,8 +170,9 @@ def round_batch(batch_size: int, mesh: Mesh) -> int:
   return -(-batch_size // div) * div
 
 
-def init_sharded(init_fn: Callable[..., Any], mesh: Mesh, rules: Rules,
-                 *args: Any) -> tuple[Any, Any]:
+def init_sharded(
+  init_fn: Callable[..., Any], mesh: Mesh, rules: Rules, *args: Any
+) -> tuple[Any, Any]:
   """Runs `init_fn(*args)` (returning a boxed tree) directly into its shardings, unboxed.
 
   Nothing is materialised on one device first: the shapes come from `jax.eval_shape` and the

@@ -7,7 +7,8 @@ axis names the model put on its parameters.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -48,17 +49,24 @@ def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Sch
   return optax.join_schedules([optax.linear_schedule(init, lr, warmup), after], [warmup])
 
 
-def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int,
-                   skip_nonfinite: bool = False) -> optax.GradientTransformation:
+def make_optimizer(
+  cfg: ml_collections.ConfigDict, total_steps: int, skip_nonfinite: bool = False
+) -> optax.GradientTransformation:
   """AdamW (paper: beta = (0.9, 0.95)) after global-norm clipping, with optional accumulation.
 
   With `skip_nonfinite`, an update whose gradient holds a NaN/inf is dropped and counted
   (`optax.apply_if_finite`) instead of stopping the run.
   """
   tx = optax.chain(
-      optax.clip_by_global_norm(cfg.clip_norm) if cfg.clip_norm > 0 else optax.identity(),
-      optax.adamw(make_schedule(cfg, total_steps), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                  weight_decay=cfg.weight_decay))
+    optax.clip_by_global_norm(cfg.clip_norm) if cfg.clip_norm > 0 else optax.identity(),
+    optax.adamw(
+      make_schedule(cfg, total_steps),
+      b1=cfg.b1,
+      b2=cfg.b2,
+      eps=cfg.eps,
+      weight_decay=cfg.weight_decay,
+    ),
+  )
   if skip_nonfinite:
     tx = optax.apply_if_finite(tx, max_consecutive_errors=1_000_000)
   if cfg.grad_accum_steps > 1:
@@ -76,9 +84,14 @@ def boxed_params(model_cfg: model_lib.ModelConfig, rng: jax.Array) -> Any:
   return model_lib.Transformer(model_cfg).init(rng, tokens, jnp.ones_like(tokens))["params"]
 
 
-def create_train_state(model_cfg: model_lib.ModelConfig, tx: optax.GradientTransformation,
-                       mesh: Mesh, rules: Any, rng: jax.Array,
-                       params: Any | None = None) -> tuple[TrainState, Any]:
+def create_train_state(
+  model_cfg: model_lib.ModelConfig,
+  tx: optax.GradientTransformation,
+  mesh: Mesh,
+  rules: Any,
+  rng: jax.Array,
+  params: Any | None = None,
+) -> tuple[TrainState, Any]:
   """A train state on the mesh, fresh or around given (unboxed) `params`; returns (state, shardings).
 
   Given params are resharded to the rules of this model (e.g. SFT weights onto an RM mesh).
@@ -103,10 +116,14 @@ def create_train_state(model_cfg: model_lib.ModelConfig, tx: optax.GradientTrans
 
 def check_same_structure(expected: Any, got: Any, what: str) -> None:
   """Raises a ValueError listing the parameters that are missing, extra or of another shape."""
-  exp = {jax.tree_util.keystr(k): getattr(v, "shape", None)
-         for k, v in jax.tree_util.tree_leaves_with_path(expected)}
-  got_ = {jax.tree_util.keystr(k): getattr(v, "shape", None)
-          for k, v in jax.tree_util.tree_leaves_with_path(got)}
+  exp = {
+    jax.tree_util.keystr(k): getattr(v, "shape", None)
+    for k, v in jax.tree_util.tree_leaves_with_path(expected)
+  }
+  got_ = {
+    jax.tree_util.keystr(k): getattr(v, "shape", None)
+    for k, v in jax.tree_util.tree_leaves_with_path(got)
+  }
   missing = sorted(set(exp) - set(got_))
   extra = sorted(set(got_) - set(exp))
   problems = []
@@ -114,13 +131,19 @@ def check_same_structure(expected: Any, got: Any, what: str) -> None:
     problems.append(f"missing {missing[:8]}{' ...' if len(missing) > 8 else ''}")
   if extra:
     problems.append(f"unexpected {extra[:8]}{' ...' if len(extra) > 8 else ''}")
-  shapes = [f"{k}: expected {exp[k]}, got {got_[k]}" for k in sorted(set(exp) & set(got_))
-            if exp[k] is not None and got_[k] is not None and tuple(exp[k]) != tuple(got_[k])]
+  shapes = [
+    f"{k}: expected {exp[k]}, got {got_[k]}"
+    for k in sorted(set(exp) & set(got_))
+    if exp[k] is not None and got_[k] is not None and tuple(exp[k]) != tuple(got_[k])
+  ]
   if shapes:
     problems.append("shape mismatch " + "; ".join(shapes[:8]))
   if problems:
-    raise ValueError(f"The {what} do not match the configured model: " + ", ".join(problems)
-                     + ". Check config.model against the model that produced them.")
+    raise ValueError(
+      f"The {what} do not match the configured model: "
+      + ", ".join(problems)
+      + ". Check config.model against the model that produced them."
+    )
 
 
 def param_shardings(model_cfg: model_lib.ModelConfig, mesh: Mesh, rules: Any) -> Any:
@@ -136,14 +159,22 @@ def place_params(params: Any, model_cfg: model_lib.ModelConfig, mesh: Mesh, rule
   return jax.device_put(params, shardings)
 
 
-def jit_step(step_fn: Callable, state_shardings: Any, mesh: Mesh, donate: bool = True,
-             const_shardings: tuple = ()) -> Callable:
+def jit_step(
+  step_fn: Callable,
+  state_shardings: Any,
+  mesh: Mesh,
+  donate: bool = True,
+  const_shardings: tuple = (),
+) -> Callable:
   """`jax.jit(step_fn)` for `(state, batch, rng, *consts) -> (state, metrics)` with shardings.
 
   The state keeps its shardings (and is donated), the batch keeps the sharding it was put on
   (`sharding.shard_batch`), `consts` (frozen models) get `const_shardings`; metrics are
   replicated.
   """
-  return jax.jit(step_fn, in_shardings=(state_shardings, None, None, *const_shardings),
-                 out_shardings=(state_shardings, sharding.replicated(mesh)),
-                 donate_argnums=(0,) if donate else ())
+  return jax.jit(
+    step_fn,
+    in_shardings=(state_shardings, None, None, *const_shardings),
+    out_shardings=(state_shardings, sharding.replicated(mesh)),
+    donate_argnums=(0,) if donate else (),
+  )

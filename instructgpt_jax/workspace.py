@@ -1,10 +1,10 @@
 """Where a run's files live, and the set-up every stage shares (mesh, data, tokenizer).
 
-    <workdir>/world/*.jsonl       the built-in task world (when config.data paths are empty)
-    <workdir>/data/               tfds array_record preparations of the JSONL files
-    <workdir>/tokenizer.model     sentencepiece model trained on the pretraining text
-    <workdir>/<stage>/            ckpt/, metrics.jsonl, tensorboard/, DONE.json
-    <workdir>/report.json         the evaluation report
+<workdir>/world/*.jsonl       the built-in task world (when config.data paths are empty)
+<workdir>/data/               tfds array_record preparations of the JSONL files
+<workdir>/tokenizer.model     sentencepiece model trained on the pretraining text
+<workdir>/<stage>/            ckpt/, metrics.jsonl, tensorboard/, DONE.json
+<workdir>/report.json         the evaluation report
 """
 
 from __future__ import annotations
@@ -19,29 +19,26 @@ import ml_collections
 from absl import logging
 from jax.sharding import Mesh
 
-from instructgpt_jax import checkpoint
+from instructgpt_jax import checkpoint, sharding, train_state
 from instructgpt_jax import data as data_lib
 from instructgpt_jax import model as model_lib
-from instructgpt_jax import sharding
 from instructgpt_jax import tokenizer as tokenizer_lib
-from instructgpt_jax import train_state
 from instructgpt_jax import world as world_lib
 
 # Config key of each user-facing file, and the world's file of that kind.
 JSONL_KEYS = {
-    "pretraining": ("pretrain_jsonl", "pretrain.jsonl"),
-    "demonstrations": ("demonstrations_jsonl", "demonstrations.jsonl"),
-    "prompts": ("prompts_jsonl", "prompts.jsonl"),
-    "rm_prompts": ("rm_prompts_jsonl", "rm_prompts.jsonl"),
-    "eval_prompts": ("eval_prompts_jsonl", "eval_prompts.jsonl"),
+  "pretraining": ("pretrain_jsonl", "pretrain.jsonl"),
+  "demonstrations": ("demonstrations_jsonl", "demonstrations.jsonl"),
+  "prompts": ("prompts_jsonl", "prompts.jsonl"),
+  "rm_prompts": ("rm_prompts_jsonl", "rm_prompts.jsonl"),
+  "eval_prompts": ("eval_prompts_jsonl", "eval_prompts.jsonl"),
 }
 
 
 class Workspace:
   """A run's directory layout, mesh, tokenizer and data, shared by the stages of a pipeline."""
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str,
-               mesh: Mesh | None = None):
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str, mesh: Mesh | None = None):
     self.config = config
     self.workdir = os.path.abspath(workdir)
     os.makedirs(self.workdir, exist_ok=True)
@@ -60,8 +57,9 @@ class Workspace:
     return not any(self.config.data[key] for key, _ in JSONL_KEYS.values())
 
   def world(self) -> world_lib.World:
-    return world_lib.World.from_seed(self.config.data.world_seed,
-                                     scale=self.config.data.world_scale)
+    return world_lib.World.from_seed(
+      self.config.data.world_seed, scale=self.config.data.world_scale
+    )
 
   def jsonl(self, kind: str) -> str:
     """The user's file for `kind`, or the built-in world's (written on first use)."""
@@ -72,8 +70,10 @@ class Workspace:
         raise FileNotFoundError(f"config.data.{key}={path} does not exist.")
       return path
     if not self.uses_world:
-      raise ValueError(f"config.data.{key} is empty but other data paths are set: give every "
-                       f"file of your own data set ({[k for k, _ in JSONL_KEYS.values()]}).")
+      raise ValueError(
+        f"config.data.{key} is empty but other data paths are set: give every "
+        f"file of your own data set ({[k for k, _ in JSONL_KEYS.values()]})."
+      )
     world_dir = os.path.join(self.workdir, "world")
     path = os.path.join(world_dir, filename)
     if not os.path.exists(path):
@@ -86,9 +86,11 @@ class Workspace:
   def hygiene(self) -> data_lib.Hygiene:
     d = self.config.data
     train = 1.0 - d.validation_fraction - d.test_fraction
-    return data_lib.Hygiene(dedup_prefix_len=d.dedup_prefix_chars or None,
-                            max_per_user=d.max_prompts_per_user or None,
-                            split_fractions=(train, d.validation_fraction, d.test_fraction))
+    return data_lib.Hygiene(
+      dedup_prefix_len=d.dedup_prefix_chars or None,
+      max_per_user=d.max_prompts_per_user or None,
+      split_fractions=(train, d.validation_fraction, d.test_fraction),
+    )
 
   def records(self, kind: str, split: str, path: str | None = None) -> list[dict[str, Any]]:
     """One split of a user-facing file, through its tfds builder (cached per run)."""
@@ -96,8 +98,9 @@ class Workspace:
     data_kind = "prompts" if kind in ("eval_prompts", "rm_prompts") else kind
     key = (path, split)
     if key not in self._records:
-      self._records[key] = data_lib.load_split(data_kind, path, os.path.join(self.workdir, "data"),
-                                               split, self.hygiene())
+      self._records[key] = data_lib.load_split(
+        data_kind, path, os.path.join(self.workdir, "data"), split, self.hygiene()
+      )
     return self._records[key]
 
   def tokenizer(self) -> tokenizer_lib.Tokenizer:
@@ -106,8 +109,9 @@ class Workspace:
       path = self.config.data.tokenizer_path or os.path.join(self.workdir, "tokenizer.model")
       if not self.config.data.tokenizer_path and not os.path.exists(path):
         texts = [r["text"] for r in self.records("pretraining", "train")]
-        texts += [r["prompt"] + " " + r["response"] for r in self.records("demonstrations",
-                                                                          "train")]
+        texts += [
+          r["prompt"] + " " + r["response"] for r in self.records("demonstrations", "train")
+        ]
         tokenizer_lib.train_tokenizer(texts, path, self.config.model.vocab_size)
       self._tokenizer = tokenizer_lib.Tokenizer.load(path)
       self._tokenizer.check_vocab(self.config.model.vocab_size)
@@ -128,8 +132,9 @@ class Workspace:
     if not os.path.isdir(directory):
       directory = os.path.join(self.stage_dir(stage), "ckpt")
     shardings = train_state.param_shardings(model_cfg, self.mesh, self.rules)
-    abstract = nn.meta.unbox(jax.eval_shape(lambda r: train_state.boxed_params(model_cfg, r),
-                                            jax.random.key(0)))
+    abstract = nn.meta.unbox(
+      jax.eval_shape(lambda r: train_state.boxed_params(model_cfg, r), jax.random.key(0))
+    )
     return checkpoint.restore_params(directory, checkpoint.abstract_like(abstract, shardings))
 
   def save_params(self, stage: str, params: Any, model_cfg: model_lib.ModelConfig) -> None:

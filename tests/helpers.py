@@ -13,14 +13,23 @@ from instructgpt_jax import presets
 
 def tiny_model(family: str = "gpt", **kw) -> model_lib.ModelConfig:
   """8 heads and widths divisible by 8, so every mesh of 8 devices can shard it."""
-  base = dict(vocab_size=128, num_layers=2, d_model=64, num_heads=8, d_ff=128, max_len=64,
-              family=family, num_kv_heads=4 if family == "llama" else 0)
+  base = dict(
+    vocab_size=128,
+    num_layers=2,
+    d_model=64,
+    num_heads=8,
+    d_ff=128,
+    max_len=64,
+    family=family,
+    num_kv_heads=4 if family == "llama" else 0,
+  )
   base.update(kw)
   return model_lib.ModelConfig(**base)
 
 
-def lm_batch(rng: np.random.Generator, batch: int, seq: int, vocab: int,
-             left_pad: bool = True) -> dict[str, np.ndarray]:
+def lm_batch(
+  rng: np.random.Generator, batch: int, seq: int, vocab: int, left_pad: bool = True
+) -> dict[str, np.ndarray]:
   """Random tokens with ragged left padding, mask and loss mask."""
   tokens = rng.integers(4, vocab, size=(batch, seq)).astype(np.int32)
   mask = np.ones((batch, seq), np.int32)
@@ -36,11 +45,14 @@ def optim_config(lr: float = 1e-2) -> ml_collections.ConfigDict:
 
 
 def forward(cfg: model_lib.ModelConfig, params, tokens, mask):
-  return model_lib.Transformer(cfg).apply({"params": params}, jnp.asarray(tokens),
-                                          jnp.asarray(mask))
+  return model_lib.Transformer(cfg).apply(
+    {"params": params}, jnp.asarray(tokens), jnp.asarray(mask)
+  )
 
 
 def init_params(cfg: model_lib.ModelConfig, seed: int = 0):
   import flax.linen as nn  # pylint: disable=import-outside-toplevel
+
   from instructgpt_jax import train_state  # pylint: disable=import-outside-toplevel
+
   return nn.meta.unbox(train_state.boxed_params(cfg, jax.random.key(seed)))

@@ -4,10 +4,7 @@ shrinks with FSDP, and a quick smoke run of bench.py. Nothing here asserts on a 
 import jax
 import numpy as np
 
-from instructgpt_jax import bench
-from instructgpt_jax import dry_run
-from instructgpt_jax import presets
-from instructgpt_jax import sharding
+from instructgpt_jax import bench, dry_run, presets, sharding
 
 
 class _CompileCounter:
@@ -80,11 +77,16 @@ def test_dry_run_ppo_lowers_on_8_devices():
 def test_bench_quick_smoke(capsys):
   records = bench.main(["--preset=tiny", "--quick", "--skip=ppo"])
   names = {r["metric"] for r in records}
-  for name in ("matmul_fp32_peak_jax", "train_tokens_per_s", "mfu_6N_attn_lmhead_vs_jax_peak",
-               "generate_new_tokens_per_s", "train_compile_time", "generate_compile_time"):
+  for name in (
+    "matmul_fp32_peak_jax",
+    "train_tokens_per_s",
+    "mfu_6N_attn_lmhead_vs_jax_peak",
+    "generate_new_tokens_per_s",
+    "train_compile_time",
+    "generate_compile_time",
+  ):
     assert name in names, sorted(names)
   for r in records:
     assert set(r) >= {"preset", "metric", "value", "unit"} and r["preset"] == "tiny"
   out = capsys.readouterr().out.strip().splitlines()
   assert len(out) == len(records)  # one JSON object per line per figure
-

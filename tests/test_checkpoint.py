@@ -6,17 +6,15 @@ import jax
 import numpy as np
 import pytest
 
-from instructgpt_jax import checkpoint
-from instructgpt_jax import pretrain
-from instructgpt_jax import sharding
-from instructgpt_jax import train_state
+from instructgpt_jax import checkpoint, pretrain, sharding, train_state
 from tests import helpers
 
 
 def _setup(cfg, params, mesh):
   tx = train_state.make_optimizer(helpers.optim_config(3e-3), 100)
-  state, shardings = train_state.create_train_state(cfg, tx, mesh, sharding.DEFAULT_RULES,
-                                                    jax.random.key(0), params=params)
+  state, shardings = train_state.create_train_state(
+    cfg, tx, mesh, sharding.DEFAULT_RULES, jax.random.key(0), params=params
+  )
   step = train_state.jit_step(pretrain.lm_train_step, shardings, mesh, donate=False)
   return state, shardings, step
 
@@ -76,10 +74,10 @@ def test_damaged_newest_checkpoint_falls_back(tmp_path):
 
 def test_missing_checkpoint_names_the_path(tmp_path):
   cfg = helpers.tiny_model("gpt")
-  abstract = checkpoint.abstract_like(helpers.init_params(cfg),
-                                      train_state.param_shardings(
-                                          cfg, sharding.make_mesh((1, 1, 1)),
-                                          sharding.DEFAULT_RULES))
+  abstract = checkpoint.abstract_like(
+    helpers.init_params(cfg),
+    train_state.param_shardings(cfg, sharding.make_mesh((1, 1, 1)), sharding.DEFAULT_RULES),
+  )
   missing = str(tmp_path / "nowhere" / "ckpt")
   with pytest.raises(checkpoint.CheckpointError, match="nowhere/ckpt does not exist"):
     checkpoint.restore_params(missing, abstract)
@@ -93,8 +91,9 @@ def test_lm_learns_a_small_corpus():
   rows = np.stack([np.concatenate([phrases[j] for j in rng.integers(0, 6, 4)]) for _ in range(64)])
   mesh = sharding.make_mesh((1, -1, 1))
   tx = train_state.make_optimizer(helpers.optim_config(1e-2), 200)
-  state, shardings = train_state.create_train_state(cfg, tx, mesh, sharding.DEFAULT_RULES,
-                                                    jax.random.key(0))
+  state, shardings = train_state.create_train_state(
+    cfg, tx, mesh, sharding.DEFAULT_RULES, jax.random.key(0)
+  )
   step = train_state.jit_step(pretrain.lm_train_step, shardings, mesh)
   losses = []
   with jax.set_mesh(mesh):

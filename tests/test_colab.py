@@ -14,10 +14,16 @@ def test_quickstart_notebook_runs(tmp_path):
   assert 'PRESET = "small"' in params.source
   params.source = f'PRESET = "tiny"\nWORKDIR = {str(tmp_path / "run")!r}'
   os.environ.pop("MPLBACKEND", None)  # The kernel's inline backend renders the figures.
-  client = NotebookClient(nb, timeout=600, kernel_name="python3",
-                          resources={"metadata": {"path": ROOT}})
+  client = NotebookClient(
+    nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": ROOT}}
+  )
   client.execute()
   assert os.path.exists(tmp_path / "run" / "report.json")
-  images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-            if "image/png" in o.get("data", {})]
+  images = [
+    o
+    for c in nb.cells
+    if c.cell_type == "code"
+    for o in c.get("outputs", [])
+    if "image/png" in o.get("data", {})
+  ]
   assert len(images) >= 2

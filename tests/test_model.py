@@ -15,12 +15,24 @@ def _decode_all(cfg, params, tokens, mask, prefill):
   B, T = tokens.shape
   positions = model_lib.positions_from_mask(mask)
   cache = model_lib.init_cache(cfg, B, T)
-  logits, cache = model.apply({"params": params}, tokens[:, :prefill], mask,
-                              positions=positions[:, :prefill], cache=cache, cache_index=0)
+  logits, cache = model.apply(
+    {"params": params},
+    tokens[:, :prefill],
+    mask,
+    positions=positions[:, :prefill],
+    cache=cache,
+    cache_index=0,
+  )
   outs = [logits]
   for t in range(prefill, T):
-    logits, cache = model.apply({"params": params}, tokens[:, t:t + 1], mask,
-                                positions=positions[:, t:t + 1], cache=cache, cache_index=t)
+    logits, cache = model.apply(
+      {"params": params},
+      tokens[:, t : t + 1],
+      mask,
+      positions=positions[:, t : t + 1],
+      cache=cache,
+      cache_index=t,
+    )
     outs.append(logits)
   return jnp.concatenate(outs, axis=1)
 
@@ -35,8 +47,9 @@ def test_kv_cache_matches_full_forward(family, scan_layers, remat):
   full = helpers.forward(cfg, params, tokens, mask)
   decoded = _decode_all(cfg, params, tokens, mask, prefill=5)
   real = np.asarray(mask, bool)
-  np.testing.assert_allclose(np.asarray(decoded)[real], np.asarray(full)[real], atol=1e-4,
-                             rtol=1e-4)
+  np.testing.assert_allclose(
+    np.asarray(decoded)[real], np.asarray(full)[real], atol=1e-4, rtol=1e-4
+  )
 
 
 def test_left_padding_does_not_change_outputs():
@@ -94,11 +107,18 @@ def test_dropout_is_active_only_when_asked():
   batch = helpers.lm_batch(np.random.default_rng(4), 2, 8, cfg.vocab_size)
   model = model_lib.Transformer(cfg)
   det = model.apply({"params": params}, batch["tokens"], batch["mask"])
-  drop = [model.apply({"params": params}, batch["tokens"], batch["mask"], deterministic=False,
-                      rngs={"dropout": jax.random.key(i)}) for i in range(2)]
+  drop = [
+    model.apply(
+      {"params": params},
+      batch["tokens"],
+      batch["mask"],
+      deterministic=False,
+      rngs={"dropout": jax.random.key(i)},
+    )
+    for i in range(2)
+  ]
   assert not np.allclose(drop[0], drop[1])
-  np.testing.assert_allclose(det, model.apply({"params": params}, batch["tokens"],
-                                              batch["mask"]))
+  np.testing.assert_allclose(det, model.apply({"params": params}, batch["tokens"], batch["mask"]))
 
 
 def test_bad_model_config_is_refused():

@@ -8,10 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from instructgpt_jax import model as model_lib
-from instructgpt_jax import ppo
-from instructgpt_jax import presets
-from instructgpt_jax import sharding
-from instructgpt_jax import train_state
+from instructgpt_jax import ppo, presets, sharding, train_state
 
 P, R, VOCAB, EOS, PAD = 8, 8, 32, 3, 0
 
@@ -23,12 +20,12 @@ def _settings(policy_cfg, value_cfg, **kw):
     cfg[k] = v
   data = presets.pipeline_config("ppo", "tiny").data
   data.prompt_len, data.response_len = P, R
-  return cfg, ppo.PPOSettings.from_config(cfg, policy_cfg, value_cfg, data, EOS, PAD,
-                                          cfg.ptx_coef)
+  return cfg, ppo.PPOSettings.from_config(cfg, policy_cfg, value_cfg, data, EOS, PAD, cfg.ptx_coef)
 
 
-POLICY_CFG = model_lib.ModelConfig(vocab_size=VOCAB, num_layers=1, d_model=32, num_heads=4,
-                                   d_ff=64, max_len=32)
+POLICY_CFG = model_lib.ModelConfig(
+  vocab_size=VOCAB, num_layers=1, d_model=32, num_heads=4, d_ff=64, max_len=32
+)
 
 
 def _setup(ptx_coef=0.0, lr=3e-3):
@@ -42,17 +39,32 @@ def _setup(ptx_coef=0.0, lr=3e-3):
   rm_params = nn.meta.unbox(train_state.boxed_params(value_cfg, jax.random.key(1)))
   n_updates = s.epochs * s.num_minibatches
   policy, policy_sh = train_state.create_train_state(
-      policy_cfg, train_state.make_optimizer(cfg.optim, 100), mesh, rules, jax.random.key(0),
-      policy_params)
+    policy_cfg,
+    train_state.make_optimizer(cfg.optim, 100),
+    mesh,
+    rules,
+    jax.random.key(0),
+    policy_params,
+  )
   value, value_sh = train_state.create_train_state(
-      value_cfg, train_state.make_optimizer(cfg.value_optim, 100), mesh, rules,
-      jax.random.key(0), rm_params)
+    value_cfg,
+    train_state.make_optimizer(cfg.value_optim, 100),
+    mesh,
+    rules,
+    jax.random.key(0),
+    rm_params,
+  )
   state = ppo.PPOState(policy=policy, value=value, kl_coef=jnp.float32(cfg.kl_coef))
   rng = np.random.default_rng(0)
   prompts = rng.integers(4, VOCAB, size=(32, P)).astype(np.int32)
   ptx = rng.integers(4, VOCAB, size=(n_updates * 4, 16)).astype(np.int32)
-  batch = {"prompts": prompts, "prompt_mask": np.ones_like(prompts), "tokens": ptx,
-           "mask": np.ones_like(ptx), "loss_mask": np.ones_like(ptx)}
+  batch = {
+    "prompts": prompts,
+    "prompt_mask": np.ones_like(prompts),
+    "tokens": ptx,
+    "mask": np.ones_like(ptx),
+    "loss_mask": np.ones_like(ptx),
+  }
   step = jax.jit(lambda st, b, r, ref, rmp: ppo.ppo_iteration(st, b, r, ref, rmp, s))
   return state, batch, step, policy_params, rm_params
 
@@ -83,10 +95,14 @@ def test_rollout_logprobs_from_the_sampler_equal_a_forward_pass():
   """ppo.recompute_logprobs only adds a forward pass: the rollout's log-probs agree."""
   state, batch, _, ref, rm_params = _setup()
   _, s = _settings(POLICY_CFG, POLICY_CFG.replace(head="scalar"))
-  outs = [jax.jit(lambda st, s=s_: ppo.rollout(st, ref, rm_params, batch["prompts"],
-                                                batch["prompt_mask"], jax.random.key(3), s))(state)
-          for s_ in (s, dataclasses.replace(s, recompute_logprobs=True))]
+  outs = [
+    jax.jit(
+      lambda st, s=s_: ppo.rollout(
+        st, ref, rm_params, batch["prompts"], batch["prompt_mask"], jax.random.key(3), s
+      )
+    )(state)
+    for s_ in (s, dataclasses.replace(s, recompute_logprobs=True))
+  ]
   assert np.asarray(outs[0]["rmask"]).sum() > 0
-  np.testing.assert_allclose(np.asarray(outs[0]["logp"]), np.asarray(outs[1]["logp"]),
-                             atol=2e-5)
+  np.testing.assert_allclose(np.asarray(outs[0]["logp"]), np.asarray(outs[1]["logp"]), atol=2e-5)
   np.testing.assert_array_equal(np.asarray(outs[0]["tokens"]), np.asarray(outs[1]["tokens"]))

@@ -27,42 +27,63 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from instructgpt_jax import checkpoint
+from instructgpt_jax import (
+  checkpoint,
+  evaluate,
+  label,
+  loop,
+  pipeline,
+  presets,
+  pretrain,
+  sharding,
+  train_state,
+  workspace,
+)
 from instructgpt_jax import data as data_lib
-from instructgpt_jax import evaluate
-from instructgpt_jax import label
 from instructgpt_jax import labelers as labelers_lib
-from instructgpt_jax import loop
-from instructgpt_jax import pipeline
-from instructgpt_jax import presets
-from instructgpt_jax import pretrain
-from instructgpt_jax import sharding
-from instructgpt_jax import train_state
-from instructgpt_jax import workspace
 from tests import helpers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
-           JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+ENV = dict(
+  os.environ,
+  XLA_FLAGS="--xla_force_host_platform_device_count=1",
+  JAX_PLATFORMS="cpu",
+  PYTHONUNBUFFERED="1",
+)
 # Small, frequent checkpoints and a log row per step, so every step's metrics are compared;
 # enough labelled prompts that the RM runs several steps whatever the samples look like.
-OVERRIDES = ["--config.pretrain.steps=10", "--config.sft.checkpoint_every=2",
-             "--config.sft.log_every=1", "--config.label.num_prompts=128",
-             "--config.rm.batch_size=4",
-             "--config.rm.checkpoint_every=1", "--config.rm.log_every=1",
-             "--config.ppo.iterations=4", "--config.ppo.checkpoint_every=1",
-             "--config.ppo.variants=('ppo',)", "--config.eval.num_prompts=8"]
+OVERRIDES = [
+  "--config.pretrain.steps=10",
+  "--config.sft.checkpoint_every=2",
+  "--config.sft.log_every=1",
+  "--config.label.num_prompts=128",
+  "--config.rm.batch_size=4",
+  "--config.rm.checkpoint_every=1",
+  "--config.rm.log_every=1",
+  "--config.ppo.iterations=4",
+  "--config.ppo.checkpoint_every=1",
+  "--config.ppo.variants=('ppo',)",
+  "--config.eval.num_prompts=8",
+]
 SHARED = ("world", "data", "tokenizer.model", "jax_cache")
 
 
 def _cmd(workdir, stage, *extra):
-  return [sys.executable, "-m", "instructgpt_jax.main", f"--config=configs/{stage}.py:tiny",
-          f"--workdir={workdir}", *OVERRIDES, *extra]
+  return [
+    sys.executable,
+    "-m",
+    "instructgpt_jax.main",
+    f"--config=configs/{stage}.py:tiny",
+    f"--workdir={workdir}",
+    *OVERRIDES,
+    *extra,
+  ]
 
 
 def _run(workdir, stage, *extra, check=True):
-  p = subprocess.run(_cmd(workdir, stage, *extra), cwd=ROOT, env=ENV, capture_output=True,
-                     text=True, timeout=400)
+  p = subprocess.run(
+    _cmd(workdir, stage, *extra), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=400
+  )
   if check and p.returncode != 0:
     raise AssertionError(f"exit {p.returncode}:\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}")
   return p
@@ -98,20 +119,24 @@ def _copy_stages(ref, dst, stages):
 
 def _rows(path):
   """metrics.jsonl without the wall-clock column."""
-  return [{k: v for k, v in r.items() if k != "steps_per_s"}
-          for r in (json.loads(l) for l in open(path, encoding="utf-8") if l.strip())]
+  return [
+    {k: v for k, v in r.items() if k != "steps_per_s"}
+    for r in (json.loads(line) for line in open(path, encoding="utf-8") if line.strip())
+  ]
 
 
 def _steps(ckpt_dir):
-  return sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit()) if os.path.isdir(
-      ckpt_dir) else []
+  return (
+    sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit()) if os.path.isdir(ckpt_dir) else []
+  )
 
 
 def _arrays(step_dir):
   """Every array of a checkpoint's state, read without a target (flattened by path)."""
   tree = ocp.PyTreeCheckpointer().restore(os.path.join(step_dir, "state"))
-  return {jax.tree_util.keystr(k): np.asarray(v)
-          for k, v in jax.tree_util.tree_leaves_with_path(tree)}
+  return {
+    jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(tree)
+  }
 
 
 def _assert_same_arrays(a_dir, b_dir):
@@ -123,8 +148,14 @@ def _assert_same_arrays(a_dir, b_dir):
 
 def _kill_after_checkpoint(workdir, stage, ckpt_dir, min_steps=1, sig=signal.SIGKILL):
   """Starts the stage, waits until `min_steps` checkpoints exist, then sends `sig`."""
-  proc = subprocess.Popen(_cmd(workdir, stage), cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+  proc = subprocess.Popen(
+    _cmd(workdir, stage),
+    cwd=ROOT,
+    env=ENV,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
   deadline = time.time() + 300
   while len(_steps(ckpt_dir)) < min_steps:
     assert proc.poll() is None, proc.communicate()[1][-4000:]
@@ -143,8 +174,9 @@ def _check_resumed_run(ref, workdir, stage_sub, err):
   last = _steps(os.path.join(ref_dir, "ckpt"))[-1]
   assert _steps(os.path.join(dir_, "ckpt"))[-1] == last
   assert len(_steps(os.path.join(dir_, "ckpt"))) <= 3  # keep_checkpoints
-  _assert_same_arrays(os.path.join(ref_dir, "ckpt", str(last)),
-                      os.path.join(dir_, "ckpt", str(last)))
+  _assert_same_arrays(
+    os.path.join(ref_dir, "ckpt", str(last)), os.path.join(dir_, "ckpt", str(last))
+  )
   if os.path.isdir(os.path.join(ref_dir, "final")):
     _assert_same_arrays(os.path.join(ref_dir, "final", "0"), os.path.join(dir_, "final", "0"))
 
@@ -284,14 +316,17 @@ def test_sft_sigterm_saves_and_exits_zero(reference, tmp_path):
 
 
 def test_second_sigterm_exits_at_once():
-  code = ("import os, signal, time\nfrom instructgpt_jax import loop\n"
-          "with loop.PreemptionGuard() as g:\n"
-          "  os.kill(os.getpid(), signal.SIGTERM); time.sleep(0.2)\n"
-          "  assert g.requested and loop.preemption_requested()\n"
-          "  os.kill(os.getpid(), signal.SIGTERM); time.sleep(5)\n"
-          "print('not reached')\n")
-  p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=ENV, capture_output=True,
-                     text=True, timeout=120)
+  code = (
+    "import os, signal, time\nfrom instructgpt_jax import loop\n"
+    "with loop.PreemptionGuard() as g:\n"
+    "  os.kill(os.getpid(), signal.SIGTERM); time.sleep(0.2)\n"
+    "  assert g.requested and loop.preemption_requested()\n"
+    "  os.kill(os.getpid(), signal.SIGTERM); time.sleep(5)\n"
+    "print('not reached')\n"
+  )
+  p = subprocess.run(
+    [sys.executable, "-c", code], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120
+  )
   assert p.returncode == 143 and "not reached" not in p.stdout, p.stderr
 
 
@@ -319,12 +354,15 @@ def test_bad_comparisons_file_fails_early_and_keeps_earlier_stages(reference, tm
   assert before.keys() == after.keys()
 
 
-@pytest.mark.parametrize("line,cause", [
+@pytest.mark.parametrize(
+  "line,cause",
+  [
     ("{not json", "invalid JSON"),
     ('{"prompt": "p", "user_id": "u", "category": "c"}', "missing field 'response'"),
     ('{"prompt": "", "response": "r", "user_id": "u", "category": "c"}', "'prompt' is empty"),
     ('{"prompt": "p", "response": "", "user_id": "u", "category": "c"}', "'response' is empty"),
-])
+  ],
+)
 def test_malformed_demonstrations_name_file_and_line(tmp_path, line, cause):
   path = tmp_path / "demos.jsonl"
   ok = '{"prompt": "p", "response": "r", "user_id": "u", "category": "c"}'
@@ -334,11 +372,14 @@ def test_malformed_demonstrations_name_file_and_line(tmp_path, line, cause):
   assert f"{path}:2:" in str(e.value) and cause in str(e.value)
 
 
-@pytest.mark.parametrize("rec,cause", [
+@pytest.mark.parametrize(
+  "rec,cause",
+  [
     ({"responses": ["a", "b", "c"], "ranking": [0, 1]}, "ranking"),
     ({"responses": ["a", "b"], "ranking": [0, 5]}, "outside"),
     ({"responses": ["a", ""], "ranking": [0, 1]}, "responses[1] is empty"),
-])
+  ],
+)
 def test_rankings_must_match_responses(tmp_path, rec, cause):
   path = tmp_path / "cmp.jsonl"
   path.write_text(json.dumps({"prompt": "p", "user_id": "u", **rec}) + "\n")
@@ -375,13 +416,15 @@ def test_checkpoint_of_another_model_shape_names_the_parameters(reference):
 def test_resume_with_another_model_shape_is_refused(tmp_path):
   mesh = sharding.make_mesh((1, 1, 1))
   tx = train_state.make_optimizer(helpers.optim_config(), 10)
-  state, sh = train_state.create_train_state(helpers.tiny_model(), tx, mesh,
-                                             sharding.DEFAULT_RULES, jax.random.key(0))
+  state, sh = train_state.create_train_state(
+    helpers.tiny_model(), tx, mesh, sharding.DEFAULT_RULES, jax.random.key(0)
+  )
   ckpt = checkpoint.Checkpointer(str(tmp_path / "ckpt"))
   ckpt.save(1, state, {"data": {}}, force=True)
   ckpt.close()
-  other, other_sh = train_state.create_train_state(helpers.tiny_model(d_ff=64), tx, mesh,
-                                                   sharding.DEFAULT_RULES, jax.random.key(0))
+  other, other_sh = train_state.create_train_state(
+    helpers.tiny_model(d_ff=64), tx, mesh, sharding.DEFAULT_RULES, jax.random.key(0)
+  )
   ckpt = checkpoint.Checkpointer(str(tmp_path / "ckpt"))
   with pytest.raises(checkpoint.CheckpointMismatchError, match=r"mlp/wi/kernel: model \(64, 64\)"):
     ckpt.restore(checkpoint.abstract_like(other, other_sh))
@@ -395,14 +438,36 @@ def test_mesh_that_does_not_divide_the_devices():
 
 
 def test_mistyped_config_key_and_unknown_stage():
-  p = subprocess.run([sys.executable, "-m", "instructgpt_jax.main",
-                      "--config=configs/sft.py:tiny", "--config.sft.epochz=2"], cwd=ROOT,
-                     env=ENV, capture_output=True, text=True, timeout=120)
+  p = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "instructgpt_jax.main",
+      "--config=configs/sft.py:tiny",
+      "--config.sft.epochz=2",
+    ],
+    cwd=ROOT,
+    env=ENV,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert p.returncode != 0 and "Traceback" not in p.stderr
   assert "unknown config key 'epochz'" in p.stderr and 'Did you mean "epochs"' in p.stderr
-  p = subprocess.run([sys.executable, "-m", "instructgpt_jax.main",
-                      "--config=configs/sft.py:tiny", "--config.stage=sfft"], cwd=ROOT,
-                     env=ENV, capture_output=True, text=True, timeout=120)
+  p = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "instructgpt_jax.main",
+      "--config=configs/sft.py:tiny",
+      "--config.stage=sfft",
+    ],
+    cwd=ROOT,
+    env=ENV,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert p.returncode != 0 and "Unknown stage 'sfft'; valid stages:" in p.stderr
 
 
@@ -413,10 +478,10 @@ def test_finished_stages_are_reused_unless_overwrite(tmp_path, monkeypatch):
     def run(ws):
       calls.append((name, os.path.exists(os.path.join(ws.stage_dir(name), "old.txt"))))
       return {"ok": 1}
+
     return run
 
-  monkeypatch.setattr(pipeline, "_runners",
-                      lambda: {s: runner(s) for s in presets.STAGES})
+  monkeypatch.setattr(pipeline, "_runners", lambda: {s: runner(s) for s in presets.STAGES})
   cfg = presets.pipeline_config("ppo", "tiny")
   ws = workspace.Workspace(cfg, str(tmp_path), mesh=sharding.make_mesh((1, 1, 1)))
   pipeline.run(ws, "ppo")
@@ -447,17 +512,20 @@ def _loop_cfg(**kw):
 
 def _scaled_step(state, batch, rng):
   """lm_train_step with the loss scaled per row by batch["scale"] (a NaN there poisons it)."""
+
   def loss_fn(params):
     loss, m = pretrain.lm_loss_fn(params, state.apply_fn, batch)
     return loss * jnp.mean(batch["scale"]), m
+
   (loss, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   import optax  # pylint: disable=import-outside-toplevel
-  return state.apply_gradients(grads=grads), dict(m, loss=loss,
-                                                 grad_norm=optax.global_norm(grads))
+
+  return state.apply_gradients(grads=grads), dict(m, loss=loss, grad_norm=optax.global_norm(grads))
 
 
-def _small_run(tmp_path, *, skip=False, nan_step=None, steps=8, step_fn=_scaled_step,
-               batches_hook=None, **cfg_kw):
+def _small_run(
+  tmp_path, *, skip=False, nan_step=None, steps=8, step_fn=_scaled_step, batches_hook=None, **cfg_kw
+):
   cfg = helpers.tiny_model()
   mesh = sharding.make_mesh((1, 1, 1))
   rng = np.random.default_rng(0)
@@ -466,14 +534,24 @@ def _small_run(tmp_path, *, skip=False, nan_step=None, steps=8, step_fn=_scaled_
   if nan_step is not None:
     arrays["scale"][4 * (nan_step - 1)] = np.nan  # A row of the batch of step `nan_step`.
   tx = train_state.make_optimizer(helpers.optim_config(1e-3), steps, skip)
-  state, sh = train_state.create_train_state(cfg, tx, mesh, sharding.DEFAULT_RULES,
-                                             jax.random.key(0))
+  state, sh = train_state.create_train_state(
+    cfg, tx, mesh, sharding.DEFAULT_RULES, jax.random.key(0)
+  )
   batches = data_lib.make_batches(arrays, 4, seed=0, shuffle=False)
   if batches_hook is not None:
     batches = batches_hook(batches)
-  return loop.train(name="t", stage_dir=str(tmp_path), state=state, state_shardings=sh,
-                    step_fn=step_fn, batches=batches, total_steps=steps, mesh=mesh, seed=1,
-                    loop_cfg=_loop_cfg(on_nonfinite="skip" if skip else "stop", **cfg_kw))
+  return loop.train(
+    name="t",
+    stage_dir=str(tmp_path),
+    state=state,
+    state_shardings=sh,
+    step_fn=step_fn,
+    batches=batches,
+    total_steps=steps,
+    mesh=mesh,
+    seed=1,
+    loop_cfg=_loop_cfg(on_nonfinite="skip" if skip else "stop", **cfg_kw),
+  )
 
 
 def test_nan_loss_stops_before_the_bad_state_is_saved(tmp_path):
@@ -483,7 +561,7 @@ def test_nan_loss_stops_before_the_bad_state_is_saved(tmp_path):
   assert "at step 5" in msg and "loss=nan" in msg and "grad_norm=nan" in msg
   assert f"last good checkpoint is {tmp_path}/ckpt/4" in msg
   assert _steps(tmp_path / "ckpt")[-1] == 4  # Step 5 never written (checkpoint_every=1).
-  rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
   assert rows[-1]["step"] == 4
 
 
@@ -500,6 +578,7 @@ def test_nonfinite_state_with_finite_metrics_is_never_saved(tmp_path):
     new, m = _scaled_step(state, batch, rng)
     bad = jax.tree.map(lambda p: p * jnp.where(new.step >= 3, jnp.inf, 1.0), new.params)
     return new.replace(params=bad), m
+
   with pytest.raises(loop.NonFiniteError, match=r"state became non-finite at step 3.*ckpt/2"):
     _small_run(tmp_path, step_fn=poison_params)
   assert _steps(tmp_path / "ckpt")[-1] == 2
@@ -543,8 +622,9 @@ def test_full_disk_fails_the_save_and_keeps_the_last_checkpoint(tmp_path):
 def test_half_written_and_corrupt_checkpoints_fall_back(tmp_path):
   mesh = sharding.make_mesh((1, 1, 1))
   tx = train_state.make_optimizer(helpers.optim_config(), 10)
-  state, sh = train_state.create_train_state(helpers.tiny_model(), tx, mesh,
-                                             sharding.DEFAULT_RULES, jax.random.key(0))
+  state, sh = train_state.create_train_state(
+    helpers.tiny_model(), tx, mesh, sharding.DEFAULT_RULES, jax.random.key(0)
+  )
   d = tmp_path / "ckpt"
   ckpt = checkpoint.Checkpointer(str(d), keep=5)
   for s in (1, 2, 3):

@@ -7,18 +7,28 @@ from instructgpt_jax import rm_breakdown
 
 
 def _analysis(score, content=1.0, constraint=None, halluc=None, ended=True, verbosity=1.0):
-  return {"score": score, "content": content, "constraint_frac": constraint,
-          "hallucinated": halluc, "terminated": ended, "verbosity": verbosity}
+  return {
+    "score": score,
+    "content": content,
+    "constraint_frac": constraint,
+    "hallucinated": halluc,
+    "terminated": ended,
+    "verbosity": verbosity,
+  }
 
 
 def test_differing_criteria_names_each_difference():
   a = _analysis(0.9, content=1.0, constraint=1.0, halluc=False)
   assert rm_breakdown.differing_criteria(a, a) == "none"
   assert rm_breakdown.differing_criteria(a, {**a, "content": 0.5}) == "content"
-  assert rm_breakdown.differing_criteria(
-      a, {**a, "content": 0.5, "terminated": False, "verbosity": 0.7}) == "content+ending+verbosity"
-  assert rm_breakdown.differing_criteria(
-      a, {**a, "constraint_frac": 0.5, "hallucinated": True}) == "constraint+hallucination"
+  assert (
+    rm_breakdown.differing_criteria(a, {**a, "content": 0.5, "terminated": False, "verbosity": 0.7})
+    == "content+ending+verbosity"
+  )
+  assert (
+    rm_breakdown.differing_criteria(a, {**a, "constraint_frac": 0.5, "hallucinated": True})
+    == "constraint+hallucination"
+  )
 
 
 def test_accuracy_by_group_counts_ties_half():
@@ -35,10 +45,17 @@ def test_accuracy_by_group_counts_ties_half():
 
 
 def test_pairs_skip_equal_gold_and_unscored_responses():
-  records = [{"responses": ["a", "b", "c"], "ranking": [1, 0, 2]},
-             {"responses": ["d", "e"], "ranking": [0, 0]}]
-  analyses = [_analysis(0.2, content=0.2), _analysis(0.8, content=0.8), _analysis(0.2, content=0.2),
-              _analysis(0.5), _analysis(0.25, ended=False)]
+  records = [
+    {"responses": ["a", "b", "c"], "ranking": [1, 0, 2]},
+    {"responses": ["d", "e"], "ranking": [0, 0]},
+  ]
+  analyses = [
+    _analysis(0.2, content=0.2),
+    _analysis(0.8, content=0.8),
+    _analysis(0.2, content=0.2),
+    _analysis(0.5),
+    _analysis(0.25, ended=False),
+  ]
   rm_scores = np.array([0.0, 1.0, 3.0, np.nan, 0.0])
   pairs = rm_breakdown.gold_differing_pairs(records, analyses, {"reward_model": rm_scores})
   # (a, b) and (b, c) differ in gold; (a, c) ties; the second record's pair has no RM score.

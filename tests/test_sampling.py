@@ -18,18 +18,26 @@ FAMILIES = ("gpt", "llama")
 
 
 def _config(family):
-  return model_lib.ModelConfig(vocab_size=64, num_layers=2, d_model=32, num_heads=4,
-                               num_kv_heads=2 if family == "llama" else 0, d_ff=64, max_len=32,
-                               family=family)
+  return model_lib.ModelConfig(
+    vocab_size=64,
+    num_layers=2,
+    d_model=32,
+    num_heads=4,
+    num_kv_heads=2 if family == "llama" else 0,
+    d_ff=64,
+    max_len=32,
+    family=family,
+  )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _setup(family):
   """Config and params; the token embedding is scaled so that next-token distributions are peaky
   (a freshly initialised model is nearly uniform, which would make top-k/top-p tests vacuous)."""
   cfg = _config(family)
   params = model_lib.Transformer(cfg).init(
-      jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32), jnp.ones((1, 4), jnp.int32))["params"]
+    jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32), jnp.ones((1, 4), jnp.int32)
+  )["params"]
   params = flax.core.unfreeze(nn.unbox(params))
   params["token_embed"]["embedding"] = params["token_embed"]["embedding"] * 10.0
   return cfg, params
@@ -42,8 +50,8 @@ def _prompts(batch=4, seed=0):
   mask = np.zeros((batch, P), np.int32)
   for b in range(batch):
     n = P - (b % P)
-    tokens[b, P - n:] = np.concatenate([[BOS], rs.randint(3, 64, size=n - 1)])
-    mask[b, P - n:] = 1
+    tokens[b, P - n :] = np.concatenate([[BOS], rs.randint(3, 64, size=n - 1)])
+    mask[b, P - n :] = 1
   return jnp.asarray(tokens), jnp.asarray(mask)
 
 
@@ -55,7 +63,7 @@ def _gen(family, rng=0, batch=4, **kw):
   return cfg, params, tokens, mask, jax.device_get(out)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _forward_fn(family):
   cfg, params = _setup(family)
   return jax.jit(lambda t, m: model_lib.Transformer(cfg).apply({"params": params}, t, m))
@@ -77,8 +85,11 @@ def test_kv_cache_matches_full_forward(family):
   full_mask = jnp.concatenate([pmask, jnp.ones((4, R), jnp.int32)], axis=1)
   ref = model.apply({"params": params}, full_tokens, full_mask)
 
-  step = jax.jit(lambda *a: model.apply({"params": params}, a[0], a[1], positions=a[2],
-                                        cache=a[3], cache_index=a[4]))
+  step = jax.jit(
+    lambda *a: model.apply(
+      {"params": params}, a[0], a[1], positions=a[2], cache=a[3], cache_index=a[4]
+    )
+  )
   cache = model_lib.init_cache(cfg, 4, S)
   key_mask = jnp.concatenate([pmask, jnp.zeros((4, R), jnp.int32)], axis=1)
   logits, cache = step(tokens, key_mask, model_lib.positions_from_mask(pmask), cache, 0)
@@ -86,7 +97,7 @@ def test_kv_cache_matches_full_forward(family):
   plen = pmask.sum(-1)
   for i in range(R):  # One token at a time (cache_index is traced: one compilation).
     key_mask = key_mask.at[:, P + i].set(1)
-    logits, cache = step(resp[:, i:i + 1], key_mask, (plen + i)[:, None], cache, P + i)
+    logits, cache = step(resp[:, i : i + 1], key_mask, (plen + i)[:, None], cache, P + i)
     got.append(logits)
   got = jnp.concatenate(got, axis=1)
   real = np.asarray(full_mask, bool)
@@ -106,11 +117,11 @@ def _check_layout(out, tokens, mask, eos=EOS):
     n = hits[0] + 1 if len(hits) else R
     assert out.ended[b] == bool(len(hits))
     assert out.lengths[b] == n
-    np.testing.assert_array_equal(out.response_mask[b, P:P + n], 1)
-    np.testing.assert_array_equal(out.response_mask[b, P + n:], 0)
+    np.testing.assert_array_equal(out.response_mask[b, P : P + n], 1)
+    np.testing.assert_array_equal(out.response_mask[b, P + n :], 0)
     np.testing.assert_array_equal(resp[n:], PAD)
-    np.testing.assert_array_equal(out.logprobs[b, P + n:], 0)
-    assert np.all(out.logprobs[b, P:P + n] <= 0)
+    np.testing.assert_array_equal(out.logprobs[b, P + n :], 0)
+    assert np.all(out.logprobs[b, P : P + n] <= 0)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -142,24 +153,54 @@ def test_eos_stops_row_and_masks_rest():
   row = next(b for b in range(len(tokens)) if out.lengths[b] > 3)
   new_eos = int(out.tokens[row, P + 2])
   assert new_eos != PAD
-  out2 = jax.device_get(sampling.generate_jit(
-      params, cfg, tokens, mask, jax.random.PRNGKey(0), max_new_tokens=R, eos_id=new_eos,
-      pad_id=PAD, greedy=True))
+  out2 = jax.device_get(
+    sampling.generate_jit(
+      params,
+      cfg,
+      tokens,
+      mask,
+      jax.random.PRNGKey(0),
+      max_new_tokens=R,
+      eos_id=new_eos,
+      pad_id=PAD,
+      greedy=True,
+    )
+  )
   assert out2.ended[row] and out2.lengths[row] <= 3
   _check_layout(out2, tokens, mask, eos=new_eos)
   # The same row alone: every row has ended, so the while_loop exits early; the rest stays pad.
-  out1 = jax.device_get(sampling.generate_jit(
-      params, cfg, tokens[row:row + 1], mask[row:row + 1], jax.random.PRNGKey(0),
-      max_new_tokens=R, eos_id=new_eos, pad_id=PAD, greedy=True))
+  out1 = jax.device_get(
+    sampling.generate_jit(
+      params,
+      cfg,
+      tokens[row : row + 1],
+      mask[row : row + 1],
+      jax.random.PRNGKey(0),
+      max_new_tokens=R,
+      eos_id=new_eos,
+      pad_id=PAD,
+      greedy=True,
+    )
+  )
   np.testing.assert_array_equal(out1.tokens[0], out2.tokens[row])
   np.testing.assert_array_equal(out1.mask[0], out2.mask[row])
 
   # Sampling, many rows, a flat-ish distribution (high temperature) so that EOS shows up.
   cfg, params = _setup(family)
   tokens, mask = _prompts(48, seed=3)
-  out3 = jax.device_get(sampling.generate_jit(
-      params, cfg, tokens, mask, jax.random.PRNGKey(5), max_new_tokens=R, eos_id=EOS,
-      pad_id=PAD, temperature=30.0))
+  out3 = jax.device_get(
+    sampling.generate_jit(
+      params,
+      cfg,
+      tokens,
+      mask,
+      jax.random.PRNGKey(5),
+      max_new_tokens=R,
+      eos_id=EOS,
+      pad_id=PAD,
+      temperature=30.0,
+    )
+  )
   assert out3.ended.any() and not out3.ended.all()
   _check_layout(out3, tokens, mask)
 
@@ -170,7 +211,8 @@ def test_logprobs_match_score_logprobs(family, temperature):
   cfg, params, tokens, mask, out = _gen(family, rng=7, batch=6, temperature=temperature)
   _check_layout(out, tokens, mask)
   scored = jax.jit(sampling.score_logprobs, static_argnums=1)(
-      params, cfg, jnp.asarray(out.tokens), jnp.asarray(out.mask), temperature)
+    params, cfg, jnp.asarray(out.tokens), jnp.asarray(out.mask), temperature
+  )
   scored = np.asarray(scored) * out.response_mask
   np.testing.assert_allclose(out.logprobs, scored, atol=1e-4)
   # The first response token always counts, and sampling is not greedy (rng matters).
@@ -183,8 +225,8 @@ def test_score_logprobs_zero_on_prompt_start_and_padding():
   lp = np.asarray(sampling.score_logprobs(params, cfg, tokens, mask, 1.0))
   first_real = np.argmax(np.asarray(mask), axis=1)
   for b in range(4):
-    assert np.all(lp[b, :first_real[b] + 1] == 0)
-    assert np.all(lp[b, first_real[b] + 1:] < 0)
+    assert np.all(lp[b, : first_real[b] + 1] == 0)
+    assert np.all(lp[b, first_real[b] + 1 :] < 0)
 
 
 def test_top_k_stays_in_top_k():
@@ -224,10 +266,26 @@ def test_jit_with_traced_temperature_and_top_p():
   tokens, mask = _prompts(4)
   fn = jax.jit(sampling.generate, static_argnames=sampling.GENERATE_STATIC_ARGNAMES)
   kw = dict(max_new_tokens=R, eos_id=EOS, pad_id=PAD)
-  a = fn(params, cfg, tokens, mask, jax.random.PRNGKey(1), temperature=jnp.float32(0.7),
-         top_p=jnp.float32(1.0), **kw)
-  b = fn(params, cfg, tokens, mask, jax.random.PRNGKey(1), temperature=jnp.float32(0.7),
-         top_p=jnp.float32(0.999999), **kw)
+  a = fn(
+    params,
+    cfg,
+    tokens,
+    mask,
+    jax.random.PRNGKey(1),
+    temperature=jnp.float32(0.7),
+    top_p=jnp.float32(1.0),
+    **kw,
+  )
+  b = fn(
+    params,
+    cfg,
+    tokens,
+    mask,
+    jax.random.PRNGKey(1),
+    temperature=jnp.float32(0.7),
+    top_p=jnp.float32(0.999999),
+    **kw,
+  )
   c = sampling.generate(params, cfg, tokens, mask, jax.random.PRNGKey(1), temperature=0.7, **kw)
   assert a.tokens.shape == (4, P + R) and a.logprobs.dtype == jnp.float32
   np.testing.assert_array_equal(a.tokens[:, :P], tokens)
@@ -243,8 +301,9 @@ def test_rejects_bad_arguments():
   with pytest.raises(ValueError, match="max_len"):
     sampling.generate(params, cfg, tokens, mask, jax.random.PRNGKey(0), max_new_tokens=40, **kw)
   with pytest.raises(ValueError, match="pad_id"):
-    sampling.generate(params, cfg, tokens, mask, jax.random.PRNGKey(0), max_new_tokens=2,
-                      eos_id=EOS, pad_id=EOS)
+    sampling.generate(
+      params, cfg, tokens, mask, jax.random.PRNGKey(0), max_new_tokens=2, eos_id=EOS, pad_id=EOS
+    )
 
 
 def test_sample_categorical_draws_from_softmax():
@@ -252,8 +311,9 @@ def test_sample_categorical_draws_from_softmax():
   probs = np.array([0.05, 0.0, 0.15, 0.3, 0.0, 0.5])
   logits = np.where(probs > 0, np.log(np.maximum(probs, 1e-30)), -np.inf).astype(np.float32)
   n = 20000
-  draws = np.asarray(sampling.sample_categorical(jax.random.key(0),
-                                                 jnp.tile(jnp.asarray(logits), (n, 1))))
+  draws = np.asarray(
+    sampling.sample_categorical(jax.random.key(0), jnp.tile(jnp.asarray(logits), (n, 1)))
+  )
   freq = np.bincount(draws, minlength=len(probs)) / n
   assert freq[1] == 0 and freq[4] == 0
   # 5 standard errors of a binomial proportion.

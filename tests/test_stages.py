@@ -8,10 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from instructgpt_jax import loop
+from instructgpt_jax import loop, pipeline, presets
 from instructgpt_jax import metrics as metrics_lib
-from instructgpt_jax import pipeline
-from instructgpt_jax import presets
 from instructgpt_jax.workspace import Workspace
 
 STAGE_DIRS = ("pretrain", "sft", "label", "rm", "ppo", "eval")
@@ -55,8 +53,14 @@ def test_report_has_every_policy_and_metric(tiny_run):
   assert (report["rm"]["likelihood_baseline"] is None) == (report["rm"]["accuracy"] is None)
   assert set(report["policies"]) == {"base", "base_fewshot", "sft", "ppo", "ppo_ptx"}
   for name, row in report["policies"].items():
-    for key in ("win_rate_vs_sft", "gold_score", "kl_vs_sft", "pretrain_loss",
-                "hallucination_rate", "constraint_rate"):
+    for key in (
+      "win_rate_vs_sft",
+      "gold_score",
+      "kl_vs_sft",
+      "pretrain_loss",
+      "hallucination_rate",
+      "constraint_rate",
+    ):
       assert key in row, (name, key)
     assert 0.0 <= row["win_rate_vs_sft"] <= 1.0
   assert report["policies"]["sft"]["win_rate_vs_sft"] == 0.5
@@ -77,13 +81,17 @@ def test_comparisons_file_has_the_user_format(tiny_run):
 def test_likelihood_baseline_matches_an_independent_count(tiny_run):
   ws, _ = tiny_run
   from instructgpt_jax import rm, sampling  # pylint: disable=import-outside-toplevel
+
   cfg = ws.model_config()
   params = ws.load_params("sft", cfg)
   arrays = rm.comparison_arrays(ws, "train")
   n, k, length = arrays["tokens"].shape
-  lp = np.asarray(sampling.score_logprobs(params, cfg, arrays["tokens"].reshape(n * k, length),
-                                          arrays["mask"].reshape(n * k, length)))
-  loglik = lp[:, ws.config.data.prompt_len:].sum(axis=1).reshape(n, k)
+  lp = np.asarray(
+    sampling.score_logprobs(
+      params, cfg, arrays["tokens"].reshape(n * k, length), arrays["mask"].reshape(n * k, length)
+    )
+  )
+  loglik = lp[:, ws.config.data.prompt_len :].sum(axis=1).reshape(n, k)
   right = total = 0
   for row_ll, ranks in zip(loglik, arrays["ranks"]):
     for i in range(k):
@@ -98,6 +106,7 @@ def test_likelihood_baseline_matches_an_independent_count(tiny_run):
 def test_rm_demonstrations_score_mean_zero(tiny_run):
   ws, _ = tiny_run
   from instructgpt_jax import rm, sft  # pylint: disable=import-outside-toplevel
+
   cfg = ws.model_config(head="scalar")
   params = ws.load_params("rm", cfg)
   demos = sft.sft_arrays(ws, "train")
@@ -114,16 +123,24 @@ def test_finished_stages_are_reused_not_overwritten(tiny_run):
   assert summaries["sft"] == loop.stage_done(ws.stage_dir("sft"))
 
 
-
 def test_rm_breakdown_covers_every_pair_with_a_gold_difference(tiny_run):
   ws, _ = tiny_run
-  from instructgpt_jax import data as data_lib, rm, rm_breakdown  # pylint: disable=import-outside-toplevel
+  from instructgpt_jax import data as data_lib  # pylint: disable=import-outside-toplevel
+  from instructgpt_jax import rm, rm_breakdown
+
   table = rm_breakdown.breakdown(ws, ["train"])  # Tiny has no held-out comparisons.
   world, d = ws.world(), ws.config.data
   expected = right = 0
   for rec in ws.records("comparisons", "train", path=rm.comparisons_path(ws)):
-    fits = set(data_lib.encode_sft(ws.tokenizer(), [rec["prompt"]] * len(rec["responses"]),
-                                   rec["responses"], d.prompt_len, d.response_len)["kept"])
+    fits = set(
+      data_lib.encode_sft(
+        ws.tokenizer(),
+        [rec["prompt"]] * len(rec["responses"]),
+        rec["responses"],
+        d.prompt_len,
+        d.response_len,
+      )["kept"]
+    )
     gold = [world.gold_score(rec["prompt"], t) for t in rec["responses"]]
     for i in fits:
       for j in fits:
@@ -139,10 +156,21 @@ def test_rm_breakdown_covers_every_pair_with_a_gold_difference(tiny_run):
 
   # The command line writes the same table next to the RM.
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
-  p = subprocess.run([sys.executable, "-m", "instructgpt_jax.rm_breakdown",
-                      "--config=configs/rm.py:tiny", f"--workdir={ws.workdir}", "--splits=train"],
-                     cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), env=env,
-                     capture_output=True, text=True, timeout=300)
+  p = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "instructgpt_jax.rm_breakdown",
+      "--config=configs/rm.py:tiny",
+      f"--workdir={ws.workdir}",
+      "--splits=train",
+    ],
+    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert p.returncode == 0, p.stderr[-3000:]
   written = json.loads(open(os.path.join(ws.stage_dir("rm"), "breakdown.json")).read())
   assert written["all"]["pairs"] == expected and "reward_model" in p.stdout

@@ -9,241 +9,274 @@ import pytest
 
 from instructgpt_jax.labelers import Labeler, compare, labeler_agreement, make_labeler_pools, rank
 from instructgpt_jax.world import (
-    ANSWER_CUE,
-    CATEGORIES,
-    CLOSED_DOMAIN,
-    NOT_SAID,
-    Fact,
-    World,
-    WorldSizes,
-    fewshot_prefix,
-    make_demonstrations,
-    render_fact,
-    tokenize,
-    write_world,
+  ANSWER_CUE,
+  CATEGORIES,
+  CLOSED_DOMAIN,
+  NOT_SAID,
+  Fact,
+  World,
+  WorldSizes,
+  fewshot_prefix,
+  make_demonstrations,
+  render_fact,
+  tokenize,
+  write_world,
 )
 
-SMALL = WorldSizes(n_pretrain_sentences=2000, n_demos=300, n_ppo=300, n_rm=100, n_eval=100,
-                   train_pool=800, eval_pool=150)
+SMALL = WorldSizes(
+  n_pretrain_sentences=2000,
+  n_demos=300,
+  n_ppo=300,
+  n_rm=100,
+  n_eval=100,
+  train_pool=800,
+  eval_pool=150,
+)
 
 
 @pytest.fixture(scope="module")
 def world() -> World:
-    return World.from_seed(0)
+  return World.from_seed(0)
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, str]:
-    return write_world(str(tmp_path_factory.mktemp("world")), 1, SMALL)
+  return write_world(str(tmp_path_factory.mktemp("world")), 1, SMALL)
 
 
 def read_jsonl(path: str) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f]
+  with open(path) as f:
+    return [json.loads(line) for line in f]
 
 
 def first(world: World, category: str, task: str | None = None, constrained: bool | None = None):
-    for spec in world.train_pool:
-        if spec.category == category and (task is None or spec.task == task) and (
-                constrained is None or bool(spec.constraints) == constrained):
-            return spec
-    raise AssertionError(f"no {category}/{task} spec")
+  for spec in world.train_pool:
+    if (
+      spec.category == category
+      and (task is None or spec.task == task)
+      and (constrained is None or bool(spec.constraints) == constrained)
+    ):
+      return spec
+  raise AssertionError(f"no {category}/{task} spec")
 
 
 # --- determinism and coverage -------------------------------------------------------------------
 
 
 def test_world_is_deterministic_from_seed():
-    a, b, c = World.from_seed(5, SMALL), World.from_seed(5, SMALL), World.from_seed(6, SMALL)
-    assert a.entities == b.entities and a.towns == b.towns
-    assert [s.prompt for s in a.train_pool] == [s.prompt for s in b.train_pool]
-    assert [s.prompt for s in a.eval_pool] == [s.prompt for s in b.eval_pool]
-    assert a.pretraining_corpus(300) == b.pretraining_corpus(300)
-    assert make_demonstrations(a, 100) == make_demonstrations(b, 100)
-    assert [s.prompt for s in a.train_pool] != [s.prompt for s in c.train_pool]
+  a, b, c = World.from_seed(5, SMALL), World.from_seed(5, SMALL), World.from_seed(6, SMALL)
+  assert a.entities == b.entities and a.towns == b.towns
+  assert [s.prompt for s in a.train_pool] == [s.prompt for s in b.train_pool]
+  assert [s.prompt for s in a.eval_pool] == [s.prompt for s in b.eval_pool]
+  assert a.pretraining_corpus(300) == b.pretraining_corpus(300)
+  assert make_demonstrations(a, 100) == make_demonstrations(b, 100)
+  assert [s.prompt for s in a.train_pool] != [s.prompt for s in c.train_pool]
 
 
 def test_scaled_world_is_a_prefix_and_writes_itself(tmp_path):
-    full, half = World.from_seed(1, SMALL), World.from_seed(1, SMALL, scale=0.5)
-    assert half.sizes.n_demos == SMALL.n_demos // 2 and half.sizes.train_pool == SMALL.train_pool // 2
-    assert [s.prompt for s in half.train_pool] == [s.prompt for s in full.train_pool[: len(half.train_pool)]]
-    paths = write_world(str(tmp_path), half)
-    assert len(read_jsonl(paths["prompts"])) == half.sizes.n_ppo
-    again = World.from_dir(str(tmp_path))
-    assert again.sizes == half.sizes
-    for r in read_jsonl(paths["eval_prompts"]):
-        again.task(r["prompt"])
+  full, half = World.from_seed(1, SMALL), World.from_seed(1, SMALL, scale=0.5)
+  assert half.sizes.n_demos == SMALL.n_demos // 2 and half.sizes.train_pool == SMALL.train_pool // 2
+  assert [s.prompt for s in half.train_pool] == [
+    s.prompt for s in full.train_pool[: len(half.train_pool)]
+  ]
+  paths = write_world(str(tmp_path), half)
+  assert len(read_jsonl(paths["prompts"])) == half.sizes.n_ppo
+  again = World.from_dir(str(tmp_path))
+  assert again.sizes == half.sizes
+  for r in read_jsonl(paths["eval_prompts"]):
+    again.task(r["prompt"])
 
 
 def test_every_category_present(world):
-    for pool in (world.train_pool[:1500], world.eval_pool[:300]):
-        assert set(s.category for s in pool) == set(CATEGORIES)
+  for pool in (world.train_pool[:1500], world.eval_pool[:300]):
+    assert set(s.category for s in pool) == set(CATEGORIES)
 
 
 def test_prompts_end_with_cue_and_fit_the_sequence_budget(world):
-    for spec in world.train_pool + world.eval_pool:
-        assert spec.prompt.endswith(" " + ANSWER_CUE)
-        assert len(tokenize(spec.prompt)) <= 42
-        assert all(len(tokenize(v)) <= 26 for v in spec.variants)
+  for spec in world.train_pool + world.eval_pool:
+    assert spec.prompt.endswith(" " + ANSWER_CUE)
+    assert len(tokenize(spec.prompt)) <= 42
+    assert all(len(tokenize(v)) <= 26 for v in spec.variants)
 
 
 def test_users_are_skewed_and_near_duplicates_exist(world):
-    counts = collections.Counter(s.user_id for s in world.train_pool[:4100])
-    assert counts.most_common(1)[0][1] > 200
-    by_passage = collections.Counter(s.passage_text for s in world.train_pool if s.passage_text)
-    assert any(n >= 2 for n in by_passage.values())
+  counts = collections.Counter(s.user_id for s in world.train_pool[:4100])
+  assert counts.most_common(1)[0][1] > 200
+  by_passage = collections.Counter(s.passage_text for s in world.train_pool if s.passage_text)
+  assert any(n >= 2 for n in by_passage.values())
 
 
 def test_pretraining_corpus_has_no_instruction_format(world):
-    text = " ".join(world.pretraining_corpus(3000))
-    words = set(text.lower().split())
-    assert "?" not in text and ANSWER_CUE not in text
-    assert not words & {"answer", "question", "summarize", "rewrite", "write", "find", "use"}
-    assert any(name in words for name in world.names[:5])
+  text = " ".join(world.pretraining_corpus(3000))
+  words = set(text.lower().split())
+  assert "?" not in text and ANSWER_CUE not in text
+  assert not words & {"answer", "question", "summarize", "rewrite", "write", "find", "use"}
+  assert any(name in words for name in world.names[:5])
 
 
 def test_unknown_prompt_raises_key_error(world):
-    with pytest.raises(KeyError, match="not generated by the world"):
-        world.gold_score("what is the meaning of life ? answer :", "42")
+  with pytest.raises(KeyError, match="not generated by the world"):
+    world.gold_score("what is the meaning of life ? answer :", "42")
 
 
 # --- files ----------------------------------------------------------------------------------------
 
 
 def test_jsonl_files_parse_with_their_fields(files):
-    fields = {
-        "pretrain": {"text"},
-        "demonstrations": {"prompt", "response", "user_id", "category"},
-        "prompts": {"prompt", "user_id", "category"},
-        "rm_prompts": {"prompt", "user_id", "category"},
-        "eval_prompts": {"prompt", "user_id", "category"},
-    }
-    for name, keys in fields.items():
-        records = read_jsonl(files[name])
-        assert records and all(set(r) == keys for r in records), name
-        assert all(isinstance(v, str) and v for r in records for v in r.values())
-    assert len(read_jsonl(files["demonstrations"])) == SMALL.n_demos
-    assert len(read_jsonl(files["eval_prompts"])) == SMALL.n_eval
+  fields = {
+    "pretrain": {"text"},
+    "demonstrations": {"prompt", "response", "user_id", "category"},
+    "prompts": {"prompt", "user_id", "category"},
+    "rm_prompts": {"prompt", "user_id", "category"},
+    "eval_prompts": {"prompt", "user_id", "category"},
+  }
+  for name, keys in fields.items():
+    records = read_jsonl(files[name])
+    assert records and all(set(r) == keys for r in records), name
+    assert all(isinstance(v, str) and v for r in records for v in r.values())
+  assert len(read_jsonl(files["demonstrations"])) == SMALL.n_demos
+  assert len(read_jsonl(files["eval_prompts"])) == SMALL.n_eval
 
 
 def test_eval_users_and_prompts_are_held_out(files):
-    train = [r for n in ("demonstrations", "prompts", "rm_prompts") for r in read_jsonl(files[n])]
-    evals = read_jsonl(files["eval_prompts"])
-    assert not {r["user_id"] for r in train} & {r["user_id"] for r in evals}
-    assert not {r["prompt"] for r in train} & {r["prompt"] for r in evals}
-    assert len({r["prompt"] for r in train}) == len(train)  # files are disjoint slices
+  train = [r for n in ("demonstrations", "prompts", "rm_prompts") for r in read_jsonl(files[n])]
+  evals = read_jsonl(files["eval_prompts"])
+  assert not {r["user_id"] for r in train} & {r["user_id"] for r in evals}
+  assert not {r["prompt"] for r in train} & {r["prompt"] for r in evals}
+  assert len({r["prompt"] for r in train}) == len(train)  # files are disjoint slices
 
 
 def test_world_rebuilt_from_dir_scores_every_file_prompt(files):
-    world = World.from_dir(files["world"].rsplit("/", 1)[0])
-    for name in ("demonstrations", "prompts", "rm_prompts", "eval_prompts"):
-        for r in read_jsonl(files[name])[:50]:
-            world.task(r["prompt"])
+  world = World.from_dir(files["world"].rsplit("/", 1)[0])
+  for name in ("demonstrations", "prompts", "rm_prompts", "eval_prompts"):
+    for r in read_jsonl(files[name])[:50]:
+      world.task(r["prompt"])
 
 
 def test_demonstrations_are_good_but_imperfect(files):
-    world = World.from_dir(files["world"].rsplit("/", 1)[0])
-    scores = [world.gold_score(r["prompt"], r["response"]) for r in read_jsonl(files["demonstrations"])]
-    mean = sum(scores) / len(scores)
-    assert 0.75 < mean < 0.99
-    assert sum(s < 0.999 for s in scores) / len(scores) > 0.05
+  world = World.from_dir(files["world"].rsplit("/", 1)[0])
+  scores = [
+    world.gold_score(r["prompt"], r["response"]) for r in read_jsonl(files["demonstrations"])
+  ]
+  mean = sum(scores) / len(scores)
+  assert 0.75 < mean < 0.99
+  assert sum(s < 0.999 for s in scores) / len(scores) > 0.05
 
 
 def test_fewshot_prefix_uses_training_prompts(world):
-    prefix = fewshot_prefix(world, n=3)
-    lines = prefix.strip().split("\n")
-    assert len(lines) == 3 and prefix.endswith("\n")
-    eval_prompts = {s.prompt for s in world.eval_pool}
-    for line in lines:
-        prompt, answer = line.split(" " + ANSWER_CUE + " ")
-        assert prompt + " " + ANSWER_CUE not in eval_prompts
-        assert world.gold_score(prompt + " " + ANSWER_CUE, answer) == 1.0
+  prefix = fewshot_prefix(world, n=3)
+  lines = prefix.strip().split("\n")
+  assert len(lines) == 3 and prefix.endswith("\n")
+  eval_prompts = {s.prompt for s in world.eval_pool}
+  for line in lines:
+    prompt, answer = line.split(" " + ANSWER_CUE + " ")
+    assert prompt + " " + ANSWER_CUE not in eval_prompts
+    assert world.gold_score(prompt + " " + ANSWER_CUE, answer) == 1.0
 
 
 # --- gold score -----------------------------------------------------------------------------------
 
 
 def test_reference_answers_score_one(world):
-    for spec in world.train_pool[:1000]:
-        for v in spec.variants:
-            assert world.gold_score(spec.prompt, v) == pytest.approx(1.0), (spec.prompt, v)
+  for spec in world.train_pool[:1000]:
+    for v in spec.variants:
+      assert world.gold_score(spec.prompt, v) == pytest.approx(1.0), (spec.prompt, v)
 
 
 @pytest.mark.parametrize("category", CATEGORIES)
 def test_correct_beats_wrong_beats_empty(world, category):
-    rng = random.Random(0)
-    for spec in [s for s in world.train_pool if s.category == category][:30]:
-        correct = world.gold_score(spec.prompt, spec.reference)
-        wrong = world.gold_score(spec.prompt, world._slip(spec, spec.reference, rng))
-        assert correct >= wrong >= world.gold_score(spec.prompt, "") == 0.0
-    wrongs = [world.gold_score(s.prompt, world._slip(s, s.reference, rng))
-              for s in world.train_pool if s.category == category][:100]
-    assert sum(wrongs) / len(wrongs) < 0.8
+  rng = random.Random(0)
+  for spec in [s for s in world.train_pool if s.category == category][:30]:
+    correct = world.gold_score(spec.prompt, spec.reference)
+    wrong = world.gold_score(spec.prompt, world._slip(spec, spec.reference, rng))
+    assert correct >= wrong >= world.gold_score(spec.prompt, "") == 0.0
+  wrongs = [
+    world.gold_score(s.prompt, world._slip(s, s.reference, rng))
+    for s in world.train_pool
+    if s.category == category
+  ][:100]
+  assert sum(wrongs) / len(wrongs) < 0.8
 
 
 def test_open_qa_partial_credit_ordering(world):
-    spec = first(world, "open_qa", constrained=False)
-    wrong_value = world._other_value(spec.answer, random.Random(1))
-    right = world.gold_score(spec.prompt, f"{spec.answer} .")
-    wrong = world.gold_score(spec.prompt, f"{wrong_value} .")
-    off_topic = world.gold_score(spec.prompt, "i do not know .")
-    assert right == 1.0 and right > wrong > off_topic == 0.0
+  spec = first(world, "open_qa", constrained=False)
+  wrong_value = world._other_value(spec.answer, random.Random(1))
+  right = world.gold_score(spec.prompt, f"{spec.answer} .")
+  wrong = world.gold_score(spec.prompt, f"{wrong_value} .")
+  off_topic = world.gold_score(spec.prompt, "i do not know .")
+  assert right == 1.0 and right > wrong > off_topic == 0.0
 
 
 def test_constraint_violation_lowers_score(world):
-    caps = next(s for s in world.train_pool if s.constraint_dict.get("caps") and s.category == "open_qa")
-    assert world.gold_score(caps.prompt, caps.reference.lower()) < world.gold_score(caps.prompt, caps.reference)
-    assert world.analyze(caps.prompt, caps.reference.lower())["constraint_ok"] is False
-    one = next(s for s in world.train_pool if s.constraint_dict.get("one_word") and s.category == "open_qa")
-    sentence = render_fact(Fact(one.subject, one.attr, one.answer))
-    assert world.gold_score(one.prompt, sentence) < world.gold_score(one.prompt, one.reference) == 1.0
-    lst = next(s for s in world.train_pool if "list" in s.constraint_dict)
-    assert world.gold_score(lst.prompt, lst.reference.replace(" ; ", " , ")) < 1.0
-    plain = first(world, "open_qa", constrained=False)
-    assert world.analyze(plain.prompt, plain.reference)["constraint_ok"] is None
+  caps = next(
+    s for s in world.train_pool if s.constraint_dict.get("caps") and s.category == "open_qa"
+  )
+  assert world.gold_score(caps.prompt, caps.reference.lower()) < world.gold_score(
+    caps.prompt, caps.reference
+  )
+  assert world.analyze(caps.prompt, caps.reference.lower())["constraint_ok"] is False
+  one = next(
+    s for s in world.train_pool if s.constraint_dict.get("one_word") and s.category == "open_qa"
+  )
+  sentence = render_fact(Fact(one.subject, one.attr, one.answer))
+  assert world.gold_score(one.prompt, sentence) < world.gold_score(one.prompt, one.reference) == 1.0
+  lst = next(s for s in world.train_pool if "list" in s.constraint_dict)
+  assert world.gold_score(lst.prompt, lst.reference.replace(" ; ", " , ")) < 1.0
+  plain = first(world, "open_qa", constrained=False)
+  assert world.analyze(plain.prompt, plain.reference)["constraint_ok"] is None
 
 
 def test_closed_domain_hallucination_is_detected(world):
-    spec = next(s for s in world.train_pool if s.task == "unanswerable" and s.subject in world.entities)
-    from_memory = render_fact(Fact(spec.subject, spec.attr, world.true_value(spec.subject, spec.attr)))
-    honest = world.analyze(spec.prompt, NOT_SAID)
-    invented = world.analyze(spec.prompt, from_memory)
-    assert honest["hallucinated"] is False and honest["score"] == 1.0
-    assert invented["hallucinated"] is True and invented["score"] < 0.2
-    summ = first(world, "summarization")
-    missing = next(f for f in world.entity_facts(summ.subject) if f not in summ.passage and f.attr != "legs")
-    padded = summ.reference[:-2] + " . " + render_fact(missing)
-    assert world.analyze(summ.prompt, padded)["hallucinated"] is True
-    assert world.gold_score(summ.prompt, padded) < 0.6
-    ext = first(world, "extraction", task="name")
-    outsider = next(n for n in world.names if n not in ext.items)
-    assert world.analyze(ext.prompt, ext.reference[:-2] + f" and {outsider} .")["hallucinated"] is True
-    qa = first(world, "open_qa")
-    assert world.analyze(qa.prompt, qa.reference)["hallucinated"] is None
-    assert set(CLOSED_DOMAIN) <= set(CATEGORIES)
+  spec = next(
+    s for s in world.train_pool if s.task == "unanswerable" and s.subject in world.entities
+  )
+  from_memory = render_fact(
+    Fact(spec.subject, spec.attr, world.true_value(spec.subject, spec.attr))
+  )
+  honest = world.analyze(spec.prompt, NOT_SAID)
+  invented = world.analyze(spec.prompt, from_memory)
+  assert honest["hallucinated"] is False and honest["score"] == 1.0
+  assert invented["hallucinated"] is True and invented["score"] < 0.2
+  summ = first(world, "summarization")
+  missing = next(
+    f for f in world.entity_facts(summ.subject) if f not in summ.passage and f.attr != "legs"
+  )
+  padded = summ.reference[:-2] + " . " + render_fact(missing)
+  assert world.analyze(summ.prompt, padded)["hallucinated"] is True
+  assert world.gold_score(summ.prompt, padded) < 0.6
+  ext = first(world, "extraction", task="name")
+  outsider = next(n for n in world.names if n not in ext.items)
+  assert (
+    world.analyze(ext.prompt, ext.reference[:-2] + f" and {outsider} .")["hallucinated"] is True
+  )
+  qa = first(world, "open_qa")
+  assert world.analyze(qa.prompt, qa.reference)["hallucinated"] is None
+  assert set(CLOSED_DOMAIN) <= set(CATEGORIES)
 
 
 def test_repetition_rambling_and_copying_are_penalised(world):
-    for category in CATEGORIES:
-        spec = first(world, category)
-        good = world.gold_score(spec.prompt, spec.reference)
-        twice = world.analyze(spec.prompt, spec.reference + " " + spec.reference)
-        assert twice["terminated"] is False and twice["score"] <= 0.5 * good, category
-        assert world.gold_score(spec.prompt, spec.prompt) < 0.5, category
-    qa = first(world, "open_qa", constrained=False)
-    rambling = qa.reference + " " + " ".join(render_fact(f) for f in world.entity_facts(world.names[0]))
-    assert world.gold_score(qa.prompt, rambling) < 0.6
-    truncated = world.analyze(qa.prompt, "it is a long story and")
-    assert truncated["terminated"] is False
+  for category in CATEGORIES:
+    spec = first(world, category)
+    good = world.gold_score(spec.prompt, spec.reference)
+    twice = world.analyze(spec.prompt, spec.reference + " " + spec.reference)
+    assert twice["terminated"] is False and twice["score"] <= 0.5 * good, category
+    assert world.gold_score(spec.prompt, spec.prompt) < 0.5, category
+  qa = first(world, "open_qa", constrained=False)
+  rambling = (
+    qa.reference + " " + " ".join(render_fact(f) for f in world.entity_facts(world.names[0]))
+  )
+  assert world.gold_score(qa.prompt, rambling) < 0.6
+  truncated = world.analyze(qa.prompt, "it is a long story and")
+  assert truncated["terminated"] is False
 
 
 def test_analyze_reports_the_fields(world):
-    spec = first(world, "closed_qa")
-    result = world.analyze(spec.prompt, spec.reference)
-    for key in ("correct", "constraint_ok", "hallucinated", "terminated", "content", "score"):
-        assert key in result
-    assert result["correct"] is True and result["terminated"] is True
-    assert 0.0 <= result["score"] <= 1.0
+  spec = first(world, "closed_qa")
+  result = world.analyze(spec.prompt, spec.reference)
+  for key in ("correct", "constraint_ok", "hallucinated", "terminated", "content", "score"):
+    assert key in result
+  assert result["correct"] is True and result["terminated"] is True
+  assert 0.0 <= result["score"] <= 1.0
 
 
 # --- labelers -------------------------------------------------------------------------------------
@@ -251,80 +284,84 @@ def test_analyze_reports_the_fields(world):
 
 @pytest.fixture(scope="module")
 def pools(world):
-    return make_labeler_pools(0, world=world)
+  return make_labeler_pools(0, world=world)
 
 
 def _pairs(world: World, n: int) -> list[tuple[str, str, str]]:
-    rng = random.Random(3)
-    out = []
-    for spec in world.train_pool[:n]:
-        a = world.demonstration(spec, rng)
-        b = world._slip(spec, rng.choice(spec.variants), rng) if rng.random() < 0.6 else world.demonstration(spec, rng)
-        out.append((spec.prompt, a, b))
-    return out
+  rng = random.Random(3)
+  out = []
+  for spec in world.train_pool[:n]:
+    a = world.demonstration(spec, rng)
+    b = (
+      world._slip(spec, rng.choice(spec.variants), rng)
+      if rng.random() < 0.6
+      else world.demonstration(spec, rng)
+    )
+    out.append((spec.prompt, a, b))
+  return out
 
 
 def test_pools_are_distinct(pools):
-    train, heldout = pools
-    assert len(train) == 8 and len(heldout) == 4
-    assert not {l.labeler_id for l in train} & {l.labeler_id for l in heldout}
-    params = {(l.temperature, l.length_bias, l.lapse) for l in train + heldout}
-    assert len(params) == len(train) + len(heldout)
+  train, heldout = pools
+  assert len(train) == 8 and len(heldout) == 4
+  assert not {lab.labeler_id for lab in train} & {lab.labeler_id for lab in heldout}
+  params = {(lab.temperature, lab.length_bias, lab.lapse) for lab in train + heldout}
+  assert len(params) == len(train) + len(heldout)
 
 
 def test_labelers_prefer_higher_gold_most_of_the_time(world, pools):
-    labeler = pools[0][0]
-    rng = np.random.default_rng(0)
-    agree = total = 0
-    for prompt, a, b in _pairs(world, 600):
-        ga, gb = world.gold_score(prompt, a), world.gold_score(prompt, b)
-        if abs(ga - gb) < 0.05:
-            continue
-        agree += (compare(labeler, prompt, a, b, rng) == 1.0) == (ga > gb)
-        total += 1
-    assert total > 50
-    assert 0.75 < agree / total < 1.0
+  labeler = pools[0][0]
+  rng = np.random.default_rng(0)
+  agree = total = 0
+  for prompt, a, b in _pairs(world, 600):
+    ga, gb = world.gold_score(prompt, a), world.gold_score(prompt, b)
+    if abs(ga - gb) < 0.05:
+      continue
+    agree += (compare(labeler, prompt, a, b, rng) == 1.0) == (ga > gb)
+    total += 1
+  assert total > 50
+  assert 0.75 < agree / total < 1.0
 
 
 def test_identical_responses_tie(world, pools):
-    labeler = pools[0][0]
-    spec = first(world, "open_qa")
-    rng = np.random.default_rng(1)
-    assert compare(labeler, spec.prompt, spec.reference, spec.reference, rng) == 0.5
-    responses = [spec.reference, "", spec.reference, "wrong ."]
-    for _ in range(20):
-        ranking = rank(labeler, spec.prompt, responses, rng)
-        assert ranking[0] == ranking[2]
-        assert sorted(set(ranking)) == list(range(len(set(ranking))))
+  labeler = pools[0][0]
+  spec = first(world, "open_qa")
+  rng = np.random.default_rng(1)
+  assert compare(labeler, spec.prompt, spec.reference, spec.reference, rng) == 0.5
+  responses = [spec.reference, "", spec.reference, "wrong ."]
+  for _ in range(20):
+    ranking = rank(labeler, spec.prompt, responses, rng)
+    assert ranking[0] == ranking[2]
+    assert sorted(set(ranking)) == list(range(len(set(ranking))))
 
 
 def test_rank_orders_by_gold_on_average(world, pools):
-    labeler = pools[1][0]
-    rng = np.random.default_rng(2)
-    spec = first(world, "generation", constrained=False)
-    responses = [spec.reference, spec.reference + " " + spec.reference, ""]
-    ranks = np.array([rank(labeler, spec.prompt, responses, rng) for _ in range(200)])
-    assert ranks[:, 0].mean() < ranks[:, 1].mean() < ranks[:, 2].mean()
+  labeler = pools[1][0]
+  rng = np.random.default_rng(2)
+  spec = first(world, "generation", constrained=False)
+  responses = [spec.reference, spec.reference + " " + spec.reference, ""]
+  ranks = np.array([rank(labeler, spec.prompt, responses, rng) for _ in range(200)])
+  assert ranks[:, 0].mean() < ranks[:, 1].mean() < ranks[:, 2].mean()
 
 
 def test_agreement_rate_is_realistic(world, pools):
-    rate = labeler_agreement(pools[0], _pairs(world, 600), np.random.default_rng(4))
-    assert 0.55 < rate < 0.95
+  rate = labeler_agreement(pools[0], _pairs(world, 600), np.random.default_rng(4))
+  assert 0.55 < rate < 0.95
 
 
 def test_agreement_is_scored_on_strict_preferences_like_the_rm(world):
-    spec = first(world, "open_qa")
-    good, bad = spec.reference, "wrong ."
-    exact = Labeler("exact", world, temperature=1e-3, length_bias=0.0, lapse=0.0)
-    coin = Labeler("coin", world, temperature=1e-3, length_bias=0.0, lapse=1.0)
-    rng = np.random.default_rng(0)
-    decisive = [(spec.prompt, good, bad)] * 400
-    # Two noiseless labelers always agree; one who flips coins agrees half the time.
-    assert labeler_agreement([exact, exact], decisive, rng) == 1.0
-    assert abs(labeler_agreement([exact, coin], decisive, rng) - 0.5) < 0.06
-    # Pairs a labeler ties are not scored (the RM gets no credit for ties either).
-    tied = [(spec.prompt, good, good)] * 10
-    assert np.isnan(labeler_agreement([exact, exact], tied, rng))
-    assert labeler_agreement([exact, exact], tied + decisive[:5], rng) == 1.0
-    # A huge utility gap over a tiny temperature is a sure choice, not an overflow.
-    assert compare(exact, spec.prompt, bad, good, rng) == 0.0
+  spec = first(world, "open_qa")
+  good, bad = spec.reference, "wrong ."
+  exact = Labeler("exact", world, temperature=1e-3, length_bias=0.0, lapse=0.0)
+  coin = Labeler("coin", world, temperature=1e-3, length_bias=0.0, lapse=1.0)
+  rng = np.random.default_rng(0)
+  decisive = [(spec.prompt, good, bad)] * 400
+  # Two noiseless labelers always agree; one who flips coins agrees half the time.
+  assert labeler_agreement([exact, exact], decisive, rng) == 1.0
+  assert abs(labeler_agreement([exact, coin], decisive, rng) - 0.5) < 0.06
+  # Pairs a labeler ties are not scored (the RM gets no credit for ties either).
+  tied = [(spec.prompt, good, good)] * 10
+  assert np.isnan(labeler_agreement([exact, exact], tied, rng))
+  assert labeler_agreement([exact, exact], tied + decisive[:5], rng) == 1.0
+  # A huge utility gap over a tiny temperature is a sure choice, not an overflow.
+  assert compare(exact, spec.prompt, bad, good, rng) == 0.0
