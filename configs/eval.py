@@ -1,8 +1,15 @@
-"""Stage "eval". Usage: --config=configs/eval.py[:preset], presets: tiny, small (default), gpt2,
-gpt3_1.3b, gpt3_6b, gpt3_175b. Every field is documented in instructgpt_jax/presets.py."""
+"""Stage "eval": the report of every policy in the workdir (README, "The report").
 
-from instructgpt_jax import presets
+The evaluation settings live in configs/ppo.py's `eval` section, since `configs/ppo.py` ends
+with the evaluation. Usage: `--config=configs/eval.py[:preset]`.
+"""
+
+import ml_collections
+
+from configs import ppo
 
 
-def get_config(preset=None):
-  return presets.stage_config("eval", preset)
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  c = ppo.get_config(arg)
+  c.stage = "eval"
+  return c

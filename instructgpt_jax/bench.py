@@ -9,10 +9,11 @@ metric names of ../shared/bench/peer_torch.py (`train_tokens_per_s`,
 same shapes (see PRESETS), plus `ppo_iteration_time` and its breakdown on the tiny shape with the
 TRL step's completions and lengths (32 completions, prompt 32, 64 new tokens).
 
-What runs is the project's code: `train_state.create_train_state` + `pretrain.lm_train_step`
-(jitted like `loop.train`, state donated), `sampling.generate`, `ppo.ppo_iteration` (and, for the
-breakdown, `sampling.generate`, `ppo.policy_logprobs`, `ppo.value_estimates`,
-`rm.sequence_rewards` and `ppo.ppo_update` jitted separately). Every timed program reports
+What runs is the project's code, built from the tiny config with the peer's shapes and optimizer
+(`bench_config`): `pretrain.init_state` + `pretrain.train_step` (jitted like `loop.train`, state
+donated), `sampling.generate`, `ppo.init_state` + `ppo.make_step` (and, for the breakdown,
+`sampling.generate`, `ppo.policy_logprobs`, `ppo.value_estimates`,
+`objectives.sequence_rewards` and `ppo.ppo_update` jitted separately). Every timed program reports
 `compile_s` (first call minus the steady median: tracing + XLA compilation) apart from the
 steady-state median of the later calls.
 
@@ -41,9 +42,11 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
-from instructgpt_jax import losses, ppo, presets, pretrain, rm, sampling, sharding, train_state
+from configs import ppo as ppo_config
+from instructgpt_jax import losses, objectives, pipeline, sampling, sharding, train_state
 from instructgpt_jax import model as model_lib
 
 PEER_SCRIPT = os.path.join(
@@ -154,27 +157,30 @@ def time_calls(fn: Callable[[], Any], warmup: int, iters: int) -> dict[str, Any]
   }
 
 
-def model_config(p: dict[str, Any], head: str = "lm") -> model_lib.ModelConfig:
-  return model_lib.ModelConfig(
+def bench_config(p: dict[str, Any]) -> ml_collections.ConfigDict:
+  """The project's tiny PPO config with the peer's shapes and optimizer (AdamW, lr 1e-4,
+  betas (0.9, 0.95), weight decay 0.1, no clipping, constant), one PPO minibatch and epoch: one
+  policy and one value update per iteration, like the TRL step's one optimizer step."""
+  c = ppo_config.get_config("tiny")
+  c.model.update(
     vocab_size=p["vocab"],
     num_layers=p["n_layer"],
     d_model=p["n_embd"],
     num_heads=p["n_head"],
     d_ff=4 * p["n_embd"],
     max_len=p["n_positions"],
-    family="gpt",
-    tie_embeddings=True,
-    dropout=0.0,
-    dtype="float32",
-    param_dtype="float32",
-    head=head,
   )
+  for optim in (c.pretrain.optim, c.ppo.optim, c.ppo.value_optim):
+    optim.update(lr=1e-4, schedule="constant", warmup_steps=0, weight_decay=0.1, clip_norm=0.0)
+  c.data.update(prompt_len=p["ppo_prompt"], response_len=p["ppo_new"])
+  c.ppo.update(rollout_batch_size=p["ppo_batch"], minibatch_size=p["ppo_batch"], epochs=1)
+  c.ppo.ptx_batch_size = 8  # Rows of prompt + new tokens (TRL has no ptx: extra work for us).
+  c.ppo.missing_eos_penalty = None  # The benchmark's EOS never occurs.
+  return c
 
 
-def adamw(steps: int = 1000):
-  """AdamW as in the peer (lr 1e-4, betas (0.9, 0.95), weight decay 0.1, no clipping)."""
-  cfg = presets._optim(1e-4, schedule="constant", weight_decay=0.1, clip_norm=0.0)  # pylint: disable=protected-access
-  return train_state.make_optimizer(cfg, steps)
+def model_config(p: dict[str, Any], head: str = "lm") -> model_lib.ModelConfig:
+  return train_state.model_config(bench_config(p), head=head)
 
 
 def one_device_mesh():
@@ -207,10 +213,10 @@ def flops_per_token(cfg: model_lib.ModelConfig, seq: int) -> tuple[int, int]:
 
 
 def bench_train(p: dict[str, Any], peak: float | None) -> dict[str, float]:
-  cfg = model_config(p)
+  config, pretrain = bench_config(p), pipeline.stage_module("pretrain")
+  cfg = train_state.model_config(config)
   mesh = one_device_mesh()
-  rules = sharding.DEFAULT_RULES
-  state, shardings = train_state.create_train_state(cfg, adamw(), mesh, rules, jax.random.key(0))
+  state, shardings = pretrain.init_state(config, mesh, sharding.DEFAULT_RULES, 1000)
   emit("params_total", cfg.num_params(), "params", note="tied LM head counted once")
   emit(
     "params_nonembedding",
@@ -221,7 +227,7 @@ def bench_train(p: dict[str, Any], peak: float | None) -> dict[str, float]:
   B, T = p["batch"], p["seq"]
   tokens = np.asarray(jax.random.randint(jax.random.key(1), (B, T), 0, p["vocab"]), np.int32)
   ones = np.ones((B, T), np.int32)
-  step = train_state.jit_step(pretrain.lm_train_step, shardings, mesh)
+  step = train_state.jit_step(pretrain.train_step, shardings, mesh)
   rng = jax.random.key(2)
   box = {"state": state}
   with jax.set_mesh(mesh):
@@ -295,52 +301,18 @@ def bench_generate(p: dict[str, Any]) -> dict[str, float]:
 
 
 def ppo_setup(p: dict[str, Any], ptx_coef: float = 27.8):
-  """PPO state, batch, frozen models and settings for `ppo_iteration` on the preset's shapes.
-
-  One minibatch and one epoch: one policy and one value update per iteration, like the TRL
-  step's single optimizer step over its completions. The ptx batch is 8 rows of prompt + new
-  tokens (the project's PPO-ptx; TRL has no such term, so this is extra work on our side).
-  """
-  policy_cfg, value_cfg = model_config(p), model_config(p, head="scalar")
+  """PPO state, batch, frozen models and settings for `ppo_iteration` on the preset's shapes
+  (`bench_config`); the ptx batch is 8 rows of prompt + new tokens."""
+  ppo = pipeline.stage_module("ppo")
+  config = bench_config(p)
+  config.ppo.ptx_coef = ptx_coef
   B, P, N = p["ppo_batch"], p["ppo_prompt"], p["ppo_new"]
-  s = ppo.PPOSettings(
-    policy_cfg=policy_cfg,
-    value_cfg=value_cfg,
-    prompt_len=P,
-    response_len=N,
-    eos_id=-1,
-    pad_id=p["vocab"] - 1,
-    num_minibatches=1,
-    epochs=1,
-    temperature=1.0,
-    clip_eps=0.2,
-    value_clip_eps=0.2,
-    vf_coef=1.0,
-    gamma=1.0,
-    lam=0.95,
-    ptx_coef=float(ptx_coef),
-    whiten_rewards=False,
-    missing_eos_penalty=None,
-    adaptive_kl=False,
-    kl_target=6.0,
-    kl_horizon=10000.0,
-  )
+  s = ppo.make_settings(config, eos_id=-1, pad_id=p["vocab"] - 1, variant="ppo_ptx")
   mesh = one_device_mesh()
-  rules = sharding.DEFAULT_RULES
-  policy, policy_sh = train_state.create_train_state(
-    policy_cfg, adamw(), mesh, rules, jax.random.key(10)
-  )
-  value, value_sh = train_state.create_train_state(
-    value_cfg, adamw(), mesh, rules, jax.random.key(11)
-  )
-  rep = sharding.replicated(mesh)
-  state = ppo.PPOState(
-    policy=policy, value=value, kl_coef=jax.device_put(jnp.asarray(0.02, jnp.float32), rep)
-  )
-  shardings = ppo.PPOState(policy=policy_sh, value=value_sh, kl_coef=rep)
-  ref_params = jax.tree.map(jnp.copy, policy.params)
-  rm_params = jax.tree.map(jnp.copy, value.params)
-  ptx_rows, ptx_len = 8, P + N
+  state, shardings = ppo.init_state(config, s, mesh, sharding.DEFAULT_RULES)
+  ref_params = jax.tree.map(jnp.copy, state.policy.params)
+  rm_params = jax.tree.map(jnp.copy, state.value.params)
+  ptx_rows, ptx_len = config.ppo.ptx_batch_size, P + N
   g = np.random.default_rng(5)
   batch = {
     "prompts": g.integers(0, p["vocab"] - 1, (B, P)).astype(np.int32),
@@ -352,22 +324,22 @@ def ppo_setup(p: dict[str, Any], ptx_coef: float = 27.8):
   return s, mesh, state, shardings, batch, ref_params, rm_params
 
 
-def jit_ppo_iteration(s: ppo.PPOSettings, shardings: Any, mesh) -> Callable:
-  """`ppo.ppo_iteration` jitted the way `loop.train` does it (state donated)."""
-  step_fn = lambda st, b, r, ref, rmp: ppo.ppo_iteration(st, b, r, ref, rmp, s)
-  return jax.jit(
-    step_fn,
-    in_shardings=(shardings, None, None, None, None),
-    out_shardings=(shardings, sharding.replicated(mesh)),
-    donate_argnums=(0,),
+def jit_ppo_iteration(s: Any, shardings: Any, mesh) -> Callable:
+  """`ppo.make_step(s)` jitted the way `loop.train` does it (state donated)."""
+  return train_state.jit_step(
+    pipeline.stage_module("ppo").make_step(s),
+    shardings,
+    mesh,
+    const_shardings=(shardings.policy.params, shardings.value.params),
   )
 
 
 def bench_ppo(p: dict[str, Any], ptx_coef: float = 27.8) -> dict[str, float]:
+  ppo = pipeline.stage_module("ppo")
   s, mesh, state, shardings, batch, ref_params, rm_params = ppo_setup(p, ptx_coef)
   warm, iters = 1 if p["ppo_iters"] > 2 else 0, p["ppo_iters"]
   B, P, N = p["ppo_batch"], s.prompt_len, s.response_len
-  info = dict(completions=B, prompt=P, new=N, ptx_coef=s.ptx_coef, minibatches=1, epochs=1)
+  info = dict(completions=B, prompt=P, new=N, ptx_coef=s.ppo.ptx_coef, minibatches=1, epochs=1)
   rng = jax.random.key(6)
   with jax.set_mesh(mesh):
     dev_batch = sharding.shard_batch(batch, mesh)
@@ -386,7 +358,7 @@ def bench_ppo(p: dict[str, Any], ptx_coef: float = 27.8) -> dict[str, float]:
         max_new_tokens=N,
         eos_id=s.eos_id,
         pad_id=s.pad_id,
-        temperature=s.temperature,
+        temperature=s.ppo.temperature,
       )
     )
     pp = state.policy.params
@@ -396,8 +368,8 @@ def bench_ppo(p: dict[str, Any], ptx_coef: float = 27.8) -> dict[str, float]:
     logp_fn = jax.jit(lambda params, t, m: ppo.policy_logprobs(params, s, t, m))
     value_fn = jax.jit(lambda params, t, m: ppo.value_estimates(params, s, t, m))
     apply_v = model_lib.Transformer(s.value_cfg).apply
-    reward_fn = jax.jit(lambda params, t, m: rm.sequence_rewards(params, apply_v, t, m))
-    if s.recompute_logprobs:  # Otherwise the rollout uses the sampler's log-probs.
+    reward_fn = jax.jit(lambda params, t, m: objectives.sequence_rewards(params, apply_v, t, m))
+    if s.ppo.recompute_logprobs:  # Otherwise the rollout uses the sampler's log-probs.
       parts["score_policy_logprobs"] = time_calls(lambda: logp_fn(pp, tok, msk), warm, iters)
     parts["score_reference"] = time_calls(lambda: logp_fn(ref_params, tok, msk), warm, iters)
     parts["score_reward"] = time_calls(lambda: reward_fn(rm_params, tok, msk), warm, iters)
@@ -666,15 +638,13 @@ def _experiment_attention(p: dict[str, Any]) -> None:
 
 def _train_runner(p: dict[str, Any]) -> Callable[[], Any]:
   """A closure running one `lm_train_step` (compiled on its first call, done here)."""
-  cfg = model_config(p)
+  config, pretrain = bench_config(p), pipeline.stage_module("pretrain")
   mesh = one_device_mesh()
-  state, shardings = train_state.create_train_state(
-    cfg, adamw(), mesh, sharding.DEFAULT_RULES, jax.random.key(0)
-  )
+  state, shardings = pretrain.init_state(config, mesh, sharding.DEFAULT_RULES, 1000)
   B, T = p["batch"], p["seq"]
   tokens = np.asarray(jax.random.randint(jax.random.key(1), (B, T), 0, p["vocab"]), np.int32)
   ones = np.ones((B, T), np.int32)
-  step = train_state.jit_step(pretrain.lm_train_step, shardings, mesh)
+  step = train_state.jit_step(pretrain.train_step, shardings, mesh)
   box = {"state": state}
   with jax.set_mesh(mesh):
     batch = sharding.shard_batch({"tokens": tokens, "mask": ones, "loss_mask": ones}, mesh)

@@ -35,8 +35,10 @@ writes to a temporary directory and renames it, but two writers still race.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -433,7 +435,13 @@ def prepare(
 ) -> _JsonlBuilder:
   """Prepares (or reuses) array_record files for the JSONL file(s); returns the builder."""
   builder = make_builder(kind, jsonl_paths, data_dir, hygiene)
-  builder.download_and_prepare()  # A no-op when this config was prepared before.
+  # tfds prints "Downloading and preparing ..." banners to stdout for files that are never
+  # downloaded; they go to the INFO log instead (`--verbosity=0` shows them).
+  banner = io.StringIO()
+  with contextlib.redirect_stdout(banner):
+    builder.download_and_prepare()  # A no-op when this config was prepared before.
+  if banner.getvalue().strip():
+    logging.info("tfds: %s", banner.getvalue().strip())
   return builder
 
 

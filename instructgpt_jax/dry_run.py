@@ -1,7 +1,8 @@
 """`--config.dry_run=True`: compile a stage's train step ahead of time, allocating nothing.
 
-For the config's stage (pretrain/sft: `pretrain.lm_train_step`; rm: `rm.rm_train_step`; ppo:
-`ppo.ppo_iteration`) the state comes from `jax.eval_shape` and the batch is a tree of
+For the config's stage (pretrain, sft, rm: the stage's `init_state(..., abstract=True)` and
+`train_step`; ppo: `ppo.init_state` and `ppo.make_step`, one `ppo_iteration`) the state is a tree
+of shardings-carrying ShapeDtypeStructs, and so is the batch: a tree of
 `jax.ShapeDtypeStruct`s carrying their shardings on the configured mesh
 (`config.sharding.mesh_shape`, `config.sharding.rules`). The step is jitted exactly as
 `loop.train` jits it, then `.lower(...)` and `.compile()`d. Reported:
@@ -29,34 +30,16 @@ import math
 import time
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 
 from instructgpt_jax import data as data_lib
-from instructgpt_jax import model as model_lib
-from instructgpt_jax import ppo, pretrain, rm, sharding, train_state
+from instructgpt_jax import pipeline, sharding, train_state
 
 STAGES = ("pretrain", "sft", "rm", "ppo")
 # Above this many parameters the default is to lower only (XLA:CPU compile time grows with size).
 COMPILE_PARAM_LIMIT = 2_000_000_000
-
-
-def _abstract_state(model_cfg: model_lib.ModelConfig, tx, mesh, rules):
-  """(abstract TrainState of ShapeDtypeStructs with shardings, its shardings); no allocation."""
-  apply_fn = model_lib.Transformer(model_cfg).apply
-  boxed = jax.eval_shape(
-    lambda r: train_state.TrainState.create(
-      apply_fn=apply_fn, params=train_state.boxed_params(model_cfg, r), tx=tx
-    ),
-    jax.random.key(0),
-  )
-  shardings = sharding.logical_shardings(boxed, mesh, rules)
-  abstract = jax.tree.map(
-    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), nn.meta.unbox(boxed), shardings
-  )
-  return abstract, shardings
 
 
 def _batch_struct(shapes: dict[str, tuple[int, ...]], mesh) -> dict[str, jax.ShapeDtypeStruct]:
@@ -104,49 +87,27 @@ def build(config: ml_collections.ConfigDict, mesh=None):
   def round_up(b: int) -> int:
     return sharding.round_batch(int(b), mesh)
 
-  if stage in ("pretrain", "sft"):
-    cfg = config[stage]
-    dropout = cfg.get("dropout", 0.0) if stage == "sft" else config.model.dropout
-    model_cfg = train_state.model_config(config, dropout=dropout)
-    tx = train_state.make_optimizer(cfg.optim, 1000, cfg.on_nonfinite == "skip")
-    state, shardings = _abstract_state(model_cfg, tx, mesh, rules)
-    seq = d.seq_len if stage == "pretrain" else d.prompt_len + d.response_len
-    b = round_up(cfg.batch_size)
-    batch = _batch_struct({"tokens": (b, seq), "mask": (b, seq), "loss_mask": (b, seq)}, mesh)
-    step_fn = lambda st, bt, r: pretrain.lm_train_step(st, bt, r, dropout=dropout > 0)
-    jitted = train_state.jit_step(step_fn, shardings, mesh)
-    args = (state, batch, _key_struct())
+  steps = 1000  # Only the schedule's shape depends on it; the compiled step does not.
+  stage_lib = pipeline.stage_module(stage)
+  if stage in ("pretrain", "sft", "rm"):
+    state, shardings = stage_lib.init_state(config, mesh, rules, steps, abstract=True)
+    seq = d.prompt_len + d.response_len
+    b = round_up(config[stage].batch_size)
+    if stage == "rm":
+      k = data_lib.MAX_RESPONSES
+      shapes = {"tokens": (b, k, seq), "mask": (b, k, seq), "ranks": (b, k)}
+      info.update(responses_per_prompt=k)
+    else:
+      seq = d.seq_len if stage == "pretrain" else seq
+      shapes = {"tokens": (b, seq), "mask": (b, seq), "loss_mask": (b, seq)}
+    jitted = train_state.jit_step(stage_lib.train_step, shardings, mesh)
+    args = (state, _batch_struct(shapes, mesh), _key_struct())
     info.update(params=_count(state.params), batch=b, seq=seq)
-  elif stage == "rm":
-    cfg = config.rm
-    model_cfg = train_state.model_config(config, head="scalar")
-    tx = train_state.make_optimizer(cfg.optim, 1000, cfg.on_nonfinite == "skip")
-    state, shardings = _abstract_state(model_cfg, tx, mesh, rules)
-    seq, k = d.prompt_len + d.response_len, data_lib.MAX_RESPONSES
-    b = round_up(cfg.batch_size)
-    batch = _batch_struct({"tokens": (b, k, seq), "mask": (b, k, seq), "ranks": (b, k)}, mesh)
-    jitted = train_state.jit_step(rm.rm_train_step, shardings, mesh)
-    args = (state, batch, _key_struct())
-    info.update(params=_count(state.params), batch=b, responses_per_prompt=k, seq=seq)
   else:
     cfg = config.ppo
-    policy_cfg = train_state.model_config(config)
-    value_cfg = train_state.model_config(config, head="scalar")
-    vocab = policy_cfg.vocab_size
-    s = ppo.PPOSettings.from_config(
-      cfg, policy_cfg, value_cfg, d, eos_id=vocab - 1, pad_id=vocab - 2, ptx_coef=cfg.ptx_coef
-    )
-    policy, policy_sh = _abstract_state(
-      policy_cfg, train_state.make_optimizer(cfg.optim, 1000), mesh, rules
-    )
-    value, value_sh = _abstract_state(
-      value_cfg, train_state.make_optimizer(cfg.value_optim, 1000), mesh, rules
-    )
-    rep = sharding.replicated(mesh)
-    state = ppo.PPOState(
-      policy=policy, value=value, kl_coef=jax.ShapeDtypeStruct((), jnp.float32, sharding=rep)
-    )
-    shardings = ppo.PPOState(policy=policy_sh, value=value_sh, kl_coef=rep)
+    vocab = config.model.vocab_size
+    s = stage_lib.make_settings(config, eos_id=vocab - 1, pad_id=vocab - 2)
+    state, shardings = stage_lib.init_state(config, s, mesh, rules, abstract=True)
     b = round_up(cfg.rollout_batch_size)
     ptx_rows = round_up(cfg.epochs * s.num_minibatches * cfg.ptx_batch_size)
     batch = _batch_struct(
@@ -159,14 +120,15 @@ def build(config: ml_collections.ConfigDict, mesh=None):
       },
       mesh,
     )
-    ref, rmp = policy.params, value.params
-    step_fn = lambda st, bt, r, ref_p, rm_p: ppo.ppo_iteration(st, bt, r, ref_p, rm_p, s)
     jitted = train_state.jit_step(
-      step_fn, shardings, mesh, const_shardings=(policy_sh.params, value_sh.params)
+      stage_lib.make_step(s),
+      shardings,
+      mesh,
+      const_shardings=(shardings.policy.params, shardings.value.params),
     )
-    args = (state, batch, _key_struct(), ref, rmp)
+    args = (state, batch, _key_struct(), state.policy.params, state.value.params)
     info.update(
-      params={"policy": _count(policy.params), "value": _count(value.params)},
+      params={"policy": _count(state.policy.params), "value": _count(state.value.params)},
       rollout_batch=b,
       prompt_len=d.prompt_len,
       response_len=d.response_len,

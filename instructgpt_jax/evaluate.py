@@ -23,8 +23,8 @@ import numpy as np
 from absl import logging
 
 from instructgpt_jax import data as data_lib
+from instructgpt_jax import inputs, loop, sampling, scoring
 from instructgpt_jax import labelers as labelers_lib
-from instructgpt_jax import loop, pretrain, rm, sampling
 from instructgpt_jax import world as world_lib
 from instructgpt_jax.workspace import Workspace
 
@@ -87,9 +87,9 @@ def _sft_logprob(
   """log pi_SFT(response | prompt) per sample [N]; response: tokens and mask [2, N, R]."""
   tokens = np.concatenate([prompt_enc.tokens, response[0]], axis=1)
   mask = np.concatenate([prompt_enc.mask, response[1]], axis=1)
-  return rm.score_with(
+  return scoring.score_with(
     ws,
-    rm.loglik_fn(ws, sft_params, ws.model_config(), ws.config.eval.temperature),
+    scoring.loglik_fn(ws, sft_params, ws.model_config(), ws.config.eval.temperature),
     tokens,
     mask,
     ws.config.eval.batch_size,
@@ -122,7 +122,7 @@ def _evaluate_policy(
     "metrics": {
       "gold_score": float(np.mean([a["score"] for a in analyses])),
       "kl_vs_sft": kl,
-      "pretrain_loss": pretrain.evaluate_lm(ws, params, policy_cfg, lm_eval),
+      "pretrain_loss": scoring.lm_loss(ws, params, policy_cfg, lm_eval),
       "hallucination_rate": _rate([a["hallucinated"] for a in analyses]),
       "constraint_rate": _rate([a["constraint_ok"] for a in analyses]),
       "eos_rate": float(np.mean(ended)),
@@ -215,7 +215,7 @@ def run(ws: Workspace) -> dict[str, Any]:
       len(texts),
     )
   prompt_enc = data_lib.encode_prompts(tok, prompts, ws.config.data.prompt_len)
-  lm_eval = pretrain.lm_arrays(ws, "validation")
+  lm_eval = inputs.lm_arrays(ws, "validation")
   sft_params = ws.load_params("sft", ws.model_config())
 
   samples, policies = {}, {}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import runpy
 import sys
 from typing import Any
 
@@ -33,6 +34,7 @@ def main(argv: list[str]) -> int:
 
   from instructgpt_jax import loop, pipeline, sharding, workspace  # pylint: disable=import-outside-toplevel
 
+  quiet_libraries()
   try:
     pipeline.check_stage(config.stage)
   except ValueError as e:
@@ -54,32 +56,88 @@ def main(argv: list[str]) -> int:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   logging.info("Config:\n%s", config)
   ws = workspace.Workspace(config, workdir)
+  print(config_summary(config, ws), flush=True)
+  loop.write_json(os.path.join(ws.workdir, "config.json"), json.loads(config.to_json()), indent=1)
   try:
     with loop.PreemptionGuard():  # SIGTERM: save at the next step boundary, exit 0.
-      summaries = pipeline.run(ws, config.stage)
+      pipeline.run(ws, config.stage)
   except loop.Preempted as e:
     print(str(e), flush=True)
     return 0
-  print(json.dumps({k: v for k, v in summaries.items()}, indent=1, default=str)[:4000])
+  print(f"Done. Stage summaries: {ws.workdir}/<stage>/DONE.json", flush=True)
   return 0
 
 
+def config_summary(config: Any, ws: Any) -> str:
+  """The few lines of the config that say what will run, for the top of the terminal."""
+  from instructgpt_jax import pipeline  # pylint: disable=import-outside-toplevel
+
+  m = config.model
+  cfg = ws.model_config()
+  data = "built-in task world" if ws.uses_world else "your JSONL files (config.data)"
+  return "\n".join(
+    [
+      f"instructgpt_jax: stage {config.stage} (preset {config.preset}) in {ws.workdir}",
+      f"  stages: {' -> '.join(pipeline.stages_to_run(config.stage))}",
+      f"  model: {m.family}, {m.num_layers} layers x {m.d_model}, {m.num_heads} heads, "
+      f"vocab {m.vocab_size}, {cfg.num_params() / 1e6:.2f}M parameters, {m.dtype}",
+      f"  mesh: {dict(ws.mesh.shape)} on {ws.mesh.size} {ws.mesh.devices.flat[0].platform} "
+      f"device(s); data: {data}",
+      f"  full config: {ws.workdir}/config.json; library logs: --verbosity=0",
+    ]
+  )
+
+
+def quiet_libraries() -> None:
+  """Library INFO logs (orbax, tfds, XLA) and progress bars off unless `--verbosity` is given;
+  warnings still show."""
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
+  tfds.disable_progress_bar()
+  # tfds warns about the custom config of every builder we define; nothing for a user to do.
+  logging.get_absl_handler().addFilter(
+    lambda record: "Using custom data configuration" not in record.getMessage()
+  )
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
-  """absl's parser, with a mistyped `--config.a.b=...` key reported in one line, not a trace."""
+  """absl's parser, with a mistyped `--config.a.b=...` key reported in one line that lists the
+  valid keys at that level, not a trace."""
   try:
     return app.parse_flags_with_usage(argv)
   except (KeyError, AttributeError) as e:
     cause: Any = e
     while isinstance(cause, BaseException) and cause.args:
       cause = cause.args[0]
-    msg = str(cause).replace("\n", " ")
-    overrides = [a for a in argv[1:] if a.startswith("--config.")]
+    overrides = [a.split("=")[0][len("--config.") :] for a in argv[1:] if a.startswith("--config.")]
     sys.stderr.write(
-      f"FATAL Flags parsing error: unknown config key {msg} in the overrides "
-      f"{overrides}. Valid keys are the fields of the config file (see "
-      f"instructgpt_jax/presets.py).\n"
+      f"FATAL Flags parsing error: unknown config key {' '.join(str(cause).split())} in the overrides "
+      f"{overrides}. {_valid_keys(argv, overrides)}\n"
     )
     sys.exit(1)
+
+
+def _valid_keys(argv: list[str], overrides: list[str]) -> str:
+  """ "Valid keys under <section>: ..." for the first override that the config file lacks."""
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if spec is None:
+    return ""
+  path, _, arg = spec.partition(":")
+  try:
+    config = runpy.run_path(path)["get_config"](arg or None)
+  except Exception:  # pylint: disable=broad-except
+    return f"The valid keys are the fields of {path}."
+  for key in overrides:
+    node, parts = config, key.split(".")
+    for depth, part in enumerate(parts):
+      if not hasattr(node, "keys") or part not in node:
+        where = ".".join(parts[:depth]) or "the top level"
+        valid = sorted(node.keys()) if hasattr(node, "keys") else []
+        return f"Valid keys under {where} of {path}: {valid}."
+      node = node[part]
+  return f"The valid keys are the fields of {path}."
 
 
 def run() -> None:

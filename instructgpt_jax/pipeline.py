@@ -7,32 +7,62 @@ reusing whatever a previous (possibly preempted) run already finished.
 
 from __future__ import annotations
 
+import importlib
 import shutil
 import time
+import types
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 from absl import logging
 
-from instructgpt_jax import loop, presets
+from instructgpt_jax import loop
 from instructgpt_jax.workspace import Workspace
 
-STAGES = presets.STAGES
+# Stage name -> the module that holds its state, its pure step and its `run(ws)`, in order.
+STAGE_MODULES = {
+  "pretrain": "pretrain",
+  "sft": "sft",
+  "label": "label",
+  "rm": "rm",
+  "ppo": "ppo",
+  "eval": "evaluate",
+}
+STAGES = tuple(STAGE_MODULES)
+
+
+def stage_module(name: str) -> types.ModuleType:
+  """A stage's module, imported on first use (so `--help` and one stage load only what they
+  need). Tools that drive a stage's step (the dry run, the benchmark) look stages up here:
+  no stage module imports another."""
+  check_stage(name)
+  return importlib.import_module(f"instructgpt_jax.{STAGE_MODULES[name]}")
+
+
+# What each stage does, for the one line the terminal shows when it starts.
+STAGE_DOC = {
+  "pretrain": "the base model on the plain-text corpus",
+  "sft": "fine-tuning on demonstrations",
+  "label": "sampling K responses per prompt, ranked by the training labelers",
+  "rm": "the reward model on the rankings",
+  "ppo": "PPO and PPO-ptx against the reward model",
+  "eval": "every policy, judged by held-out labelers",
+}
+
+
+def headline(summary: dict[str, Any]) -> str:
+  """A stage summary's top-level numbers as ": k=v, ..." (at most six), or ""."""
+  items = [
+    f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+    for k, v in summary.items()
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "seconds"
+  ][:6]
+  return ": " + ", ".join(items) if items else ""
 
 
 def _runners() -> dict[str, Callable[[Workspace], dict[str, Any]]]:
-  # Imported here so that a stage's module (and its dependencies) load only when used.
-  from instructgpt_jax import evaluate, label, ppo, pretrain, rm, sft  # pylint: disable=import-outside-toplevel
-
-  return {
-    "pretrain": pretrain.run,
-    "sft": sft.run,
-    "label": label.run,
-    "rm": rm.run,
-    "ppo": ppo.run,
-    "eval": evaluate.run,
-  }
+  return {name: stage_module(name).run for name in STAGES}
 
 
 def check_stage(stage: str) -> None:
@@ -76,11 +106,7 @@ def run(ws: Workspace, stage: str) -> dict[str, Any]:
     done = loop.stage_done(stage_dir)
     stale = changed_upstream(done, run_ids)
     if done is not None and not stale and not (name == stage and ws.config.overwrite):
-      logging.info(
-        "[%s] already complete in %s (reused; --config.overwrite=True redoes the requested stage)",
-        name,
-        stage_dir,
-      )
+      print(f"[{name}] already complete in {stage_dir} (reused)", flush=True)
       summaries[name] = done
       run_ids[name] = done.get("run_id", "")
       continue
@@ -91,6 +117,7 @@ def run(ws: Workspace, stage: str) -> dict[str, Any]:
       else:
         logging.warning("[%s] overwrite: removing the finished stage in %s", name, stage_dir)
       shutil.rmtree(stage_dir)
+    print(f"[{name}] running ({STAGE_DOC[name]})", flush=True)
     t0 = time.perf_counter()
     summary = dict(runners[name](ws))
     summary["seconds"] = round(time.perf_counter() - t0, 1)
@@ -98,6 +125,7 @@ def run(ws: Workspace, stage: str) -> dict[str, Any]:
     summary["upstream"] = dict(run_ids)
     loop.mark_done(stage_dir, summary)
     logging.info("[%s] done in %.1fs: %s", name, summary["seconds"], summary)
+    print(f"[{name}] done in {summary['seconds']:.0f} s{headline(summary)}", flush=True)
     summaries[name] = summary
     run_ids[name] = summary["run_id"]
   return summaries

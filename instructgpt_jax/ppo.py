@@ -25,14 +25,15 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from absl import logging
+from jax.sharding import Mesh
 
 from instructgpt_jax import data as data_lib
-from instructgpt_jax import loop, losses, pretrain, rm, sampling, sharding, train_state
+from instructgpt_jax import inputs, loop, losses, objectives, sampling, sharding, train_state
 from instructgpt_jax import model as model_lib
 from instructgpt_jax.workspace import Workspace
 
 TrainState = train_state.TrainState
+VARIANTS = ("ppo", "ppo_ptx")
 
 
 @flax.struct.dataclass
@@ -44,69 +45,109 @@ class PPOState:
 
 @dataclasses.dataclass(frozen=True)
 class PPOSettings:
-  """Static settings of one PPO iteration (hashable: part of the compiled program)."""
+  """What one PPO iteration's compiled program is specialised on (hashable, static).
 
+  `ppo` is the frozen `config.ppo` section with `ptx_coef` set for the variant: every PPO number
+  is read from it where it is used, so a new setting is one line in configs/ppo.py and one read
+  in the function that needs it. The rest is what the config does not hold: the model shapes
+  and the tokenizer's ids.
+  """
+
+  ppo: ml_collections.FrozenConfigDict
   policy_cfg: model_lib.ModelConfig
   value_cfg: model_lib.ModelConfig
   prompt_len: int
   response_len: int
   eos_id: int
   pad_id: int
-  num_minibatches: int
-  epochs: int
-  temperature: float
-  clip_eps: float
-  value_clip_eps: float
-  vf_coef: float
-  gamma: float
-  lam: float
-  ptx_coef: float
-  whiten_rewards: bool
-  missing_eos_penalty: float | None
-  adaptive_kl: bool
-  kl_target: float
-  kl_horizon: float
-  recompute_logprobs: bool = False
 
-  @classmethod
-  def from_config(
-    cls,
-    cfg: ml_collections.ConfigDict,
-    policy_cfg: model_lib.ModelConfig,
-    value_cfg: model_lib.ModelConfig,
-    data_cfg: ml_collections.ConfigDict,
-    eos_id: int,
-    pad_id: int,
-    ptx_coef: float,
-  ) -> PPOSettings:
-    if cfg.rollout_batch_size % cfg.minibatch_size:
-      raise ValueError(
-        f"ppo.rollout_batch_size={cfg.rollout_batch_size} must be a multiple of "
-        f"ppo.minibatch_size={cfg.minibatch_size}."
-      )
-    return cls(
-      policy_cfg=policy_cfg,
-      value_cfg=value_cfg,
-      prompt_len=data_cfg.prompt_len,
-      response_len=data_cfg.response_len,
-      eos_id=eos_id,
-      pad_id=pad_id,
-      num_minibatches=cfg.rollout_batch_size // cfg.minibatch_size,
-      epochs=cfg.epochs,
-      temperature=cfg.temperature,
-      clip_eps=cfg.clip_eps,
-      value_clip_eps=cfg.value_clip_eps,
-      vf_coef=cfg.vf_coef,
-      gamma=cfg.gamma,
-      lam=cfg.lam,
-      ptx_coef=float(ptx_coef),
-      whiten_rewards=cfg.whiten_rewards,
-      missing_eos_penalty=cfg.missing_eos_penalty,
-      adaptive_kl=cfg.adaptive_kl,
-      kl_target=cfg.kl_target,
-      kl_horizon=cfg.kl_horizon,
-      recompute_logprobs=cfg.recompute_logprobs,
+  @property
+  def num_minibatches(self) -> int:
+    return self.ppo.rollout_batch_size // self.ppo.minibatch_size
+
+
+def ptx_coef_of(config: ml_collections.ConfigDict, variant: str) -> float:
+  """ "ppo" is plain PPO (gamma = 0); "ppo_ptx" uses `config.ppo.ptx_coef`."""
+  if variant not in VARIANTS:
+    raise ValueError(f"Unknown ppo.variants entry {variant!r}; valid: {list(VARIANTS)}.")
+  return float(config.ppo.ptx_coef) if variant == "ppo_ptx" else 0.0
+
+
+def make_settings(
+  config: ml_collections.ConfigDict, eos_id: int, pad_id: int, variant: str = "ppo_ptx"
+) -> PPOSettings:
+  """The static settings of `variant`'s PPO iteration from the full config."""
+  cfg = config.ppo
+  if cfg.rollout_batch_size % cfg.minibatch_size:
+    raise ValueError(
+      f"ppo.rollout_batch_size={cfg.rollout_batch_size} must be a multiple of "
+      f"ppo.minibatch_size={cfg.minibatch_size}."
     )
+  section = cfg.copy_and_resolve_references()
+  section.ptx_coef = ptx_coef_of(config, variant)
+  return PPOSettings(
+    ppo=ml_collections.FrozenConfigDict(section),
+    policy_cfg=train_state.model_config(config),
+    value_cfg=train_state.model_config(config, head="scalar"),
+    prompt_len=config.data.prompt_len,
+    response_len=config.data.response_len,
+    eos_id=eos_id,
+    pad_id=pad_id,
+  )
+
+
+def init_state(
+  config: ml_collections.ConfigDict,
+  s: PPOSettings,
+  mesh: Mesh,
+  rules: Any,
+  policy_params: Any | None = None,
+  value_params: Any | None = None,
+  *,
+  abstract: bool = False,
+) -> tuple[PPOState, PPOState]:
+  """The policy (from `policy_params`, SFT) and the value function (from `value_params`, the
+  RM) with their optimizers, and the KL coefficient, on the mesh; returns (state, shardings).
+
+  `abstract=True` gives ShapeDtypeStructs with shardings (dry run; nothing allocated).
+  """
+  cfg = config.ppo
+  seed = config.seed + 100
+  skip = cfg.on_nonfinite == "skip"
+  updates = cfg.iterations * s.num_minibatches
+  policy, policy_sh = train_state.create_train_state(
+    s.policy_cfg,
+    train_state.make_optimizer(cfg.optim, updates, skip),
+    mesh,
+    rules,
+    jax.random.key(seed),
+    policy_params,
+    abstract=abstract,
+  )
+  value, value_sh = train_state.create_train_state(
+    s.value_cfg,
+    train_state.make_optimizer(cfg.value_optim, updates, skip),
+    mesh,
+    rules,
+    jax.random.key(seed),
+    value_params,
+    abstract=abstract,
+  )
+  rep = sharding.replicated(mesh)
+  if abstract:
+    kl_coef = jax.ShapeDtypeStruct((), jnp.float32, sharding=rep)
+  else:
+    kl_coef = jax.device_put(jnp.asarray(cfg.kl_coef, jnp.float32), rep)
+  state = PPOState(policy=policy, value=value, kl_coef=kl_coef)
+  return state, PPOState(policy=policy_sh, value=value_sh, kl_coef=rep)
+
+
+def make_step(s: PPOSettings):
+  """`step(state, batch, rng, ref_params, rm_params) -> (state, metrics)`, as `loop.train` and
+  `train_state.jit_step` call it (the frozen models are constant arguments)."""
+  return lambda state, batch, rng, ref_params, rm_params: ppo_iteration(
+    state, batch, rng, ref_params, rm_params, s
+  )
 
 
 def _response_slice(x: jax.Array, s: PPOSettings) -> jax.Array:
@@ -116,17 +157,14 @@ def _response_slice(x: jax.Array, s: PPOSettings) -> jax.Array:
 
 def policy_logprobs(params: Any, s: PPOSettings, tokens: jax.Array, mask: jax.Array) -> jax.Array:
   """log pi(token | prefix) of the response tokens at the sampling temperature: [batch, R]."""
-  return sampling.response_logprobs(
-    params, s.policy_cfg, tokens, mask, s.prompt_len, s.response_len, s.temperature
+  return objectives.span_logprobs(
+    params, s.policy_cfg, tokens, mask, s.prompt_len, s.response_len, s.ppo.temperature
   )
 
 
 def value_estimates(params: Any, s: PPOSettings, tokens: jax.Array, mask: jax.Array) -> jax.Array:
   """V(state before each response token): [batch, R]."""
-  # The state before response token t is position t - 1: the head runs on [P - 1, P + R - 1).
-  return model_lib.Transformer(s.value_cfg).apply(
-    {"params": params}, tokens, mask, head_span=(s.prompt_len - 1, s.response_len)
-  )
+  return objectives.span_values(params, s.value_cfg, tokens, mask, s.prompt_len, s.response_len)
 
 
 def rollout(
@@ -148,25 +186,27 @@ def rollout(
     max_new_tokens=s.response_len,
     eos_id=s.eos_id,
     pad_id=s.pad_id,
-    temperature=s.temperature,
+    temperature=s.ppo.temperature,
   )
   tokens, mask = out.tokens, out.mask
   rmask = _response_slice(out.response_mask, s).astype(jnp.float32)
-  if s.recompute_logprobs:  # A full forward pass: the first minibatch's ratio is exactly 1.
+  if s.ppo.recompute_logprobs:  # A full forward pass: the first minibatch's ratio is exactly 1.
     logp = policy_logprobs(state.policy.params, s, tokens, mask)
   else:  # The sampler's, which agree with a forward pass up to float rounding (fp32).
     logp = _response_slice(out.logprobs, s)
   ref_logp = policy_logprobs(ref_params, s, tokens, mask)
   values = value_estimates(state.value.params, s, tokens, mask)
-  raw_score = rm.sequence_rewards(rm_params, model_lib.Transformer(s.value_cfg).apply, tokens, mask)
+  raw_score = objectives.sequence_rewards(
+    rm_params, model_lib.Transformer(s.value_cfg).apply, tokens, mask
+  )
   score = raw_score
-  if s.missing_eos_penalty is not None:
+  if s.ppo.missing_eos_penalty is not None:
     # A response that never ends gets a fixed low score (RLHF-NOTES 3.11, the "EOS trick").
-    score = jnp.where(out.ended, raw_score, s.missing_eos_penalty)
+    score = jnp.where(out.ended, raw_score, s.ppo.missing_eos_penalty)
   rewards, kl = losses.kl_penalized_rewards(score, logp, ref_logp, rmask, state.kl_coef)
-  if s.whiten_rewards:
+  if s.ppo.whiten_rewards:
     rewards = losses.whiten(rewards, rmask, shift_mean=False)
-  advantages, returns = losses.gae(rewards, values, rmask, s.gamma, s.lam)
+  advantages, returns = losses.gae(rewards, values, rmask, s.ppo.gamma, s.ppo.lam)
   advantages = losses.whiten(advantages, rmask)
   return {
     "tokens": tokens,
@@ -189,12 +229,12 @@ def rollout(
 def _policy_loss(params, s: PPOSettings, mb: dict[str, jax.Array], ptx: dict[str, jax.Array]):
   logp = policy_logprobs(params, s, mb["tokens"], mb["mask"])
   loss, metrics = losses.ppo_policy_loss(
-    logp, mb["logp"], mb["advantages"], mb["rmask"], s.clip_eps
+    logp, mb["logp"], mb["advantages"], mb["rmask"], s.ppo.clip_eps
   )
-  if s.ptx_coef:
+  if s.ppo.ptx_coef:
     apply_fn = model_lib.Transformer(s.policy_cfg).apply
-    ptx_loss, _ = pretrain.lm_loss_fn(params, apply_fn, ptx)
-    loss = losses.ppo_ptx_objective(loss, ptx_loss, s.ptx_coef)
+    ptx_loss, _ = objectives.lm_loss_fn(params, apply_fn, ptx)
+    loss = losses.ppo_ptx_objective(loss, ptx_loss, s.ppo.ptx_coef)
     metrics = dict(metrics, ptx_loss=ptx_loss)
   return loss, metrics
 
@@ -202,9 +242,9 @@ def _policy_loss(params, s: PPOSettings, mb: dict[str, jax.Array], ptx: dict[str
 def _value_loss(params, s: PPOSettings, mb: dict[str, jax.Array]):
   values = value_estimates(params, s, mb["tokens"], mb["mask"])
   loss, metrics = losses.ppo_value_loss(
-    values, mb["values"], mb["returns"], mb["rmask"], s.value_clip_eps
+    values, mb["values"], mb["returns"], mb["rmask"], s.ppo.value_clip_eps
   )
-  return s.vf_coef * loss, metrics
+  return s.ppo.vf_coef * loss, metrics
 
 
 def ppo_update(
@@ -220,8 +260,10 @@ def ppo_update(
   """
   n = batch["tokens"].shape[0]
   mb_size = n // s.num_minibatches
-  updates = s.epochs * s.num_minibatches
-  perms = jnp.concatenate([jax.random.permutation(k, n) for k in jax.random.split(rng, s.epochs)])
+  updates = s.ppo.epochs * s.num_minibatches
+  perms = jnp.concatenate(
+    [jax.random.permutation(k, n) for k in jax.random.split(rng, s.ppo.epochs)]
+  )
   perms = perms.reshape(updates, mb_size)
   ptx = jax.tree.map(lambda x: x.reshape(updates, -1, *x.shape[1:]), ptx)
 
@@ -265,9 +307,9 @@ def ppo_iteration(
   state, metrics = ppo_update(state, train_batch, ptx, update_key, s)
   seq_kl = losses.sequence_kl(ro["logp"], ro["ref_logp"], ro["rmask"])
   kl_mean = jnp.mean(seq_kl)
-  if s.adaptive_kl:
+  if s.ppo.adaptive_kl:
     new_coef = losses.kl_controller_update(
-      state.kl_coef, kl_mean, ro["tokens"].shape[0], s.kl_target, s.kl_horizon
+      state.kl_coef, kl_mean, ro["tokens"].shape[0], s.ppo.kl_target, s.ppo.kl_horizon
     )
     state = state.replace(kl_coef=new_coef)
   metrics.update(
@@ -303,75 +345,38 @@ class PPOBatches:
     self.ptx.set_state(loop.decode_iterator_state(state["ptx"]))
 
 
-def prompt_arrays(ws: Workspace, split: str = "train") -> dict[str, Any]:
-  recs = ws.records("prompts", split)
-  enc = data_lib.encode_prompts(
-    ws.tokenizer(), [r["prompt"] for r in recs], ws.config.data.prompt_len
-  )
-  if enc.n_dropped:
-    logging.warning(
-      "ppo: dropped %d of %d prompts longer than %d tokens",
-      enc.n_dropped,
-      len(recs),
-      ws.config.data.prompt_len,
-    )
-  return {"tokens": enc.tokens, "mask": enc.mask}
-
-
 def train_variant(
-  ws: Workspace, variant: str, ptx_coef: float, prompts: dict[str, Any], ptx_arrays: dict[str, Any]
+  ws: Workspace, variant: str, prompts: dict[str, Any], ptx_arrays: dict[str, Any]
 ) -> dict[str, Any]:
-  """Trains one policy (e.g. "ppo" with ptx_coef 0, "ppo_ptx" with 27.8) into ppo/<variant>."""
+  """Trains one policy ("ppo": ptx_coef 0, "ppo_ptx": the config's) into ppo/<variant>."""
   cfg = ws.config.ppo
   tok = ws.tokenizer()
-  policy_cfg, value_cfg = ws.model_config(), ws.model_config(head="scalar")
-  s = PPOSettings.from_config(
-    cfg, policy_cfg, value_cfg, ws.config.data, tok.eos_id, tok.pad_id, ptx_coef
-  )
+  s = make_settings(ws.config, tok.eos_id, tok.pad_id, variant)
   seed = ws.config.seed + 100
-  sft_params = ws.load_params("sft", policy_cfg)
-  rm_params = ws.load_params("rm", value_cfg)
-  skip = cfg.on_nonfinite == "skip"
-  policy_tx = train_state.make_optimizer(cfg.optim, cfg.iterations * s.num_minibatches, skip)
-  value_tx = train_state.make_optimizer(cfg.value_optim, cfg.iterations * s.num_minibatches, skip)
-  policy, policy_sh = train_state.create_train_state(
-    policy_cfg, policy_tx, ws.mesh, ws.rules, jax.random.key(seed), sft_params
-  )
-  value, value_sh = train_state.create_train_state(
-    value_cfg, value_tx, ws.mesh, ws.rules, jax.random.key(seed), rm_params
-  )
-  rep = sharding.replicated(ws.mesh)
-  state = PPOState(
-    policy=policy, value=value, kl_coef=jax.device_put(jnp.asarray(cfg.kl_coef, jnp.float32), rep)
-  )
-  shardings = PPOState(policy=policy_sh, value=value_sh, kl_coef=rep)
+  sft_params = ws.load_params("sft", s.policy_cfg)
+  rm_params = ws.load_params("rm", s.value_cfg)
+  state, shardings = init_state(ws.config, s, ws.mesh, ws.rules, sft_params, rm_params)
   updates = cfg.epochs * s.num_minibatches
   batches = PPOBatches(
     data_lib.make_batches(prompts, cfg.rollout_batch_size, seed=seed + 1),
     data_lib.make_batches(ptx_arrays, updates * cfg.ptx_batch_size, seed=seed + 2),
   )
-  step_fn = lambda st, b, r, ref, rmp: ppo_iteration(st, b, r, ref, rmp, s)
-  stage_dir = os.path.join(ws.stage_dir("ppo"), variant)
-  param_sh = (
-    train_state.param_shardings(policy_cfg, ws.mesh, ws.rules),
-    train_state.param_shardings(value_cfg, ws.mesh, ws.rules),
-  )
   state, rows = loop.train(
     name=variant,
-    stage_dir=stage_dir,
+    stage_dir=os.path.join(ws.stage_dir("ppo"), variant),
     state=state,
     state_shardings=shardings,
-    step_fn=step_fn,
+    step_fn=make_step(s),
     batches=batches,
     total_steps=cfg.iterations,
     mesh=ws.mesh,
     seed=seed + 3,
     loop_cfg=cfg,
     const_args=(sft_params, rm_params),
-    const_shardings=param_sh,
+    const_shardings=(shardings.policy.params, shardings.value.params),
   )
-  ws.save_params(f"ppo/{variant}", jax.device_get(state.policy.params), policy_cfg)
-  summary = {"iterations": cfg.iterations, "ptx_coef": ptx_coef}
+  ws.save_params(f"ppo/{variant}", jax.device_get(state.policy.params), s.policy_cfg)
+  summary = {"iterations": cfg.iterations, "ptx_coef": s.ppo.ptx_coef}
   if rows:
     summary.update({k: rows[-1][k] for k in ("score", "kl", "eos_rate", "response_length")})
     summary["first_score"] = rows[0]["score"]
@@ -380,19 +385,16 @@ def train_variant(
 
 def run(ws: Workspace) -> dict[str, Any]:
   """Trains every variant in `config.ppo.variants` ("ppo": ptx_coef 0; "ppo_ptx": the config's)."""
-  cfg = ws.config.ppo
-  prompts = prompt_arrays(ws)
-  ptx_arrays = pretrain.lm_arrays(ws, "train")
+  for variant in ws.config.ppo.variants:
+    ptx_coef_of(ws.config, variant)  # Unknown names fail before any training.
+  prompts = inputs.prompt_arrays(ws)
+  ptx_arrays = inputs.lm_arrays(ws, "train")
   summaries = {}
-  for variant in cfg.variants:
-    if variant not in ("ppo", "ppo_ptx"):
-      raise ValueError(f"Unknown ppo.variants entry {variant!r}; valid: ['ppo', 'ppo_ptx'].")
+  for variant in ws.config.ppo.variants:
     variant_dir = os.path.join(ws.stage_dir("ppo"), variant)
     done = loop.stage_done(variant_dir)
     if done is None:
-      done = train_variant(
-        ws, variant, cfg.ptx_coef if variant == "ppo_ptx" else 0.0, prompts, ptx_arrays
-      )
+      done = train_variant(ws, variant, prompts, ptx_arrays)
       loop.mark_done(variant_dir, done)
     summaries[variant] = done
   return summaries

@@ -1,85 +1,75 @@
-"""Stage "pretrain": the generic language-model train step, and a tiny base model trained with it.
+"""Stage "pretrain": a tiny base model trained on the task world's plain-text corpus.
 
-No machine here can download GPT-3, so the pipeline trains its own base model on the task
-world's pretraining corpus. `lm_train_step` is the step SFT reuses (with a response-only mask)
-and `lm_loss_fn` is the ptx term of PPO.
+No machine here can download GPT-3, so the pipeline trains its own base model (it stands in for
+GPT-3 in the paper). The step is the LM loss over every token of packed text rows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import jax
+import ml_collections
 import optax
+from jax.sharding import Mesh
 
 from instructgpt_jax import data as data_lib
-from instructgpt_jax import loop, losses, train_state
-from instructgpt_jax import model as model_lib
+from instructgpt_jax import inputs, loop, objectives, train_state
 from instructgpt_jax.workspace import Workspace
 
 Batch = dict[str, jax.Array]
 
 
-def lm_loss_fn(
-  params: Any,
-  apply_fn: Callable,
-  batch: Batch,
-  rng: jax.Array | None = None,
-  deterministic: bool = True,
-) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Mean next-token cross-entropy over `batch["loss_mask"]` (1 on target tokens).
-
-  batch: tokens [batch, seq], mask [batch, seq] (real tokens), loss_mask [batch, seq].
-  Token t is predicted from the logits at t-1, hence the shift.
+def init_state(
+  config: ml_collections.ConfigDict,
+  mesh: Mesh,
+  rules: Any,
+  total_steps: int,
+  params: Any | None = None,
+  *,
+  abstract: bool = False,
+) -> tuple[train_state.TrainState, Any]:
+  """The base model (fresh, or around `params`) and its optimizer on the mesh; returns (state,
+  shardings). `abstract=True` gives ShapeDtypeStructs with shardings (dry run; no allocation).
   """
-  rngs = {} if deterministic else {"dropout": rng}
-  seq = batch["tokens"].shape[1]
-  logits = apply_fn(
-    {"params": params},
-    batch["tokens"],
-    batch["mask"],
-    deterministic=deterministic,
-    rngs=rngs,
-    head_span=(0, seq - 1),
+  cfg = config.pretrain
+  tx = train_state.make_optimizer(cfg.optim, total_steps, cfg.on_nonfinite == "skip")
+  return train_state.create_train_state(
+    train_state.model_config(config),
+    tx,
+    mesh,
+    rules,
+    jax.random.key(config.seed),
+    params,
+    abstract=abstract,
   )
-  return losses.lm_loss(logits, batch["tokens"][:, 1:], batch["loss_mask"][:, 1:])
 
 
-def lm_train_step(
-  state: train_state.TrainState, batch: Batch, rng: jax.Array, dropout: bool = False
+def train_step(
+  state: train_state.TrainState, batch: Batch, rng: jax.Array
 ) -> tuple[train_state.TrainState, dict[str, jax.Array]]:
-  """One optimizer step on the LM loss: `new_state, metrics = lm_train_step(state, batch, rng)`."""
-  grad_fn = jax.value_and_grad(lm_loss_fn, has_aux=True)
-  (_, metrics), grads = grad_fn(state.params, state.apply_fn, batch, rng, not dropout)
+  """One optimizer step on the LM loss over `batch["loss_mask"]`.
+
+  batch: tokens/mask/loss_mask [batch, seq]. Dropout is on when the model config has a rate.
+  """
+  grad_fn = jax.value_and_grad(objectives.lm_loss_fn, has_aux=True)
+  (_, metrics), grads = grad_fn(state.params, state.apply_fn, batch, rng, False)
   new_state = state.apply_gradients(grads=grads)
   return new_state, dict(metrics, grad_norm=optax.global_norm(grads))
-
-
-def lm_arrays(ws: Workspace, split: str) -> dict[str, Any]:
-  """The pretraining text of `split`, packed into rows of `config.data.seq_len` tokens."""
-  texts = [r["text"] for r in ws.records("pretraining", split)]
-  packed = data_lib.pack_lm(ws.tokenizer(), texts, ws.config.data.seq_len)
-  packed["loss_mask"] = packed["mask"]
-  return packed
 
 
 def run(ws: Workspace) -> dict[str, Any]:
   """Trains the base model; returns the stage summary (also written to DONE.json)."""
   cfg = ws.config.pretrain
-  arrays = lm_arrays(ws, "train")
-  model_cfg = ws.model_config()
-  tx = train_state.make_optimizer(cfg.optim, cfg.steps, cfg.on_nonfinite == "skip")
-  state, shardings = train_state.create_train_state(
-    model_cfg, tx, ws.mesh, ws.rules, jax.random.key(ws.config.seed)
-  )
+  arrays = inputs.lm_arrays(ws, "train")
+  state, shardings = init_state(ws.config, ws.mesh, ws.rules, cfg.steps)
   batches = data_lib.make_batches(arrays, cfg.batch_size, seed=ws.config.seed)
   state, rows = loop.train(
     name="pretrain",
     stage_dir=ws.stage_dir("pretrain"),
     state=state,
     state_shardings=shardings,
-    step_fn=lm_train_step,
+    step_fn=train_step,
     batches=batches,
     total_steps=cfg.steps,
     mesh=ws.mesh,
@@ -90,21 +80,3 @@ def run(ws: Workspace) -> dict[str, Any]:
   if rows:
     summary["final_loss"] = rows[-1]["loss"]
   return summary
-
-
-def evaluate_lm(
-  ws: Workspace, params: Any, model_cfg: Any, arrays: dict[str, Any], batch_size: int = 32
-) -> float:
-  """Token-weighted mean LM loss of `params` over every row of `arrays` (dropout off)."""
-  apply_fn = model_lib.Transformer(model_cfg.replace(dropout=0.0)).apply
-
-  @jax.jit
-  def loss_sum(batch):
-    batch = dict(batch, loss_mask=batch["loss_mask"] * batch["valid"][:, None])
-    loss, metrics = lm_loss_fn(params, apply_fn, batch)
-    return loss * metrics["tokens"], metrics["tokens"]
-
-  total = count = 0.0
-  for _, (s, n) in data_lib.map_batches(loss_sum, arrays, batch_size, ws.mesh):
-    total, count = total + float(s), count + float(n)
-  return total / max(count, 1.0)

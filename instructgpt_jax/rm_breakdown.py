@@ -116,15 +116,19 @@ def breakdown(
   """`accuracy_by_group` of the workdir's RM, its initial model's likelihood and the labelers
   on the comparisons of `splits` (by default the held-out ones)."""
   from instructgpt_jax import data as data_lib  # pylint: disable=import-outside-toplevel
-  from instructgpt_jax import rm  # pylint: disable=import-outside-toplevel
+  from instructgpt_jax import inputs, scoring  # pylint: disable=import-outside-toplevel
 
   if not ws.uses_world:
     raise ValueError("The breakdown needs the built-in world's gold score; your data has none.")
   recs = [
-    r for split in splits for r in ws.records("comparisons", split, path=rm.comparisons_path(ws))
+    r
+    for split in splits
+    for r in ws.records("comparisons", split, path=inputs.comparisons_path(ws))
   ]
   if not recs:
-    raise ValueError(f"No comparisons of the splits {list(splits)} in {rm.comparisons_path(ws)}.")
+    raise ValueError(
+      f"No comparisons of the splits {list(splits)} in {inputs.comparisons_path(ws)}."
+    )
   flat = [(r["prompt"], t) for r in recs for t in r["responses"]]
   d = ws.config.data
   enc = data_lib.encode_sft(
@@ -132,12 +136,12 @@ def breakdown(
   )
   rm_cfg, lm_cfg = ws.model_config(head="scalar"), ws.model_config()
   judges = {
-    "reward_model": lambda: rm.score_sequences(
-      ws, ws.load_params("rm", rm_cfg), rm_cfg, enc["tokens"], enc["mask"]
+    "reward_model": lambda: scoring.score_with(
+      ws, scoring.reward_fn(ws.load_params("rm", rm_cfg), rm_cfg), enc["tokens"], enc["mask"]
     ),
-    "likelihood": lambda: rm.score_with(
+    "likelihood": lambda: scoring.score_with(
       ws,
-      rm.loglik_fn(ws, ws.load_params(ws.config.rm.init_from, lm_cfg), lm_cfg),
+      scoring.loglik_fn(ws, ws.load_params(ws.config.rm.init_from, lm_cfg), lm_cfg),
       enc["tokens"],
       enc["mask"],
     ),

@@ -3,7 +3,7 @@
 Layout (the project's one sequence layout, see `model.py`): a prompt LEFT-padded to P tokens,
 followed by a response region of R = `max_new_tokens` slots. Every output array is `[B, P + R]`
 so that callers can feed `tokens`/`mask` straight back into `Transformer.apply` or
-`score_logprobs` and multiply by `response_mask` without re-aligning anything:
+`objectives.token_logprobs` and multiply by `response_mask` without re-aligning anything:
 
   tokens         [B, P+R] int32  prompt (as given) then the response; pad_id after EOS.
   mask           [B, P+R] int32  1 on real prompt tokens and on response tokens up to and
@@ -23,7 +23,7 @@ response token comes from the prefill logits, the last one is never fed back).
 
 Log-probs: the returned log-prob of a token is `log_softmax(logits / temperature)[token]`, i.e. of
 the temperature-scaled distribution BEFORE any top-k / top-p filtering (and also in greedy mode).
-This is exactly what `score_logprobs(..., temperature)` recomputes from one forward pass, which is
+This is exactly what `objectives.token_logprobs(..., temperature)` recomputes from one forward pass, which is
 what PPO needs (RLHF-NOTES 3.9: divide by the temperature before computing log-probs). The
 log-probs of the *filtered* (top-k / nucleus) distribution are not recomputable from a plain
 forward pass (they depend on the renormalisation over the kept set), so they are not returned;
@@ -50,9 +50,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from instructgpt_jax import data as data_lib
+from instructgpt_jax import losses, sharding
 from instructgpt_jax import metrics as metrics_lib
 from instructgpt_jax import model as model_lib
-from instructgpt_jax import sharding
 
 Array = jax.Array
 
@@ -116,13 +116,12 @@ def sample_categorical(rng: Array, logits: Array) -> Array:
 def _choose(logits: Array, rng: Array, *, temperature, top_k: int, top_p, greedy: bool):
   """Picks one token per row from `[B, V]` fp32 logits; returns (tokens [B], logprobs [B])."""
   scaled = logits.astype(jnp.float32) / temperature
-  logp = jax.nn.log_softmax(scaled, axis=-1)
   if greedy:
     tok = jnp.argmax(logits, axis=-1)
   else:
     tok = sample_categorical(rng, _filter_logits(scaled, top_k, top_p))
   tok = tok.astype(jnp.int32)
-  return tok, jnp.take_along_axis(logp, tok[:, None], axis=-1)[:, 0]
+  return tok, losses.token_log_probs(scaled, tok)
 
 
 def generate(
@@ -248,47 +247,6 @@ generate_jit = jax.jit(generate, static_argnames=GENERATE_STATIC_ARGNAMES)
 generate_jit.__doc__ = (
   "`generate` under `jax.jit` (static: " + ", ".join(GENERATE_STATIC_ARGNAMES) + ")."
 )
-
-
-def response_logprobs(
-  params,
-  config: model_lib.ModelConfig,
-  tokens: Array,
-  mask: Array,
-  start: int,
-  length: int,
-  temperature: float = 1.0,
-) -> Array:
-  """log p(tokens[:, t] | tokens[:, <t]) for t in [start, start + length): `[B, length]`.
-
-  One forward pass with the unembedding applied only to the positions [start - 1, start +
-  length - 1) whose logits predict those tokens (`start` >= 1, static). Zero where the token
-  or its predecessor is masked (e.g. the first real token of a left-padded row).
-  """
-  logits = model_lib.Transformer(config).apply(
-    {"params": params}, tokens, mask, head_span=(start - 1, length)
-  )
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
-  targets = jax.lax.slice_in_dim(tokens, start, start + length, axis=1).astype(jnp.int32)
-  lp = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-  valid = (jax.lax.slice_in_dim(mask, start, start + length, axis=1) != 0) & (
-    jax.lax.slice_in_dim(mask, start - 1, start + length - 1, axis=1) != 0
-  )
-  return jnp.where(valid, lp, 0.0)
-
-
-def score_logprobs(
-  params, config: model_lib.ModelConfig, tokens: Array, mask: Array, temperature: float = 1.0
-) -> Array:
-  """Per-token log-probs `[B, S]` from one full forward pass (no cache).
-
-  `out[:, t] = log_softmax(logits[:, t - 1] / temperature)[tokens[:, t]]`, i.e.
-  log p(tokens[:, t] | tokens[:, <t]). It is 0 at t = 0, on masked positions, and on the first
-  real token of a left-padded row (whose predecessor is padding, so it has no context). On the
-  response of a `generate` output it equals `SampleOutput.logprobs` (same temperature).
-  """
-  lp = response_logprobs(params, config, tokens, mask, 1, tokens.shape[1] - 1, temperature)
-  return jnp.concatenate([jnp.zeros_like(lp[:, :1]), lp], axis=1)
 
 
 @functools.lru_cache(maxsize=16)

@@ -1,69 +1,76 @@
-"""Stage "sft": supervised fine-tuning of the base model on demonstrations.
+"""Stage "sft": supervised fine-tuning of the base model on demonstrations (paper C.1).
 
 The loss is the LM loss on response tokens only (prompt tokens are context), with residual
-dropout and a cosine decay to 10 % of the learning rate without warmup (paper C.1). The train
-step is `pretrain.lm_train_step`; only the data and the mask differ.
+dropout and a cosine decay to 10 % of the learning rate without warmup.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax
-from absl import logging
+import ml_collections
+import optax
+from jax.sharding import Mesh
 
 from instructgpt_jax import data as data_lib
-from instructgpt_jax import loop, pretrain, train_state
+from instructgpt_jax import inputs, loop, objectives, scoring, train_state
 from instructgpt_jax.workspace import Workspace
 
+Batch = dict[str, jax.Array]
 
-def sft_arrays(ws: Workspace, split: str) -> dict[str, Any]:
-  """Demonstrations of `split` in the project layout; too-long examples dropped and counted."""
-  recs = ws.records("demonstrations", split)
-  d = ws.config.data
-  arrays = data_lib.encode_sft(
-    ws.tokenizer(),
-    [r["prompt"] for r in recs],
-    [r["response"] for r in recs],
-    d.prompt_len,
-    d.response_len,
+
+def model_config(config: ml_collections.ConfigDict):
+  """The policy's model with SFT's residual dropout."""
+  return train_state.model_config(config, dropout=config.sft.dropout)
+
+
+def init_state(
+  config: ml_collections.ConfigDict,
+  mesh: Mesh,
+  rules: Any,
+  total_steps: int,
+  params: Any | None = None,
+  *,
+  abstract: bool = False,
+) -> tuple[train_state.TrainState, Any]:
+  """The base model's `params` with SFT's optimizer on the mesh; returns (state, shardings)."""
+  cfg = config.sft
+  tx = train_state.make_optimizer(cfg.optim, total_steps, cfg.on_nonfinite == "skip")
+  return train_state.create_train_state(
+    model_config(config), tx, mesh, rules, jax.random.key(config.seed), params, abstract=abstract
   )
-  dropped = arrays["n_dropped_prompt"] + arrays["n_dropped_response"]
-  if dropped:
-    logging.warning(
-      "sft/%s: dropped %d of %d demonstrations longer than the context "
-      "(%d prompts > %d tokens, %d responses > %d tokens)",
-      split,
-      dropped,
-      len(recs),
-      arrays["n_dropped_prompt"],
-      d.prompt_len,
-      arrays["n_dropped_response"],
-      d.response_len,
-    )
-  return arrays
+
+
+def train_step(
+  state: train_state.TrainState, batch: Batch, rng: jax.Array
+) -> tuple[train_state.TrainState, dict[str, jax.Array]]:
+  """One optimizer step on the response-token LM loss, dropout on.
+
+  batch: tokens/mask [batch, prompt_len + response_len], loss_mask [batch, seq] (1 on the
+  response tokens).
+  """
+  grad_fn = jax.value_and_grad(objectives.lm_loss_fn, has_aux=True)
+  (_, metrics), grads = grad_fn(state.params, state.apply_fn, batch, rng, False)
+  new_state = state.apply_gradients(grads=grads)
+  return new_state, dict(metrics, grad_norm=optax.global_norm(grads))
 
 
 def run(ws: Workspace) -> dict[str, Any]:
   cfg = ws.config.sft
-  arrays = sft_arrays(ws, "train")
+  arrays = inputs.sft_arrays(ws, "train")
   n = int(arrays["tokens"].shape[0])
   steps = loop.steps_for_epochs(n, cfg.batch_size, cfg.epochs)
-  model_cfg = ws.model_config(dropout=cfg.dropout)
+  model_cfg = model_config(ws.config)
   params = ws.load_params("pretrain", model_cfg)
-  tx = train_state.make_optimizer(cfg.optim, steps, cfg.on_nonfinite == "skip")
-  state, shardings = train_state.create_train_state(
-    model_cfg, tx, ws.mesh, ws.rules, jax.random.key(ws.config.seed), params
-  )
+  state, shardings = init_state(ws.config, ws.mesh, ws.rules, steps, params)
   batches = data_lib.make_batches(arrays, cfg.batch_size, seed=ws.config.seed + 10)
-  step_fn = functools.partial(pretrain.lm_train_step, dropout=cfg.dropout > 0)
   state, rows = loop.train(
     name="sft",
     stage_dir=ws.stage_dir("sft"),
     state=state,
     state_shardings=shardings,
-    step_fn=step_fn,
+    step_fn=train_step,
     batches=batches,
     total_steps=steps,
     mesh=ws.mesh,
@@ -75,9 +82,9 @@ def run(ws: Workspace) -> dict[str, Any]:
     "examples": n,
     "dropped": arrays["n_dropped_prompt"] + arrays["n_dropped_response"],
   }
-  val = sft_arrays(ws, "validation")
+  val = inputs.sft_arrays(ws, "validation")
   if val["tokens"].shape[0]:
-    summary["validation_loss"] = pretrain.evaluate_lm(ws, state.params, model_cfg, val)
+    summary["validation_loss"] = scoring.lm_loss(ws, state.params, model_cfg, val)
   if rows:
     summary["final_loss"] = rows[-1]["loss"]
   return summary

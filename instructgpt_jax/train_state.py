@@ -91,10 +91,14 @@ def create_train_state(
   rules: Any,
   rng: jax.Array,
   params: Any | None = None,
+  *,
+  abstract: bool = False,
 ) -> tuple[TrainState, Any]:
   """A train state on the mesh, fresh or around given (unboxed) `params`; returns (state, shardings).
 
   Given params are resharded to the rules of this model (e.g. SFT weights onto an RM mesh).
+  `abstract=True` returns the state as ShapeDtypeStructs carrying their shardings and allocates
+  nothing (the dry run compiles steps on it).
   """
   apply_fn = model_lib.Transformer(model_cfg).apply
 
@@ -102,8 +106,15 @@ def create_train_state(
     p = boxed_params(model_cfg, rng_or_params) if fresh else rng_or_params
     return TrainState.create(apply_fn=apply_fn, params=p, tx=tx)
 
-  abstract = jax.eval_shape(lambda r: boxed_state(r, True), rng)
-  shardings = sharding.logical_shardings(abstract, mesh, rules)
+  boxed = jax.eval_shape(lambda r: boxed_state(r, True), rng)
+  shardings = sharding.logical_shardings(boxed, mesh, rules)
+  if abstract:
+    structs = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      nn.meta.unbox(boxed),
+      shardings,
+    )
+    return structs, shardings
   # No mesh context here: flax would constrain DenseGeneral kernels while they are still flat.
   if params is None:
     state = jax.jit(lambda r: nn.meta.unbox(boxed_state(r, True)), out_shardings=shardings)(rng)

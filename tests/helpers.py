@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
+
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from configs import common
 from instructgpt_jax import model as model_lib
-from instructgpt_jax import presets
 
 
 def tiny_model(family: str = "gpt", **kw) -> model_lib.ModelConfig:
@@ -41,7 +43,12 @@ def lm_batch(
 
 
 def optim_config(lr: float = 1e-2) -> ml_collections.ConfigDict:
-  return presets._optim(lr, schedule="constant")  # pylint: disable=protected-access
+  return common.optim(lr, schedule="constant")
+
+
+def config(stage: str, preset: str = "tiny") -> ml_collections.ConfigDict:
+  """`configs/<stage>.py:<preset>`, as `--config=` loads it."""
+  return importlib.import_module(f"configs.{stage}").get_config(preset)
 
 
 def forward(cfg: model_lib.ModelConfig, params, tokens, mask):

@@ -4,7 +4,8 @@ shrinks with FSDP, and a quick smoke run of bench.py. Nothing here asserts on a 
 import jax
 import numpy as np
 
-from instructgpt_jax import bench, dry_run, presets, sharding
+from instructgpt_jax import bench, dry_run, sharding
+from tests import helpers
 
 
 class _CompileCounter:
@@ -48,7 +49,7 @@ def test_ppo_iteration_compiles_once():
 
 
 def test_dry_run_bytes_per_device_shrink_with_fsdp():
-  config = presets.pipeline_config("pretrain", "tiny")
+  config = helpers.config("pretrain")
   devices = jax.devices()
   assert len(devices) == 8
   results = {}
@@ -67,7 +68,7 @@ def test_dry_run_bytes_per_device_shrink_with_fsdp():
 
 
 def test_dry_run_ppo_lowers_on_8_devices():
-  config = presets.pipeline_config("ppo", "tiny")
+  config = helpers.config("ppo")
   info = dry_run.dry_run(config, compile=False)
   assert info["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
   assert info["params"]["policy"] > 0 and info["params"]["value"] > 0

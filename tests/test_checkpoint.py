@@ -15,7 +15,7 @@ def _setup(cfg, params, mesh):
   state, shardings = train_state.create_train_state(
     cfg, tx, mesh, sharding.DEFAULT_RULES, jax.random.key(0), params=params
   )
-  step = train_state.jit_step(pretrain.lm_train_step, shardings, mesh, donate=False)
+  step = train_state.jit_step(pretrain.train_step, shardings, mesh, donate=False)
   return state, shardings, step
 
 
@@ -94,7 +94,7 @@ def test_lm_learns_a_small_corpus():
   state, shardings = train_state.create_train_state(
     cfg, tx, mesh, sharding.DEFAULT_RULES, jax.random.key(0)
   )
-  step = train_state.jit_step(pretrain.lm_train_step, shardings, mesh)
+  step = train_state.jit_step(pretrain.train_step, shardings, mesh)
   losses = []
   with jax.set_mesh(mesh):
     for i in range(60):

@@ -32,9 +32,8 @@ from instructgpt_jax import (
   evaluate,
   label,
   loop,
+  objectives,
   pipeline,
-  presets,
-  pretrain,
   sharding,
   train_state,
   workspace,
@@ -232,7 +231,7 @@ def test_ppo_sigkill_resume_is_exact(reference, tmp_path):
 def test_label_resumes_at_the_last_finished_chunk(reference, tmp_path, monkeypatch):
   """A crash in the second chunk, plus rows of a chunk written but never recorded: the rerun
   starts at the second chunk and writes what an uninterrupted run writes."""
-  config = presets.pipeline_config("label", "tiny")
+  config = helpers.config("label")
   config.label.num_prompts = 64  # Four chunks of 16.
   whole, crashed = tmp_path / "whole", tmp_path / "crashed"
   for wd in (whole, crashed):
@@ -268,7 +267,7 @@ def test_label_resumes_at_the_last_finished_chunk(reference, tmp_path, monkeypat
 def test_eval_resumes_at_the_next_policy(reference, tmp_path, monkeypatch):
   """A crash while evaluating the third policy: the rerun samples only the policies not yet
   saved and writes the report an uninterrupted evaluation wrote."""
-  config = presets.pipeline_config("eval", "tiny")
+  config = helpers.config("eval")
   config.eval.num_prompts = 8
   whole, wd = tmp_path / "whole", tmp_path / "wd"
   for d in (whole, wd):
@@ -394,7 +393,7 @@ def test_too_long_prompts_are_dropped_counted_and_printed(reference):
 
 
 def test_tokenizer_vocab_mismatch(reference):
-  cfg = presets.pipeline_config("sft", "tiny")
+  cfg = helpers.config("sft")
   cfg.model.vocab_size = 256
   ws = workspace.Workspace(cfg, str(reference), mesh=sharding.make_mesh((1, 1, 1)))
   with pytest.raises(ValueError, match=r"tokenizer.model.*vocab_size=512.*vocab_size=256"):
@@ -402,7 +401,7 @@ def test_tokenizer_vocab_mismatch(reference):
 
 
 def test_checkpoint_of_another_model_shape_names_the_parameters(reference):
-  cfg = presets.pipeline_config("rm", "tiny")
+  cfg = helpers.config("rm")
   ws = workspace.Workspace(cfg, str(reference), mesh=sharding.make_mesh((1, 1, 1)))
   with pytest.raises(checkpoint.CheckpointMismatchError) as e:
     ws.load_params("sft", ws.model_config(d_model=32))
@@ -481,8 +480,8 @@ def test_finished_stages_are_reused_unless_overwrite(tmp_path, monkeypatch):
 
     return run
 
-  monkeypatch.setattr(pipeline, "_runners", lambda: {s: runner(s) for s in presets.STAGES})
-  cfg = presets.pipeline_config("ppo", "tiny")
+  monkeypatch.setattr(pipeline, "_runners", lambda: {s: runner(s) for s in pipeline.STAGES})
+  cfg = helpers.config("ppo")
   ws = workspace.Workspace(cfg, str(tmp_path), mesh=sharding.make_mesh((1, 1, 1)))
   pipeline.run(ws, "ppo")
   assert [c[0] for c in calls] == ["pretrain", "sft", "label", "rm", "ppo", "eval"]
@@ -511,10 +510,10 @@ def _loop_cfg(**kw):
 
 
 def _scaled_step(state, batch, rng):
-  """lm_train_step with the loss scaled per row by batch["scale"] (a NaN there poisons it)."""
+  """pretrain.train_step with the loss scaled per row by batch["scale"] (a NaN there poisons it)."""
 
   def loss_fn(params):
-    loss, m = pretrain.lm_loss_fn(params, state.apply_fn, batch)
+    loss, m = objectives.lm_loss_fn(params, state.apply_fn, batch)
     return loss * jnp.mean(batch["scale"]), m
 
   (loss, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

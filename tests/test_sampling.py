@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from instructgpt_jax import model as model_lib
-from instructgpt_jax import sampling
+from instructgpt_jax import objectives, sampling
 
 PAD, EOS, BOS = 0, 1, 2
 P, R = 6, 8
@@ -210,7 +210,7 @@ def test_eos_stops_row_and_masks_rest():
 def test_logprobs_match_score_logprobs(family, temperature):
   cfg, params, tokens, mask, out = _gen(family, rng=7, batch=6, temperature=temperature)
   _check_layout(out, tokens, mask)
-  scored = jax.jit(sampling.score_logprobs, static_argnums=1)(
+  scored = jax.jit(objectives.token_logprobs, static_argnums=1)(
     params, cfg, jnp.asarray(out.tokens), jnp.asarray(out.mask), temperature
   )
   scored = np.asarray(scored) * out.response_mask
@@ -222,7 +222,7 @@ def test_logprobs_match_score_logprobs(family, temperature):
 def test_score_logprobs_zero_on_prompt_start_and_padding():
   cfg, params = _setup("llama")
   tokens, mask = _prompts(4)
-  lp = np.asarray(sampling.score_logprobs(params, cfg, tokens, mask, 1.0))
+  lp = np.asarray(objectives.token_logprobs(params, cfg, tokens, mask, 1.0))
   first_real = np.argmax(np.asarray(mask), axis=1)
   for b in range(4):
     assert np.all(lp[b, : first_real[b] + 1] == 0)

@@ -22,7 +22,7 @@ def _run(cfg, params, mesh, batches):
   state, shardings = train_state.create_train_state(
     cfg, tx, mesh, sharding.DEFAULT_RULES, jax.random.key(0), params=params
   )
-  step = train_state.jit_step(pretrain.lm_train_step, shardings, mesh)
+  step = train_state.jit_step(pretrain.train_step, shardings, mesh)
   losses = []
   with jax.set_mesh(mesh):
     logits = jax.jit(lambda p, b: state.apply_fn({"params": p}, b["tokens"], b["mask"]))(

@@ -8,15 +8,16 @@ import sys
 import numpy as np
 import pytest
 
-from instructgpt_jax import loop, pipeline, presets
+from instructgpt_jax import loop, pipeline
 from instructgpt_jax import metrics as metrics_lib
 from instructgpt_jax.workspace import Workspace
+from tests import helpers
 
 STAGE_DIRS = ("pretrain", "sft", "label", "rm", "ppo", "eval")
 
 
 def tiny_config(**overrides):
-  config = presets.pipeline_config("ppo", "tiny")
+  config = helpers.config("ppo")
   for key, value in overrides.items():
     section, name = key.split(".")
     config[section][name] = value
@@ -80,14 +81,14 @@ def test_comparisons_file_has_the_user_format(tiny_run):
 
 def test_likelihood_baseline_matches_an_independent_count(tiny_run):
   ws, _ = tiny_run
-  from instructgpt_jax import rm, sampling  # pylint: disable=import-outside-toplevel
+  from instructgpt_jax import inputs, objectives, scoring  # pylint: disable=import-outside-toplevel
 
   cfg = ws.model_config()
   params = ws.load_params("sft", cfg)
-  arrays = rm.comparison_arrays(ws, "train")
+  arrays = inputs.comparison_arrays(ws, "train")
   n, k, length = arrays["tokens"].shape
   lp = np.asarray(
-    sampling.score_logprobs(
+    objectives.token_logprobs(
       params, cfg, arrays["tokens"].reshape(n * k, length), arrays["mask"].reshape(n * k, length)
     )
   )
@@ -100,17 +101,18 @@ def test_likelihood_baseline_matches_an_independent_count(tiny_run):
           right += row_ll[i] > row_ll[j]
           total += 1
   assert total > 0
-  assert rm.likelihood_accuracy(ws, params, cfg, arrays) == pytest.approx(right / total, abs=1e-6)
+  accuracy = scoring.pairwise_accuracy(ws, scoring.loglik_fn(ws, params, cfg), arrays)["accuracy"]
+  assert accuracy == pytest.approx(right / total, abs=1e-6)
 
 
 def test_rm_demonstrations_score_mean_zero(tiny_run):
   ws, _ = tiny_run
-  from instructgpt_jax import rm, sft  # pylint: disable=import-outside-toplevel
+  from instructgpt_jax import inputs, scoring  # pylint: disable=import-outside-toplevel
 
   cfg = ws.model_config(head="scalar")
   params = ws.load_params("rm", cfg)
-  demos = sft.sft_arrays(ws, "train")
-  rewards = rm.score_sequences(ws, params, cfg, demos["tokens"], demos["mask"])
+  demos = inputs.sft_arrays(ws, "train")
+  rewards = scoring.score_with(ws, scoring.reward_fn(params, cfg), demos["tokens"], demos["mask"])
   assert abs(float(np.mean(rewards))) < 1e-3
 
 
@@ -126,12 +128,12 @@ def test_finished_stages_are_reused_not_overwritten(tiny_run):
 def test_rm_breakdown_covers_every_pair_with_a_gold_difference(tiny_run):
   ws, _ = tiny_run
   from instructgpt_jax import data as data_lib  # pylint: disable=import-outside-toplevel
-  from instructgpt_jax import rm, rm_breakdown
+  from instructgpt_jax import inputs, rm_breakdown
 
   table = rm_breakdown.breakdown(ws, ["train"])  # Tiny has no held-out comparisons.
   world, d = ws.world(), ws.config.data
   expected = right = 0
-  for rec in ws.records("comparisons", "train", path=rm.comparisons_path(ws)):
+  for rec in ws.records("comparisons", "train", path=inputs.comparisons_path(ws)):
     fits = set(
       data_lib.encode_sft(
         ws.tokenizer(),

@@ -1,0 +1,119 @@
+"""What the stages compute from a model's parameters: the LM loss, log-probs, rewards, values.
+
+Pure functions of (params, model, arrays), shared by every stage: the LM loss is pretraining's
+objective, SFT's (with a response-only mask) and PPO's ptx term; span log-probs are PPO's ratio,
+its KL to the reference and eval's KL; the scalar head at the last real token is the reward.
+The math on arrays (cross-entropy, pairwise and PPO losses) is in `losses.py`; this module
+applies the model. A stage that wants another objective writes its own instead of editing one
+here, so a forked SFT loss never changes PPO-ptx.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from instructgpt_jax import losses
+from instructgpt_jax import model as model_lib
+
+Batch = dict[str, jax.Array]
+
+
+def lm_loss_fn(
+  params: Any,
+  apply_fn: Callable,
+  batch: Batch,
+  rng: jax.Array | None = None,
+  deterministic: bool = True,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Mean next-token cross-entropy over `batch["loss_mask"]` (1 on target tokens).
+
+  batch: tokens [batch, seq], mask [batch, seq] (real tokens), loss_mask [batch, seq].
+  Token t is predicted from the logits at t-1, hence the shift; the unembedding runs on the
+  first seq - 1 positions only (the last one predicts nothing).
+  """
+  rngs = {} if deterministic else {"dropout": rng}
+  seq = batch["tokens"].shape[1]
+  logits = apply_fn(
+    {"params": params},
+    batch["tokens"],
+    batch["mask"],
+    deterministic=deterministic,
+    rngs=rngs,
+    head_span=(0, seq - 1),
+  )
+  return losses.lm_loss(logits, batch["tokens"][:, 1:], batch["loss_mask"][:, 1:])
+
+
+def span_logprobs(
+  params: Any,
+  config: model_lib.ModelConfig,
+  tokens: jax.Array,
+  mask: jax.Array,
+  start: int,
+  length: int,
+  temperature: float = 1.0,
+) -> jax.Array:
+  """log p(tokens[:, t] | tokens[:, <t]) for t in [start, start + length): [batch, length].
+
+  One forward pass with the unembedding applied only to the positions [start - 1, start +
+  length - 1) whose logits predict those tokens (`start` >= 1, static). Zero where the token
+  or its predecessor is masked (e.g. the first real token of a left-padded row). The
+  temperature must be the sampling one (RLHF-NOTES 3.9).
+  """
+  logits = model_lib.Transformer(config).apply(
+    {"params": params}, tokens, mask, head_span=(start - 1, length)
+  )
+  targets = jax.lax.slice_in_dim(tokens, start, start + length, axis=1)
+  lp = losses.token_log_probs(logits, targets, temperature)
+  valid = (jax.lax.slice_in_dim(mask, start, start + length, axis=1) != 0) & (
+    jax.lax.slice_in_dim(mask, start - 1, start + length - 1, axis=1) != 0
+  )
+  return jnp.where(valid, lp, 0.0)
+
+
+def token_logprobs(
+  params: Any,
+  config: model_lib.ModelConfig,
+  tokens: jax.Array,
+  mask: jax.Array,
+  temperature: float = 1.0,
+) -> jax.Array:
+  """Per-token log-probs [batch, seq] from one full forward pass (no cache).
+
+  `out[:, t] = log p(tokens[:, t] | tokens[:, <t])`; 0 at t = 0, on masked positions, and on the
+  first real token of a left-padded row (its predecessor is padding). On the response of a
+  `sampling.generate` output it equals `SampleOutput.logprobs` (same temperature).
+  """
+  lp = span_logprobs(params, config, tokens, mask, 1, tokens.shape[1] - 1, temperature)
+  return jnp.concatenate([jnp.zeros_like(lp[:, :1]), lp], axis=1)
+
+
+def sequence_rewards(
+  params: Any, apply_fn: Callable, tokens: jax.Array, mask: jax.Array
+) -> jax.Array:
+  """Reward per sequence: a scalar-head model at the last real token. [batch, seq] -> [batch]."""
+  values = apply_fn({"params": params}, tokens, mask)
+  idx, _ = losses.last_valid_index(mask)
+  return jnp.take_along_axis(values, idx[:, None], axis=1)[:, 0]
+
+
+def span_values(
+  params: Any,
+  config: model_lib.ModelConfig,
+  tokens: jax.Array,
+  mask: jax.Array,
+  start: int,
+  length: int,
+) -> jax.Array:
+  """A scalar-head model's value of the state before each token of [start, start + length).
+
+  The state before token t is position t - 1, so the head runs on [start - 1, start + length -
+  1), aligned with `span_logprobs`. [batch, seq] -> [batch, length].
+  """
+  return model_lib.Transformer(config).apply(
+    {"params": params}, tokens, mask, head_span=(start - 1, length)
+  )
