@@ -159,6 +159,7 @@ def pipeline_config(stage: str, preset: str = "small") -> ml_collections.ConfigD
       rm_prompts_jsonl="",
       eval_prompts_jsonl="",
       comparisons_jsonl="",
+      world="knowledge",  # The built-in world: "paper" (Table 1 mix, App. B judging) or "knowledge".
       world_seed=1234,
       world_scale=0.25 if tiny else 1.0,
       tokenizer_path="",  # Empty: train a sentencepiece model on the pretraining text.

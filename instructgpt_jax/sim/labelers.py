@@ -16,10 +16,11 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from instructgpt_jax.world import World, count_words, normalize, tokenize
+from instructgpt_jax.sim.text import count_words, normalize, tokenize
 
 MAX_LENGTH_BIAS = 0.04
 _TIE_EPS = 1e-9
@@ -30,7 +31,7 @@ class Labeler:
   """One simulated labeler."""
 
   labeler_id: str
-  world: World
+  world: Any  # a sim world: .task(prompt).reference and .gold_score(prompt, response)
   temperature: float  # Bradley-Terry temperature on the utility scale (gold score in [0, 1])
   length_bias: (
     float  # utility added per unit of tanh(relative length excess); |.| <= MAX_LENGTH_BIAS
@@ -46,7 +47,7 @@ class Labeler:
     return self.world.gold_score(prompt, response) + pref
 
 
-def _make_labeler(world: World, labeler_id: str, rng: np.random.Generator) -> Labeler:
+def _make_labeler(world: Any, labeler_id: str, rng: np.random.Generator) -> Labeler:
   return Labeler(
     labeler_id=labeler_id,
     world=world,
@@ -57,13 +58,10 @@ def _make_labeler(world: World, labeler_id: str, rng: np.random.Generator) -> La
 
 
 def make_labeler_pools(
-  seed: int, n_train: int = 8, n_heldout: int = 4, world: World | None = None
+  seed: int, n_train: int = 8, n_heldout: int = 4, *, world: Any
 ) -> tuple[list[Labeler], list[Labeler]]:
-  """(training labelers, held-out labelers), each with its own noise and preferences.
-
-  ``world`` defaults to ``World.from_seed(seed)``; pass the world your files came from
-  (``World.from_dir``) when it was written with non-default sizes."""
-  world = world or World.from_seed(seed)
+  """(training labelers, held-out labelers), each with its own noise and preferences, judging
+  the prompts of ``world`` (the world your files came from: ``sim.files.load_world``)."""
   rng = np.random.default_rng([seed, 7177])
   train = [_make_labeler(world, f"train_{i:02d}", rng) for i in range(n_train)]
   heldout = [_make_labeler(world, f"heldout_{i:02d}", rng) for i in range(n_heldout)]

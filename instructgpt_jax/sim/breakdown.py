@@ -6,7 +6,7 @@ hallucination, ending, verbosity; e.g. "content+verbosity"). Each judge is then 
 often it prefers the response with the higher gold score (ties count half): the reward model,
 the log-likelihood under the model the RM started from, and the training labelers' ranking.
 
-  python -m instructgpt_jax.rm_breakdown --config=configs/rm.py[:preset] --workdir=DIR
+  python -m instructgpt_jax.sim.breakdown --config=configs/rm.py[:preset] --workdir=DIR
 
 prints the table and writes `<workdir>/rm/breakdown.json`. Needs a finished rm stage trained
 on comparisons of the built-in world. `--splits=train` scores the RM's training comparisons.
