@@ -14,9 +14,9 @@ import json
 import os
 from typing import Any
 
-from instructgpt_jax.sim import knowledge
+from instructgpt_jax.sim import knowledge, paper
 
-WORLDS = {knowledge.NAME: knowledge}
+WORLDS = {knowledge.NAME: knowledge, paper.NAME: paper}
 
 
 def make_world(name: str, seed: int, scale: float = 1.0) -> Any:
