@@ -101,7 +101,7 @@ def analyze(
     excess = n_words - (ref + 2)
     verbosity = 1.0 if excess <= 0 else max(0.0, 1.0 - excess / (ref + 2))
     crit = {
-      "task": TASK_SCORES[spec.category](world, spec, tokens, low),
+      "task": 0.0 if writes_prompt(low) else TASK_SCORES[spec.category](world, spec, tokens, low),
       "constraint": 1.0 if cons is None else cons,
       "ending": float(ended),
       "concise": verbosity,
@@ -206,6 +206,12 @@ def terminated(spec: Task, tokens: Sequence[str], low: Sequence[str], n_words: i
   if n_words > 2 * count_words(tokenize(spec.reference)) + 8:
     return False
   return tokens[-1] in TERMINAL or n_words <= 3
+
+
+def writes_prompt(low: Sequence[str]) -> bool:
+  """The response holds the answer cue: it repeats the prompt or writes new prompts (a base
+  model's habit) instead of answering, which does not do what was asked."""
+  return any(w == "answer" and nxt == ":" for w, nxt in zip(low, low[1:]))
 
 
 def constraint_frac(world: Any, spec: Task, tokens: Sequence[str], low: Sequence[str]) -> float:
