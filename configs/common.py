@@ -144,6 +144,7 @@ def get_config(stage: str, arg: str | None) -> ml_collections.ConfigDict:
       rm_prompts_jsonl="",
       eval_prompts_jsonl="",
       comparisons_jsonl="",
+      world="paper",  # Built-in world: "paper" (Table 1 mix, App. B judging) or "knowledge".
       world_seed=1234,
       world_scale=0.25 if tiny else 1.0,  # Pool sizes of the built-in world.
       tokenizer_path="",  # Empty: train a sentencepiece model on the pretraining text.

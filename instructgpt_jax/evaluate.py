@@ -24,8 +24,7 @@ from absl import logging
 
 from instructgpt_jax import data as data_lib
 from instructgpt_jax import inputs, loop, sampling, scoring
-from instructgpt_jax import labelers as labelers_lib
-from instructgpt_jax import world as world_lib
+from instructgpt_jax.sim import labelers as labelers_lib
 from instructgpt_jax.workspace import Workspace
 
 POLICIES = ("base", "base_fewshot", "sft", "ppo", "ppo_ptx")
@@ -98,7 +97,7 @@ def _sft_logprob(
 
 def _evaluate_policy(
   ws: Workspace,
-  world: world_lib.World,
+  world: Any,
   name: str,
   prompts: list[str],
   prefix: str,
@@ -125,6 +124,7 @@ def _evaluate_policy(
       "pretrain_loss": scoring.lm_loss(ws, params, policy_cfg, lm_eval),
       "hallucination_rate": _rate([a["hallucinated"] for a in analyses]),
       "constraint_rate": _rate([a["constraint_ok"] for a in analyses]),
+      "inappropriate_rate": _rate([a.get("inappropriate") for a in analyses]),
       "eos_rate": float(np.mean(ended)),
     },
   }
@@ -200,7 +200,7 @@ def run(ws: Workspace) -> dict[str, Any]:
   recs = [r for split in data_lib.SPLITS for r in ws.records("eval_prompts", split)]
   # Every policy answers the same prompts: those that fit the context alone and after the
   # few-shot prefix (the paper drops over-long prompts too); the rest are counted.
-  prefix = world_lib.fewshot_prefix(world, cfg.fewshot_examples)
+  prefix = world.fewshot_prefix(cfg.fewshot_examples)
   texts = [r["prompt"] for r in recs]
   plain = set(data_lib.encode_prompts(tok, texts, ws.config.data.prompt_len).kept.tolist())
   fewshot = data_lib.encode_prompts(

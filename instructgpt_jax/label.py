@@ -24,8 +24,8 @@ import numpy as np
 from absl import logging
 
 from instructgpt_jax import data as data_lib
-from instructgpt_jax import labelers as labelers_lib
 from instructgpt_jax import loop, sampling
+from instructgpt_jax.sim import labelers as labelers_lib
 from instructgpt_jax.workspace import Workspace
 
 

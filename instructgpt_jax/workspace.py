@@ -23,7 +23,7 @@ from instructgpt_jax import checkpoint, sharding, train_state
 from instructgpt_jax import data as data_lib
 from instructgpt_jax import model as model_lib
 from instructgpt_jax import tokenizer as tokenizer_lib
-from instructgpt_jax import world as world_lib
+from instructgpt_jax.sim import files as sim_files
 
 # Config key of each user-facing file, and the world's file of that kind.
 JSONL_KEYS = {
@@ -56,10 +56,10 @@ class Workspace:
   def uses_world(self) -> bool:
     return not any(self.config.data[key] for key, _ in JSONL_KEYS.values())
 
-  def world(self) -> world_lib.World:
-    return world_lib.World.from_seed(
-      self.config.data.world_seed, scale=self.config.data.world_scale
-    )
+  def world(self) -> Any:
+    """The built-in world of config.data (world, world_seed, world_scale)."""
+    d = self.config.data
+    return sim_files.make_world(d.world, d.world_seed, d.world_scale)
 
   def jsonl(self, kind: str) -> str:
     """The user's file for `kind`, or the built-in world's (written on first use)."""
@@ -78,7 +78,7 @@ class Workspace:
     path = os.path.join(world_dir, filename)
     if not os.path.exists(path):
       logging.info("Writing the built-in task world to %s", world_dir)
-      world_lib.write_world(world_dir, self.world())
+      sim_files.write_world(world_dir, self.world())
     return path
 
   # Data ----------------------------------------------------------------------------------------

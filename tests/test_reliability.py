@@ -39,7 +39,7 @@ from instructgpt_jax import (
   workspace,
 )
 from instructgpt_jax import data as data_lib
-from instructgpt_jax import labelers as labelers_lib
+from instructgpt_jax.sim import labelers as labelers_lib
 from tests import helpers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

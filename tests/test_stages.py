@@ -128,7 +128,8 @@ def test_finished_stages_are_reused_not_overwritten(tiny_run):
 def test_rm_breakdown_covers_every_pair_with_a_gold_difference(tiny_run):
   ws, _ = tiny_run
   from instructgpt_jax import data as data_lib  # pylint: disable=import-outside-toplevel
-  from instructgpt_jax import inputs, rm_breakdown
+  from instructgpt_jax import inputs
+  from instructgpt_jax.sim import breakdown as rm_breakdown
 
   table = rm_breakdown.breakdown(ws, ["train"])  # Tiny has no held-out comparisons.
   world, d = ws.world(), ws.config.data
@@ -162,7 +163,7 @@ def test_rm_breakdown_covers_every_pair_with_a_gold_difference(tiny_run):
     [
       sys.executable,
       "-m",
-      "instructgpt_jax.rm_breakdown",
+      "instructgpt_jax.sim.breakdown",
       "--config=configs/rm.py:tiny",
       f"--workdir={ws.workdir}",
       "--splits=train",

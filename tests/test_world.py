@@ -1,27 +1,25 @@
-"""The built-in task world and its simulated labelers: determinism, files, gold score, labelers."""
+"""The "knowledge" world and the simulated labelers: determinism, files, gold score, labelers."""
 
 import collections
+import hashlib
 import json
 import random
 
 import numpy as np
 import pytest
 
-from instructgpt_jax.labelers import Labeler, compare, labeler_agreement, make_labeler_pools, rank
-from instructgpt_jax.world import (
-  ANSWER_CUE,
-  CATEGORIES,
-  CLOSED_DOMAIN,
-  NOT_SAID,
-  Fact,
-  World,
-  WorldSizes,
-  fewshot_prefix,
-  make_demonstrations,
-  render_fact,
-  tokenize,
-  write_world,
+from instructgpt_jax.sim.entities import Fact, render_fact
+from instructgpt_jax.sim.files import load_world, write_world
+from instructgpt_jax.sim.knowledge import World, WorldSizes, fewshot_prefix, make_demonstrations
+from instructgpt_jax.sim.knowledge_tasks import CATEGORIES, CLOSED_DOMAIN, NOT_SAID
+from instructgpt_jax.sim.labelers import (
+  Labeler,
+  compare,
+  labeler_agreement,
+  make_labeler_pools,
+  rank,
 )
+from instructgpt_jax.sim.text import ANSWER_CUE, tokenize
 
 SMALL = WorldSizes(
   n_pretrain_sentences=2000,
@@ -41,7 +39,7 @@ def world() -> World:
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, str]:
-  return write_world(str(tmp_path_factory.mktemp("world")), 1, SMALL)
+  return write_world(str(tmp_path_factory.mktemp("world")), World.from_seed(1, SMALL))
 
 
 def read_jsonl(path: str) -> list[dict]:
@@ -81,7 +79,7 @@ def test_scaled_world_is_a_prefix_and_writes_itself(tmp_path):
   ]
   paths = write_world(str(tmp_path), half)
   assert len(read_jsonl(paths["prompts"])) == half.sizes.n_ppo
-  again = World.from_dir(str(tmp_path))
+  again = load_world(str(tmp_path))
   assert again.sizes == half.sizes
   for r in read_jsonl(paths["eval_prompts"]):
     again.task(r["prompt"])
@@ -122,6 +120,16 @@ def test_unknown_prompt_raises_key_error(world):
 # --- files ----------------------------------------------------------------------------------------
 
 
+def test_files_are_the_same_as_before_the_move(files):
+  # sha256 of the six files written by instructgpt_jax/world.py at 80cd88f (seed 1, SMALL),
+  # before the world moved into sim/: the knowledge world must stay what it was.
+  digest = hashlib.sha256()
+  for name in ("pretrain", "demonstrations", "prompts", "rm_prompts", "eval_prompts", "world"):
+    with open(files[name], "rb") as f:
+      digest.update(f.read())
+  assert digest.hexdigest() == "f61f3c3c48a7c7108872807ac2b4a5c4a6836ac7d9623db0e289e3c7e702cc0f"
+
+
 def test_jsonl_files_parse_with_their_fields(files):
   fields = {
     "pretrain": {"text"},
@@ -147,14 +155,14 @@ def test_eval_users_and_prompts_are_held_out(files):
 
 
 def test_world_rebuilt_from_dir_scores_every_file_prompt(files):
-  world = World.from_dir(files["world"].rsplit("/", 1)[0])
+  world = load_world(files["world"].rsplit("/", 1)[0])
   for name in ("demonstrations", "prompts", "rm_prompts", "eval_prompts"):
     for r in read_jsonl(files[name])[:50]:
       world.task(r["prompt"])
 
 
 def test_demonstrations_are_good_but_imperfect(files):
-  world = World.from_dir(files["world"].rsplit("/", 1)[0])
+  world = load_world(files["world"].rsplit("/", 1)[0])
   scores = [
     world.gold_score(r["prompt"], r["response"]) for r in read_jsonl(files["demonstrations"])
   ]
@@ -200,7 +208,7 @@ def test_correct_beats_wrong_beats_empty(world, category):
 
 def test_open_qa_partial_credit_ordering(world):
   spec = first(world, "open_qa", constrained=False)
-  wrong_value = world._other_value(spec.answer, random.Random(1))
+  wrong_value = world.other_value(spec.answer, random.Random(1))
   right = world.gold_score(spec.prompt, f"{spec.answer} .")
   wrong = world.gold_score(spec.prompt, f"{wrong_value} .")
   off_topic = world.gold_score(spec.prompt, "i do not know .")

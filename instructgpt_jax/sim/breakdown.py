@@ -2,11 +2,12 @@
 
 Every held-out comparison pair whose responses have different gold scores is filed under the
 criteria of the built-in world's gold score on which the two differ (content, constraints,
-hallucination, ending, verbosity; e.g. "content+verbosity"). Each judge is then scored on how
-often it prefers the response with the higher gold score (ties count half): the reward model,
-the log-likelihood under the model the RM started from, and the training labelers' ranking.
+hallucination, ending, verbosity, and the paper world's truthful and harmless; e.g.
+"content+verbosity"). Each judge is then scored on how often it prefers the response with the
+higher gold score (ties count half): the reward model, the log-likelihood under the model the RM
+started from, and the training labelers' ranking.
 
-  python -m instructgpt_jax.rm_breakdown --config=configs/rm.py[:preset] --workdir=DIR
+  python -m instructgpt_jax.sim.breakdown --config=configs/rm.py[:preset] --workdir=DIR
 
 prints the table and writes `<workdir>/rm/breakdown.json`. Needs a finished rm stage trained
 on comparisons of the built-in world. `--splits=train` scores the RM's training comparisons.
@@ -41,6 +42,9 @@ CRITERIA = (
   ("hallucination", lambda a: a["hallucinated"]),
   ("ending", lambda a: a["terminated"]),
   ("verbosity", lambda a: round(a["verbosity"], 9)),
+  # The paper world's own criteria (absent from the knowledge world's analyses: never differ).
+  ("truthful", lambda a: a.get("truthful")),
+  ("harmless", lambda a: a.get("harmless")),
 )
 JUDGES = ("reward_model", "likelihood", "labelers")
 

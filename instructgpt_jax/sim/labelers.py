@@ -1,14 +1,16 @@
-"""Simulated labelers for the built-in task world.
+"""Simulated labelers for the built-in task worlds.
 
 A :class:`Labeler` judges responses by a utility: the world's gold score plus a mild personal
 preference for longer or shorter answers (at most ``MAX_LENGTH_BIAS`` of utility, so the gold score
-stays what matters).  Choices are Bradley-Terry on that utility with a per-labeler temperature
+stays what matters); in the ``paper`` world each labeler also weighs the guidelines' three criteria
+(helpful, truthful, harmless) by its own factors in 1 +- ``MAX_EMPHASIS``.  Choices are Bradley-Terry on that utility with a per-labeler temperature
 (``P(a > b) = sigmoid((u_a - u_b) / T)``), rankings the matching Plackett-Luce model (Gumbel
 perturbation), and now and then a lapse of attention (a uniformly random choice).  Identical responses
 (up to spacing) and responses of equal utility tie.
 
 Training labelers produce the comparisons the reward model learns from; held-out labelers (their own
-seeds, noise and preferences) judge the evaluation, as in the paper.
+seeds, noise and preferences) judge the evaluation, as in the paper.  :meth:`Labeler.judge` gives
+the paper's per-response rating: a Likert score and the metadata the world's analysis has.
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from instructgpt_jax.world import World, count_words, normalize, tokenize
+from instructgpt_jax.sim.text import count_words, normalize, tokenize
 
 MAX_LENGTH_BIAS = 0.04
+MAX_EMPHASIS = 0.25  # a labeler weighs helpful/truthful/harmless within 1 +- this
+METADATA = ("fails_instruction", "constraint_ok", "hallucinated", "inappropriate")
 _TIE_EPS = 1e-9
 
 
@@ -30,12 +35,15 @@ class Labeler:
   """One simulated labeler."""
 
   labeler_id: str
-  world: World
+  world: Any  # a sim world: .task(prompt).reference and .gold_score(prompt, response)
   temperature: float  # Bradley-Terry temperature on the utility scale (gold score in [0, 1])
   length_bias: (
     float  # utility added per unit of tanh(relative length excess); |.| <= MAX_LENGTH_BIAS
   )
   lapse: float  # probability of a random choice
+  # Multipliers of the gold score's (helpful, truthful, harmless) weights: this labeler's own
+  # priorities (worlds whose gold score has such criteria; None: the gold score as it is).
+  emphasis: tuple[float, float, float] | None = None
 
   def utility(self, prompt: str, response: str) -> float:
     """Gold score plus this labeler's mild length preference."""
@@ -43,10 +51,25 @@ class Labeler:
     ref = count_words(tokenize(spec.reference))
     n = count_words(tokenize(response))
     pref = self.length_bias * math.tanh((n - ref) / (ref + 2)) if n else 0.0
-    return self.world.gold_score(prompt, response) + pref
+    if self.emphasis is None:
+      return self.world.gold_score(prompt, response) + pref
+    return self.world.gold_score(prompt, response, emphasis=self.emphasis) + pref
+
+  def judge(self, prompt: str, response: str, rng: np.random.Generator) -> dict[str, Any]:
+    """A rating as the paper's labelers gave one: a 1-7 Likert score (the utility plus this
+    labeler's noise) and the metadata of the world's analysis that it has (fails to follow the
+    instruction, violates an explicit constraint, closed-domain hallucination, inappropriate)."""
+    noisy = self.utility(prompt, response) + rng.normal(0.0, self.temperature)
+    if rng.random() < self.lapse:
+      noisy = rng.random()
+    analysis = self.world.analyze(prompt, response)
+    return {
+      "likert": int(np.clip(1 + round(6 * noisy), 1, 7)),
+      **{key: analysis[key] for key in METADATA if key in analysis},
+    }
 
 
-def _make_labeler(world: World, labeler_id: str, rng: np.random.Generator) -> Labeler:
+def _make_labeler(world: Any, labeler_id: str, rng: np.random.Generator) -> Labeler:
   return Labeler(
     labeler_id=labeler_id,
     world=world,
@@ -57,16 +80,26 @@ def _make_labeler(world: World, labeler_id: str, rng: np.random.Generator) -> La
 
 
 def make_labeler_pools(
-  seed: int, n_train: int = 8, n_heldout: int = 4, world: World | None = None
+  seed: int, n_train: int = 8, n_heldout: int = 4, *, world: Any
 ) -> tuple[list[Labeler], list[Labeler]]:
-  """(training labelers, held-out labelers), each with its own noise and preferences.
-
-  ``world`` defaults to ``World.from_seed(seed)``; pass the world your files came from
-  (``World.from_dir``) when it was written with non-default sizes."""
-  world = world or World.from_seed(seed)
+  """(training labelers, held-out labelers), each with its own noise and preferences, judging
+  the prompts of ``world`` (the world your files came from: ``sim.files.load_world``)."""
   rng = np.random.default_rng([seed, 7177])
   train = [_make_labeler(world, f"train_{i:02d}", rng) for i in range(n_train)]
   heldout = [_make_labeler(world, f"heldout_{i:02d}", rng) for i in range(n_heldout)]
+  if (
+    getattr(world, "name", "") == "paper"
+  ):  # its own stream: the knowledge world's stay as they were
+    prio = np.random.default_rng([seed, 7178])
+    train, heldout = (
+      [
+        dataclasses.replace(
+          lab, emphasis=tuple(prio.uniform(1 - MAX_EMPHASIS, 1 + MAX_EMPHASIS, 3))
+        )
+        for lab in pool
+      ]
+      for pool in (train, heldout)
+    )
   return train, heldout
 
 
