@@ -88,7 +88,7 @@ def make_settings(
   return PPOSettings(
     ppo=ml_collections.FrozenConfigDict(section),
     policy_cfg=train_state.model_config(config),
-    value_cfg=train_state.model_config(config, head="scalar"),
+    value_cfg=train_state.rm_model_config(config),
     prompt_len=config.data.prompt_len,
     response_len=config.data.response_len,
     eos_id=eos_id,

@@ -19,16 +19,10 @@ from jax.sharding import Mesh
 
 from instructgpt_jax import data as data_lib
 from instructgpt_jax import inputs, loop, losses, objectives, scoring, train_state
-from instructgpt_jax import model as model_lib
 from instructgpt_jax.workspace import Workspace
 
 SCALAR_HEAD = "scalar_head"
 INIT_FROM = ("sft", "pretrain")
-
-
-def model_config(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
-  """The policy's transformer with a scalar head in place of the unembedding."""
-  return train_state.model_config(config, head="scalar")
 
 
 def loss_fn(
@@ -71,7 +65,7 @@ def init_state(
 ) -> tuple[train_state.TrainState, Any]:
   """The reward model on the mesh: `lm_params`' trunk (host or device arrays) and a fresh scalar
   head (N(0, 1/sqrt(d+1)), RLHF-NOTES 3.5); returns (state, shardings)."""
-  cfg, rm_cfg = config.rm, model_config(config)
+  cfg, rm_cfg = config.rm, train_state.rm_model_config(config)
   params = None
   if lm_params is not None:
     fresh = train_state.boxed_params(rm_cfg, jax.random.key(config.seed + 20))
@@ -89,7 +83,7 @@ def run(ws: Workspace) -> dict[str, Any]:
   arrays = inputs.comparison_arrays(ws, "train")
   n = int(arrays["tokens"].shape[0])
   steps = loop.steps_for_epochs(n, cfg.batch_size, cfg.epochs)
-  lm_cfg, rm_cfg = ws.model_config(), model_config(ws.config)
+  lm_cfg, rm_cfg = ws.model_config(), train_state.rm_model_config(ws.config)
   state, shardings = init_state(
     ws.config, ws.mesh, ws.rules, steps, ws.load_params(cfg.init_from, lm_cfg)
   )

@@ -75,7 +75,14 @@ def make_optimizer(
 
 
 def model_config(config: ml_collections.ConfigDict, **overrides: Any) -> model_lib.ModelConfig:
+  """The policy's model (`config.model`), with `overrides`."""
   return model_lib.ModelConfig.from_dict(config.model.to_dict(), **overrides)
+
+
+def rm_model_config(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
+  """The reward model: the policy's transformer with a scalar head in place of the unembedding.
+  The value function shares it, since it starts from the RM."""
+  return model_config(config, head="scalar")
 
 
 def boxed_params(model_cfg: model_lib.ModelConfig, rng: jax.Array) -> Any:

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from instructgpt_jax import loop, pipeline
+from instructgpt_jax import loop, pipeline, train_state
 from instructgpt_jax import metrics as metrics_lib
 from instructgpt_jax.workspace import Workspace
 from tests import helpers
@@ -109,7 +109,7 @@ def test_rm_demonstrations_score_mean_zero(tiny_run):
   ws, _ = tiny_run
   from instructgpt_jax import inputs, scoring  # pylint: disable=import-outside-toplevel
 
-  cfg = ws.model_config(head="scalar")
+  cfg = train_state.rm_model_config(ws.config)
   params = ws.load_params("rm", cfg)
   demos = inputs.sft_arrays(ws, "train")
   rewards = scoring.score_with(ws, scoring.reward_fn(params, cfg), demos["tokens"], demos["mask"])

@@ -120,7 +120,7 @@ def breakdown(
   """`accuracy_by_group` of the workdir's RM, its initial model's likelihood and the labelers
   on the comparisons of `splits` (by default the held-out ones)."""
   from instructgpt_jax import data as data_lib  # pylint: disable=import-outside-toplevel
-  from instructgpt_jax import inputs, scoring  # pylint: disable=import-outside-toplevel
+  from instructgpt_jax import inputs, scoring, train_state  # pylint: disable=import-outside-toplevel
 
   if not ws.uses_world:
     raise ValueError("The breakdown needs the built-in world's gold score; your data has none.")
@@ -138,7 +138,7 @@ def breakdown(
   enc = data_lib.encode_sft(
     ws.tokenizer(), [p for p, _ in flat], [t for _, t in flat], d.prompt_len, d.response_len
   )
-  rm_cfg, lm_cfg = ws.model_config(head="scalar"), ws.model_config()
+  rm_cfg, lm_cfg = train_state.rm_model_config(ws.config), ws.model_config()
   judges = {
     "reward_model": lambda: scoring.score_with(
       ws, scoring.reward_fn(ws.load_params("rm", rm_cfg), rm_cfg), enc["tokens"], enc["mask"]
