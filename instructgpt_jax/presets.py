@@ -142,6 +142,9 @@ def pipeline_config(stage: str, preset: str = "small") -> ml_collections.ConfigD
       scan_layers=False,
       rope_theta=10000.0,
       norm_eps=1e-5,
+      # "hf:/dir": start from that Hugging Face checkpoint instead of the pretrain stage; its
+      # config.json then sets the model's shape (docs/hf.md). Empty: the pipeline's own model.
+      init="",
     )
   )
   c.model.update(MODEL_PRESETS[preset])
@@ -161,7 +164,9 @@ def pipeline_config(stage: str, preset: str = "small") -> ml_collections.ConfigD
       comparisons_jsonl="",
       world_seed=1234,
       world_scale=0.25 if tiny else 1.0,
-      tokenizer_path="",  # Empty: train a sentencepiece model on the pretraining text.
+      # Empty: train a sentencepiece model on the pretraining text (or, with model.init=hf:/dir,
+      # use that checkpoint's). "hf:/dir": a checkpoint's tokenizer.json; else a .model file.
+      tokenizer_path="",
       prompt_len=48,
       response_len=32,
       seq_len=128 if tiny else 128,

@@ -75,7 +75,9 @@ def make_optimizer(
 
 
 def model_config(config: ml_collections.ConfigDict, **overrides: Any) -> model_lib.ModelConfig:
-  return model_lib.ModelConfig.from_dict(config.model.to_dict(), **overrides)
+  d = config.model.to_dict()
+  d.pop("init", None)  # Where the weights come from (Workspace.hf_base), not the shape.
+  return model_lib.ModelConfig.from_dict(d, **overrides)
 
 
 def boxed_params(model_cfg: model_lib.ModelConfig, rng: jax.Array) -> Any:
