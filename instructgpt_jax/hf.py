@@ -636,3 +636,37 @@ def export_reward_model(
   else:
     config["reward_bias"] = bias
   return _write(directory, config, tensors)
+
+
+# Tokenizer files copied beside an export of a run that uses a checkpoint's tokenizer.
+TOKENIZER_FILES = (
+  "tokenizer.json",
+  "tokenizer_config.json",
+  "special_tokens_map.json",
+  "chat_template.jinja",
+  "generation_config.json",
+)
+
+
+def export_stage(ws: Any, stage: str, directory: str) -> str:
+  """Exports a finished stage of workspace `ws` to `directory`, with its tokenizer's files.
+
+  `stage` is a stage directory name: "sft", "rm", "ppo/ppo", "ppo/ppo_ptx" (or "pretrain").
+  "rm" is written as a sequence-classification model, every other stage as a causal LM.
+  """
+  import shutil  # pylint: disable=import-outside-toplevel
+
+  head = "scalar" if stage == "rm" else "lm"
+  cfg = ws.model_config(head=head)
+  params = ws.load_params(stage, cfg)
+  tok = ws.tokenizer()
+  ids = dict(bos_id=tok.bos_id, eos_id=tok.eos_id, pad_id=tok.pad_id)
+  if head == "lm":
+    export_policy(params, cfg, directory, **ids)
+  else:
+    export_reward_model(params, cfg, directory, **ids)
+  source = os.path.dirname(tok.path) if os.path.isfile(tok.path) else tok.path
+  for name in TOKENIZER_FILES + ("tokenizer.model",):
+    if os.path.isfile(os.path.join(source, name)) and name != "generation_config.json":
+      shutil.copy(os.path.join(source, name), os.path.join(directory, name))
+  return directory

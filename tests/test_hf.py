@@ -600,9 +600,14 @@ def test_workspace_starts_from_an_imported_checkpoint(tmp_path, checkpoints):
     ours = np.asarray(helpers.forward(cfg, params, tokens, mask))
   _assert_close(ours, _theirs(model, tokens, mask, positions), mask)
   tok = ws.tokenizer()
-  assert isinstance(tok, hf_tokenizer.HfTokenizer) and tok.eos_id == tok._tk.token_to_id(  # pylint: disable=protected-access
-    "<|im_end|>"
-  )
+  assert isinstance(tok, hf_tokenizer.HfTokenizer)
+  assert tok.eos_id == tok._tk.token_to_id("<|im_end|>")  # pylint: disable=protected-access
+  # The "pretrain" stage exports back as the same model, with the tokenizer beside it.
+  out = hf.export_stage(ws, "pretrain", str(tmp_path / "export"))
+  again = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+  _assert_close(ours, _theirs(again, tokens, mask, positions), mask)
+  ref_tok = transformers.AutoTokenizer.from_pretrained(out)
+  assert ref_tok.eos_token_id == tok.eos_id and again.config.pad_token_id == tok.pad_id
 
 
 def test_hf_path_refuses_missing_directory():
@@ -615,3 +620,20 @@ def test_presets_have_the_new_keys():
   config = presets.pipeline_config("sft", "tiny")
   assert config.model.init == "" and isinstance(config.data.tokenizer_path, str)
   assert isinstance(config, ml_collections.ConfigDict)
+
+
+def test_docs_examples_parse():
+  """Every JSON example line of docs/hf.md reads in its format; the stated rankings hold."""
+  doc = os.path.join(os.path.dirname(__file__), "..", "docs", "hf.md")
+  lines = [line for line in open(doc).read().splitlines() if line.startswith("{")]
+  comparisons, demos = [], []
+  for line in lines:
+    obj = json.loads(line)
+    if "messages" in obj or "response" in obj:
+      demos.append(data_lib.validate_record(obj, "demonstrations"))
+    elif isinstance(obj.get("prompt"), list) and "chosen" not in obj:
+      data_lib.validate_record(obj, "prompts")
+    else:
+      comparisons.append(data_lib.validate_record(obj, "comparisons"))
+  assert len(comparisons) == 12 and len(demos) == 3
+  assert [c["ranking"] for c in comparisons[-3:]] == [[1, 0, 2], [1, 1, 0], [0, 1, 1]]
