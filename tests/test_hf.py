@@ -175,12 +175,15 @@ def test_greedy_kv_cache_decoding_matches_generate(checkpoints, kind):
   path, model = checkpoints[kind]
   cfg = hf.model_config_from_hf(hf.read_config(path))
   params = hf.load_params(path, cfg)
-  prompts = np.random.default_rng(1).integers(3, VOCAB, (2, 7)).astype(np.int32)
+  prompts = np.random.default_rng(1).integers(3, VOCAB, (3, 7)).astype(np.int32)
+  mask = np.ones_like(prompts)
+  mask[1, :3] = mask[2, :5] = 0  # Ragged left padding: transformers also derives positions.
+  prompts = prompts * mask
   out = sampling.generate(
     params,
     cfg,
     jnp.asarray(prompts),
-    jnp.ones_like(prompts),
+    jnp.asarray(mask),
     jax.random.key(0),
     max_new_tokens=12,
     eos_id=VOCAB + 1,  # Never sampled: transformers' generate would stop at a real one.
@@ -190,7 +193,7 @@ def test_greedy_kv_cache_decoding_matches_generate(checkpoints, kind):
   with torch.no_grad():
     theirs = model.generate(
       torch.tensor(prompts, dtype=torch.long),
-      attention_mask=torch.ones(prompts.shape, dtype=torch.long),
+      attention_mask=torch.tensor(mask, dtype=torch.long),
       max_new_tokens=12,
       do_sample=False,
       eos_token_id=None,
@@ -637,3 +640,31 @@ def test_docs_examples_parse():
       comparisons.append(data_lib.validate_record(obj, "comparisons"))
   assert len(comparisons) == 12 and len(demos) == 3
   assert [c["ranking"] for c in comparisons[-3:]] == [[1, 0, 2], [1, 1, 0], [0, 1, 1]]
+
+
+def test_pipeline_runs_from_an_imported_checkpoint(tmp_path):
+  """SFT, labelling and the RM on the built-in world, from a Qwen2 checkpoint and its tokenizer:
+  the pretrain stage is skipped, and SFT starts from the imported weights."""
+  from instructgpt_jax import pipeline  # pylint: disable=import-outside-toplevel
+  from instructgpt_jax.workspace import Workspace  # pylint: disable=import-outside-toplevel
+
+  path = str(tmp_path / "qwen2")
+  _hf_model("qwen2").save_pretrained(path)
+  _write_tokenizer(path)
+  config = presets.pipeline_config("rm", "tiny")
+  config.model.init = "hf:" + path
+  config.data.update(prompt_len=160, response_len=48)
+  config.sft.update(batch_size=8)
+  config.label.update(num_prompts=16, chunk_prompts=16, k_max=4)
+  ws = Workspace(config, str(tmp_path / "run"))
+  summaries = pipeline.run(ws, "rm")
+  assert summaries["pretrain"] == {"init": config.model.init}
+  assert not os.path.exists(ws.stage_dir("pretrain"))
+  assert summaries["sft"]["examples"] > 0 and summaries["sft"]["steps"] > 0
+  assert summaries["rm"]["comparisons"] > 0
+  # SFT moved away from the imported weights, which it started from.
+  cfg = ws.model_config()
+  base, sft = ws.load_params("pretrain", cfg), ws.load_params("sft", cfg)
+  emb = lambda p: np.asarray(p["token_embed"]["embedding"])
+  assert emb(base).shape == emb(sft).shape and not np.allclose(emb(base), emb(sft))
+  assert np.abs(emb(base) - emb(sft)).max() < 0.5
