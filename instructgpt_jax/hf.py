@@ -644,7 +644,7 @@ TOKENIZER_FILES = (
   "tokenizer_config.json",
   "special_tokens_map.json",
   "chat_template.jinja",
-  "generation_config.json",
+  "tokenizer.model",  # The pipeline's own sentencepiece model (not read by transformers).
 )
 
 
@@ -666,7 +666,7 @@ def export_stage(ws: Any, stage: str, directory: str) -> str:
   else:
     export_reward_model(params, cfg, directory, **ids)
   source = os.path.dirname(tok.path) if os.path.isfile(tok.path) else tok.path
-  for name in TOKENIZER_FILES + ("tokenizer.model",):
-    if os.path.isfile(os.path.join(source, name)) and name != "generation_config.json":
+  for name in TOKENIZER_FILES:
+    if os.path.isfile(os.path.join(source, name)):
       shutil.copy(os.path.join(source, name), os.path.join(directory, name))
   return directory
