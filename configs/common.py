@@ -123,6 +123,9 @@ def get_config(stage: str, arg: str | None) -> ml_collections.ConfigDict:
       scan_layers=False,  # True: one compiled layer scanned over depth (fast compiles).
       rope_theta=10000.0,
       norm_eps=1e-5,
+      # "hf:/dir": start from that Hugging Face checkpoint instead of the pretrain stage; its
+      # config.json then sets the model's shape (docs/hf.md). Empty: the pipeline's own model.
+      init="",
     )
   )
   c.model.update(MODEL_SHAPES[preset])
@@ -147,7 +150,9 @@ def get_config(stage: str, arg: str | None) -> ml_collections.ConfigDict:
       world="paper",  # Built-in world: "paper" (Table 1 mix, App. B judging) or "knowledge".
       world_seed=1234,
       world_scale=0.25 if tiny else 1.0,  # Pool sizes of the built-in world.
-      tokenizer_path="",  # Empty: train a sentencepiece model on the pretraining text.
+      # Empty: train a sentencepiece model on the pretraining text (or, with model.init=hf:/dir,
+      # use that checkpoint's). "hf:/dir": a checkpoint's tokenizer.json; else a .model file.
+      tokenizer_path="",
       prompt_len=48,  # Tokens; longer prompts are dropped and counted.
       response_len=32,  # Tokens; longer demonstrations are dropped, samples are cut.
       seq_len=128,  # Rows of packed pretraining text (pretrain and ptx).

@@ -60,6 +60,24 @@ class DataError(ValueError):
   """A user-facing data file is malformed; the message names file, line and cause."""
 
 
+class ChatTemplate(NamedTuple):
+  """A checkpoint's chat template (jinja2 source) and EOS text, for message-list records."""
+
+  template: str
+  eos_token: str = ""
+
+
+def _renderer(chat: ChatTemplate | None):
+  """(messages, add_generation_prompt) -> text: the chat template, else a plain transcript."""
+  from instructgpt_jax import hf_tokenizer, preferences  # pylint: disable=import-outside-toplevel
+
+  if chat is None or not chat.template:
+    return preferences.transcript
+  return lambda messages, gen: hf_tokenizer.render_chat_template(
+    chat.template, messages, add_generation_prompt=gen, eos_token=chat.eos_token
+  )
+
+
 # --------------------------------------------------------------------------------------
 # JSONL reading and validation
 # --------------------------------------------------------------------------------------
@@ -114,17 +132,34 @@ def _require_responses(obj: dict) -> tuple[list[str], list[int]]:
   return responses, ranking
 
 
-def validate_record(obj: Any, kind: str) -> dict[str, Any]:
+def validate_record(obj: Any, kind: str, chat: ChatTemplate | None = None) -> dict[str, Any]:
   """Checks one parsed JSON object of format `kind`; returns it normalised.
 
   Required: prompt/response/responses/ranking/text and user_id (splits depend on
   it). Optional: category (default ""). Unknown keys are ignored.
+  Also read (preferences.py): comparisons as pairwise chosen/rejected, HH transcripts or rated
+  completions; demonstrations as {"messages": [...]}; prompts as message lists, rendered
+  through `chat` (else as a plain transcript).
   Raises DataError (without file/line; `read_jsonl` adds them).
   """
+  from instructgpt_jax import preferences  # pylint: disable=import-outside-toplevel
+
   if not isinstance(obj, dict):
     raise DataError(f"expected a JSON object, got {type(obj).__name__}")
   if kind == "pretraining":
     return {"text": _require_text(obj, "text")}
+  if kind == "comparisons" and "ranking" not in obj and preferences.is_public_comparison(obj):
+    return preferences.to_comparison(obj, _renderer(chat))
+  if kind == "demonstrations" and ("messages" in obj or isinstance(obj.get("prompt"), list)):
+    return preferences.to_demonstration(obj, _renderer(chat))
+  if kind == "prompts" and isinstance(obj.get("prompt"), list):
+    prompt = preferences.prompt_text(obj["prompt"], _renderer(chat))
+    user = obj.get("user_id")
+    return {
+      "prompt": prompt,
+      "user_id": preferences.derived_user_id(prompt) if user is None else _require_user_id(obj),
+      "category": _optional_text(obj, "category"),
+    }
   record: dict[str, Any] = {"prompt": _require_text(obj, "prompt")}
   if kind == "demonstrations":
     record["response"] = _require_text(obj, "response")
@@ -142,7 +177,9 @@ def _as_paths(paths: str | Sequence[str]) -> tuple[str, ...]:
   return (paths,) if isinstance(paths, str) else tuple(paths)
 
 
-def read_jsonl(paths: str | Sequence[str], kind: str) -> list[dict[str, Any]]:
+def read_jsonl(
+  paths: str | Sequence[str], kind: str, chat: ChatTemplate | None = None
+) -> list[dict[str, Any]]:
   """Reads and validates JSONL file(s) of format `kind`; blank lines are skipped.
 
   Raises DataError "<file>:<line>: <cause>" on the first bad line.
@@ -164,7 +201,7 @@ def read_jsonl(paths: str | Sequence[str], kind: str) -> list[dict[str, Any]]:
         except json.JSONDecodeError as e:
           raise DataError(f"{path}:{line_no}: invalid JSON ({e})") from None
         try:
-          records.append(validate_record(obj, kind))
+          records.append(validate_record(obj, kind, chat))
         except DataError as e:
           raise DataError(f"{path}:{line_no}: {e} (format: {kind})") from None
   return records
@@ -329,6 +366,7 @@ class JsonlConfig(tfds.core.BuilderConfig):
 
   paths: tuple[str, ...] = ()
   hygiene: Hygiene = dataclasses.field(default_factory=Hygiene)
+  chat: ChatTemplate | None = None
 
 
 class _JsonlBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -356,7 +394,7 @@ class _JsonlBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _split_generators(self, dl_manager):
     del dl_manager  # Local files only.
     config: JsonlConfig = self.builder_config
-    records = read_jsonl(config.paths, self.KIND)
+    records = read_jsonl(config.paths, self.KIND, config.chat)
     splits, counts = apply_hygiene(records, self.KIND, config.hygiene)
     self.info.metadata["hygiene"] = counts
     self.info.metadata["paths"] = list(config.paths)
@@ -407,7 +445,11 @@ def content_hash(paths: str | Sequence[str]) -> str:
 
 
 def make_builder(
-  kind: str, jsonl_paths: str | Sequence[str], data_dir: str, hygiene: Hygiene | None = None
+  kind: str,
+  jsonl_paths: str | Sequence[str],
+  data_dir: str,
+  hygiene: Hygiene | None = None,
+  chat: ChatTemplate | None = None,
 ) -> _JsonlBuilder:
   """The tfds builder for these files; nothing is prepared yet.
 
@@ -420,21 +462,29 @@ def make_builder(
     raise ValueError(f"unknown data kind {kind!r}; expected one of {KINDS}")
   hygiene = hygiene or Hygiene()
   paths = _as_paths(jsonl_paths)
-  settings = hashlib.sha256(repr(hygiene).encode()).hexdigest()[:8]
+  # The chat template renders message lists into the stored text: part of the settings.
+  settings = hashlib.sha256(
+    (repr(hygiene) + (repr(tuple(chat)) if chat and chat.template else "")).encode()
+  ).hexdigest()[:8]
   config = JsonlConfig(
     name=f"{content_hash(paths)[:16]}-{settings}",
     description=f"{kind} from {', '.join(paths)}; {hygiene}",
     paths=paths,
     hygiene=hygiene,
+    chat=chat,
   )
   return BUILDERS[kind](config=config, data_dir=data_dir, file_format="array_record")
 
 
 def prepare(
-  kind: str, jsonl_paths: str | Sequence[str], data_dir: str, hygiene: Hygiene | None = None
+  kind: str,
+  jsonl_paths: str | Sequence[str],
+  data_dir: str,
+  hygiene: Hygiene | None = None,
+  chat: ChatTemplate | None = None,
 ) -> _JsonlBuilder:
   """Prepares (or reuses) array_record files for the JSONL file(s); returns the builder."""
-  builder = make_builder(kind, jsonl_paths, data_dir, hygiene)
+  builder = make_builder(kind, jsonl_paths, data_dir, hygiene, chat)
   # tfds prints "Downloading and preparing ..." banners to stdout for files that are never
   # downloaded; they go to the INFO log instead (`--verbosity=0` shows them).
   banner = io.StringIO()
@@ -451,14 +501,18 @@ def hygiene_counts(builder: _JsonlBuilder) -> dict[str, int]:
 
 
 def data_sources(
-  kind: str, jsonl_paths: str | Sequence[str], data_dir: str, hygiene: Hygiene | None = None
+  kind: str,
+  jsonl_paths: str | Sequence[str],
+  data_dir: str,
+  hygiene: Hygiene | None = None,
+  chat: ChatTemplate | None = None,
 ) -> dict[str, Any]:
   """{split: random-access tfds data source} (no TensorFlow); empty splits are absent.
 
   Elements are dicts of bytes / numpy values in tfds' stored (hashed) order; use
   `load_split` for decoded strings in file order.
   """
-  return dict(prepare(kind, jsonl_paths, data_dir, hygiene).as_data_source())
+  return dict(prepare(kind, jsonl_paths, data_dir, hygiene, chat).as_data_source())
 
 
 def _decode(example: Mapping[str, Any]) -> dict[str, Any]:
@@ -480,13 +534,14 @@ def load_split(
   data_dir: str,
   split: str,
   hygiene: Hygiene | None = None,
+  chat: ChatTemplate | None = None,
 ) -> list[dict[str, Any]]:
   """Prepares (or reuses) the data and returns one split as plain records, in file
   order: the format's fields as str/list plus "index" (position among the file's
   valid records). An empty split returns []."""
   if split not in SPLITS:
     raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-  sources = data_sources(kind, jsonl_paths, data_dir, hygiene)
+  sources = data_sources(kind, jsonl_paths, data_dir, hygiene, chat)
   if split not in sources:
     return []
   source = sources[split]
@@ -519,8 +574,13 @@ class EncodedPrompts(NamedTuple):
   kept: np.ndarray  # [N] int64, index of each row in the input list
 
 
+def _bos(tok: Tokenizer) -> list[int]:
+  # A checkpoint's tokenizer may have no BOS (Qwen): its texts then start without one.
+  return [] if tok.bos_id is None else [tok.bos_id]
+
+
 def _prompt_ids(tok: Tokenizer, prompts: Sequence[str]) -> list[list[int]]:
-  return [[tok.bos_id] + ids for ids in tok.encode_batch(prompts)]
+  return [_bos(tok) + ids for ids in tok.encode_batch(prompts)]
 
 
 def _response_ids(tok: Tokenizer, responses: Sequence[str]) -> list[list[int]]:
@@ -652,7 +712,7 @@ def pack_lm(tok: Tokenizer, texts: Sequence[str], seq_len: int) -> dict[str, np.
   Returns tokens [N, seq_len] int32 and mask [N, seq_len] int32 (1 everywhere but
   the tail padding). Loss: ce(logits[:, :-1], tokens[:, 1:]) weighted by mask[:, 1:].
   """
-  stream = [t for ids in tok.encode_batch(texts) for t in [tok.bos_id, *ids, tok.eos_id]]
+  stream = [t for ids in tok.encode_batch(texts) for t in [*_bos(tok), *ids, tok.eos_id]]
   n_rows = -(-len(stream) // seq_len)
   flat = np.full(n_rows * seq_len, tok.pad_id, dtype=np.int32)
   flat[: len(stream)] = stream

@@ -44,6 +44,7 @@ def _available(ws: Workspace) -> list[str]:
     for p in POLICIES
     if os.path.isdir(os.path.join(ws.stage_dir(POLICY_STAGES[p]), "final"))
     or os.path.isdir(os.path.join(ws.stage_dir(POLICY_STAGES[p]), "ckpt"))
+    or (POLICY_STAGES[p] == "pretrain" and ws.hf_base)  # An imported base model.
   ]
 
 

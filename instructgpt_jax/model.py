@@ -5,7 +5,8 @@ Policy, reference, reward and value models are all `Transformer`; only `config.h
 (the reward model reads it at the last response token, the value function at every token).
 
 Two families share the code: "gpt" (learned positions, LayerNorm, GELU MLP, biases; GPT-2/3) and
-"llama" (RoPE, RMSNorm, SwiGLU, grouped-query attention, no biases). Every parameter and the main
+"llama" (RoPE, RMSNorm, SwiGLU, grouped-query attention, no biases; with the options `qkv_bias`,
+`qk_norm`, `head_size` and `rope_scaling` it also holds Qwen2/2.5, Qwen3 and Llama 3.1, see hf.py). Every parameter and the main
 activations carry logical axis names; `sharding.py` maps them onto the mesh.
 
 Sequences use one layout everywhere: left-padded prompt then right-padded response, a `mask` that
@@ -24,12 +25,14 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 Cache = dict[str, Array]
 
 FAMILIES = ("gpt", "llama")
 HEADS = ("lm", "scalar")
+ROPE_SCALINGS = ("none", "linear", "llama3")
 REMAT_POLICIES = ("none", "full", "dots")
 
 # Added to masked attention scores; finite so that a fully masked row (a padding query) gives a
@@ -58,12 +61,24 @@ class ModelConfig:
   rope_theta: float = 10000.0
   norm_eps: float = 1e-5
   head: str = "lm"
+  # Options that imported checkpoints need (hf.py); the defaults keep the original model.
+  head_size: int = 0  # 0 means d_model // num_heads; Qwen3 uses wider heads than that.
+  qkv_bias: bool = False  # Biases on query/key/value in the llama family (Qwen2).
+  qk_norm: bool = False  # RMSNorm of each query/key head before RoPE (Qwen3).
+  # RoPE frequency scaling: "linear" divides every frequency by rope_factor; "llama3" is Llama
+  # 3.1's: low frequencies divided, high ones kept, a smooth ramp between (see rope_frequencies).
+  rope_scaling: str = "none"
+  rope_factor: float = 1.0
+  rope_low_freq_factor: float = 1.0
+  rope_high_freq_factor: float = 4.0
+  rope_original_max_len: int = 8192
 
   def __post_init__(self):
     _check_choice("family", self.family, FAMILIES)
     _check_choice("head", self.head, HEADS)
     _check_choice("remat", self.remat, REMAT_POLICIES)
-    if self.d_model % self.num_heads:
+    _check_choice("rope_scaling", self.rope_scaling, ROPE_SCALINGS)
+    if not self.head_size and self.d_model % self.num_heads:
       raise ValueError(
         f"model.d_model={self.d_model} is not divisible by model.num_heads={self.num_heads}."
       )
@@ -78,7 +93,7 @@ class ModelConfig:
 
   @property
   def head_dim(self) -> int:
-    return self.d_model // self.num_heads
+    return self.head_size or self.d_model // self.num_heads
 
   @classmethod
   def from_dict(cls, d: Mapping[str, Any], **overrides: Any) -> ModelConfig:
@@ -96,10 +111,15 @@ class ModelConfig:
   def num_params(self, include_embeddings: bool = True) -> int:
     """Parameter count of the trunk and head, computed from the shapes (no allocation)."""
     d, f, L = self.d_model, self.d_ff, self.num_layers
-    kv = self.kv_heads * self.head_dim
-    attn = d * d * 2 + d * kv * 2
+    q, kv = self.num_heads * self.head_dim, self.kv_heads * self.head_dim
+    attn = d * q * 2 + d * kv * 2
     if self.family == "gpt":
-      attn += 2 * d + 2 * kv  # biases
+      attn += q + d + 2 * kv  # biases
+    elif self.qkv_bias:
+      attn += q + 2 * kv
+    if self.qk_norm:
+      attn += 2 * self.head_dim
+    if self.family == "gpt":
       mlp = 2 * d * f + f + d
       norms = 2 * 2 * d
     else:
@@ -142,11 +162,32 @@ def _logical(init, names: tuple[str | None, ...]):
   return nn.with_logical_partitioning(init, names)
 
 
-def _apply_rope(x: Array, positions: Array, theta: float) -> Array:
+def rope_frequencies(config: ModelConfig) -> np.ndarray:
+  """RoPE inverse frequencies `[head_dim // 2]` (float32), with the configured scaling.
+
+  "llama3" follows Llama 3.1 (and transformers' `_compute_llama3_parameters`): wavelengths
+  longer than `original_max_len / low_freq_factor` are stretched by `rope_factor`, those shorter
+  than `original_max_len / high_freq_factor` are kept, and the band between is interpolated.
+  """
+  half = config.head_dim // 2
+  freqs = config.rope_theta ** (-np.arange(half, dtype=np.float64) / half)
+  if config.rope_scaling == "linear":
+    freqs = freqs / config.rope_factor
+  elif config.rope_scaling == "llama3":
+    factor, old_len = config.rope_factor, config.rope_original_max_len
+    low, high = config.rope_low_freq_factor, config.rope_high_freq_factor
+    wavelen = 2 * np.pi / freqs
+    scaled = np.where(wavelen > old_len / low, freqs / factor, freqs)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+    freqs = np.where(medium, smoothed, scaled)
+  return freqs.astype(np.float32)
+
+
+def _apply_rope(x: Array, positions: Array, freqs: np.ndarray) -> Array:
   """Rotary embedding on `x: [batch, seq, heads, head_dim]` at `positions: [batch, seq]`."""
-  half = x.shape[-1] // 2
-  freqs = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
-  angles = positions[..., None].astype(jnp.float32) * freqs  # [B, T, half]
+  angles = positions[..., None].astype(jnp.float32) * jnp.asarray(freqs)  # [B, T, half]
   sin, cos = jnp.sin(angles)[:, :, None, :], jnp.cos(angles)[:, :, None, :]
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
@@ -174,6 +215,17 @@ class Norm(nn.Module):
     return norm(x).astype(jnp.dtype(cfg.dtype))
 
 
+def _head_norm(cfg: ModelConfig, name: str) -> nn.Module:
+  """RMSNorm over each head's `head_dim` features (Qwen3's q_norm/k_norm), in fp32."""
+  return nn.RMSNorm(
+    epsilon=cfg.norm_eps,
+    dtype=jnp.float32,
+    param_dtype=jnp.dtype(cfg.param_dtype),
+    scale_init=_logical(nn.initializers.ones, ("kv",)),
+    name=name,
+  )
+
+
 class Attention(nn.Module):
   """Causal self-attention with grouped-query heads and an optional KV cache."""
 
@@ -199,7 +251,7 @@ class Attention(nn.Module):
     use_bias = cfg.family == "gpt"
     dense = functools.partial(
       nn.DenseGeneral,
-      use_bias=use_bias,
+      use_bias=use_bias or cfg.qkv_bias,
       dtype=jnp.dtype(cfg.dtype),
       param_dtype=jnp.dtype(cfg.param_dtype),
     )
@@ -221,9 +273,13 @@ class Attention(nn.Module):
       bias_init=_logical(nn.initializers.zeros, ("kv_heads", "kv")),
       name="value",
     )(x)
+    if cfg.qk_norm:
+      q = _head_norm(cfg, "query_norm")(q).astype(q.dtype)
+      k = _head_norm(cfg, "key_norm")(k).astype(k.dtype)
     if cfg.family == "llama":
-      q = _apply_rope(q, positions, cfg.rope_theta)
-      k = _apply_rope(k, positions, cfg.rope_theta)
+      freqs = rope_frequencies(cfg)
+      q = _apply_rope(q, positions, freqs)
+      k = _apply_rope(k, positions, freqs)
     q = nn.with_logical_constraint(
       q, ("activation_batch", "activation_length", "activation_heads", "activation_kv")
     )

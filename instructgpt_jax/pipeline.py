@@ -102,6 +102,12 @@ def run(ws: Workspace, stage: str) -> dict[str, Any]:
   summaries = {}
   run_ids: dict[str, str] = {}  # Current run of every stage handled so far.
   for name in stages_to_run(stage):
+    if name == "pretrain" and ws.hf_base:
+      # The imported checkpoint is the base model; its path identifies it for later stages.
+      logging.info("[pretrain] skipped: model.init=%s is the base model", ws.config.model.init)
+      summaries[name] = {"init": ws.config.model.init}
+      run_ids[name] = ws.config.model.init
+      continue
     stage_dir = ws.stage_dir(name)
     done = loop.stage_done(stage_dir)
     stale = changed_upstream(done, run_ids)

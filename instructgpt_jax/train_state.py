@@ -76,7 +76,9 @@ def make_optimizer(
 
 def model_config(config: ml_collections.ConfigDict, **overrides: Any) -> model_lib.ModelConfig:
   """The policy's model (`config.model`), with `overrides`."""
-  return model_lib.ModelConfig.from_dict(config.model.to_dict(), **overrides)
+  d = config.model.to_dict()
+  d.pop("init", None)  # Where the weights come from (Workspace.hf_base), not the shape.
+  return model_lib.ModelConfig.from_dict(d, **overrides)
 
 
 def rm_model_config(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:

@@ -19,7 +19,7 @@ import ml_collections
 from absl import logging
 from jax.sharding import Mesh
 
-from instructgpt_jax import checkpoint, sharding, train_state
+from instructgpt_jax import checkpoint, hf, hf_tokenizer, sharding, train_state
 from instructgpt_jax import data as data_lib
 from instructgpt_jax import model as model_lib
 from instructgpt_jax import tokenizer as tokenizer_lib
@@ -44,13 +44,19 @@ class Workspace:
     os.makedirs(self.workdir, exist_ok=True)
     self.mesh = mesh if mesh is not None else sharding.make_mesh(config.sharding.mesh_shape)
     self.rules = sharding.normalize_rules(config.sharding.rules)
-    self._tokenizer: tokenizer_lib.Tokenizer | None = None
+    self._tokenizer: tokenizer_lib.Tokenizer | hf_tokenizer.HfTokenizer | None = None
     self._records: dict[tuple[str, str], list[dict]] = {}
 
   # Paths ---------------------------------------------------------------------------------------
 
   def stage_dir(self, name: str) -> str:
     return os.path.join(self.workdir, name)
+
+  @property
+  def hf_base(self) -> str | None:
+    """The Hugging Face checkpoint directory of `model.init = "hf:/dir"`, which then stands in
+    for the pretrain stage (its weights, model shape and tokenizer); None when unset."""
+    return hf.hf_path(self.config.model.get("init", ""))
 
   @property
   def uses_world(self) -> bool:
@@ -98,13 +104,28 @@ class Workspace:
     data_kind = "prompts" if kind in ("eval_prompts", "rm_prompts") else kind
     key = (path, split)
     if key not in self._records:
+      chat = None
+      if hf.hf_path(self.config.data.tokenizer_path) or self.hf_base:
+        # Message lists in the data render through the checkpoint's own chat template.
+        tok = self.tokenizer()
+        chat = data_lib.ChatTemplate(tok.chat_template or "", tok.eos_token)
       self._records[key] = data_lib.load_split(
-        data_kind, path, os.path.join(self.workdir, "data"), split, self.hygiene()
+        data_kind, path, os.path.join(self.workdir, "data"), split, self.hygiene(), chat
       )
     return self._records[key]
 
-  def tokenizer(self) -> tokenizer_lib.Tokenizer:
-    """The configured tokenizer, or one trained on the pretraining text (once per workdir)."""
+  def tokenizer(self) -> tokenizer_lib.Tokenizer | hf_tokenizer.HfTokenizer:
+    """The configured tokenizer, or one trained on the pretraining text (once per workdir).
+
+    `data.tokenizer_path = "hf:/dir"` (or an empty one with `model.init = "hf:/dir"`) reads the
+    checkpoint's tokenizer.json and special tokens instead.
+    """
+    hf_dir = hf.hf_path(self.config.data.tokenizer_path) or (
+      None if self.config.data.tokenizer_path else self.hf_base
+    )
+    if self._tokenizer is None and hf_dir:
+      self._tokenizer = hf_tokenizer.HfTokenizer.load(hf_dir)
+      self._tokenizer.check_vocab(self.model_config().vocab_size)
     if self._tokenizer is None:
       path = self.config.data.tokenizer_path or os.path.join(self.workdir, "tokenizer.model")
       if not self.config.data.tokenizer_path and not os.path.exists(path):
@@ -120,14 +141,21 @@ class Workspace:
   # Models --------------------------------------------------------------------------------------
 
   def model_config(self, **overrides: Any) -> model_lib.ModelConfig:
+    """`config.model`, whose shape fields come from the checkpoint when `model.init` is one."""
+    if self.hf_base:
+      overrides = {**hf.model_fields(self.hf_base), **overrides}
     return train_state.model_config(self.config, **overrides)
 
   def load_params(self, stage: str, model_cfg: model_lib.ModelConfig) -> Any:
     """The final parameters of a finished stage, placed on this run's mesh.
 
     `<stage>/final` (parameters post-processed after training, e.g. the RM's bias) wins over
-    the newest train checkpoint in `<stage>/ckpt`.
+    the newest train checkpoint in `<stage>/ckpt`. With `model.init = "hf:/dir"` the "pretrain"
+    stage is the imported checkpoint, read leaf by leaf onto this mesh.
     """
+    if stage == "pretrain" and self.hf_base:
+      shardings = train_state.param_shardings(model_cfg, self.mesh, self.rules)
+      return hf.load_params(self.hf_base, model_cfg, shardings)
     directory = os.path.join(self.stage_dir(stage), "final")
     if not os.path.isdir(directory):
       directory = os.path.join(self.stage_dir(stage), "ckpt")

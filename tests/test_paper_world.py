@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from instructgpt_jax import data as data_lib
-from instructgpt_jax import presets
 from instructgpt_jax.sim import paper
 from instructgpt_jax.sim.files import load_world, make_world, write_world
 from instructgpt_jax.sim.labelers import METADATA, make_labeler_pools
@@ -16,6 +15,7 @@ from instructgpt_jax.sim.safety import is_inappropriate
 from instructgpt_jax.sim.scoring import WEIGHTS
 from instructgpt_jax.sim.tasks import CATEGORIES, CATEGORY_MIX, PROMPT_MARKERS
 from instructgpt_jax.sim.text import ANSWER_CUE, tokenize
+from tests import helpers
 
 POOLS = ("demonstrations", "prompts", "rm_prompts", "eval_prompts")
 
@@ -51,7 +51,7 @@ def first(world, category, task=None, constrained=None, where=lambda t: True):
 
 
 def test_default_config_selects_the_paper_world():
-  assert presets.pipeline_config("ppo", "tiny").data.world == "paper"
+  assert helpers.config("ppo").data.world == "paper"
   with pytest.raises(ValueError, match="Unknown world"):
     make_world("nope", 0)
 

@@ -68,13 +68,16 @@ SHARED = ("world", "data", "tokenizer.model", "jax_cache")
 
 
 def _cmd(workdir, stage, *extra):
+  # A stage's config holds the sections of the stages it runs (configs/sft.py has no ppo).
+  sections = pipeline.stages_to_run(stage)
+  overrides = [o for o in OVERRIDES if o.split(".")[1] in sections]
   return [
     sys.executable,
     "-m",
     "instructgpt_jax.main",
     f"--config=configs/{stage}.py:tiny",
     f"--workdir={workdir}",
-    *OVERRIDES,
+    *overrides,
     *extra,
   ]
 

@@ -1,0 +1,669 @@
+"""Hugging Face interop, checked against transformers itself (the peer library is the reference).
+
+Tiny random-weight checkpoints are built here with transformers (nothing is downloaded), imported
+with hf.py, and compared on ragged left-padded batches and greedy KV-cache decoding; exported
+policies and reward models are read back by transformers' from_pretrained. The tokenizer is a
+small BPE trained with the `tokenizers` library, compared with transformers' fast tokenizer and
+its chat-template rendering. The public preference formats are read through data.py's tfds path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from instructgpt_jax import data as data_lib
+from instructgpt_jax import (
+  hf,
+  hf_tokenizer,
+  preferences,
+  rm,
+  sampling,
+  sharding,
+  train_state,
+)
+from instructgpt_jax import model as model_lib
+from tests import helpers
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+VOCAB = 448  # Holds the test tokenizer (400 byte-level BPE tokens).
+# ChatML, as Qwen2.5 ships it (without the tool-calling branches).
+CHATML = (
+  "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content']"
+  " + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}"
+  "{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+# Llama 3's shape: a BOS text first, then header tokens.
+LLAMA3ISH = (
+  "{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + "
+  "'<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}"
+  "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
+  "{% endif %}"
+)
+
+
+def _hf_model(kind: str, head: str = "lm"):
+  """A tiny random transformers model of `kind` with non-trivial norms and biases."""
+  torch.manual_seed(0)
+  common = dict(
+    vocab_size=VOCAB,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=8,
+    num_key_value_heads=2,
+    max_position_embeddings=128,
+    rms_norm_eps=1e-6,
+    pad_token_id=0,
+  )
+  if kind == "gpt2":
+    cfg = transformers.GPT2Config(
+      vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=8, n_positions=64, bos_token_id=1,
+      eos_token_id=2, pad_token_id=0,
+    )  # fmt: skip
+    cls = transformers.GPT2LMHeadModel
+  elif kind == "llama":  # GQA and Llama 3.1 rope scaling (a short original context, so it bites).
+    rope = dict(
+      rope_type="llama3",
+      factor=8.0,
+      low_freq_factor=1.0,
+      high_freq_factor=4.0,
+      original_max_position_embeddings=16,
+    )
+    cfg = transformers.LlamaConfig(**common, rope_scaling=rope, rope_theta=500000.0)
+    cls = transformers.LlamaForCausalLM
+  elif kind == "qwen2":  # qkv biases, tied embeddings.
+    cfg = transformers.Qwen2Config(**common, tie_word_embeddings=True)
+    cls = transformers.Qwen2ForCausalLM
+  elif kind == "qwen3":  # qk-norm, head_dim 16 != 64 / 8.
+    cfg = transformers.Qwen3Config(**common, head_dim=16)
+    cls = transformers.Qwen3ForCausalLM
+  else:
+    raise ValueError(kind)
+  if head == "scalar":
+    cfg.num_labels = 1
+    cls = getattr(transformers, cls.__name__.replace("LMHeadModel", "ForCausalLM")
+                  .replace("ForCausalLM", "ForSequenceClassification"))  # fmt: skip
+  model = cls(cfg).eval()
+  with torch.no_grad():
+    for p in model.parameters():
+      p.add_(torch.randn_like(p) * 0.05)
+  return model
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+  """{kind: (directory, transformers model)} for the four families."""
+  out = {}
+  for kind in ("gpt2", "llama", "qwen2", "qwen3"):
+    model = _hf_model(kind)
+    path = str(tmp_path_factory.mktemp(kind))
+    model.save_pretrained(path)
+    out[kind] = (path, model)
+  return out
+
+
+def _batch(seed: int = 0, batch: int = 4, seq: int = 20):
+  """Ragged left-padded tokens [B, T], mask and positions (cumsum(mask) - 1)."""
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(3, VOCAB, (batch, seq)).astype(np.int32)
+  mask = np.ones_like(tokens)
+  for i in range(batch):
+    mask[i, : (i * 5) % seq] = 0
+  tokens = np.where(mask == 1, tokens, 0)
+  return tokens, mask, np.asarray(model_lib.positions_from_mask(jnp.asarray(mask)))
+
+
+def _theirs(model, tokens, mask, positions) -> np.ndarray:
+  with torch.no_grad():
+    out = model(
+      input_ids=torch.tensor(tokens, dtype=torch.long),
+      attention_mask=torch.tensor(mask, dtype=torch.long),
+      position_ids=torch.tensor(positions, dtype=torch.long),
+    )
+  return out.logits.numpy()
+
+
+def _assert_close(ours: np.ndarray, theirs: np.ndarray, mask: np.ndarray | None = None) -> float:
+  """Max abs difference on real tokens, and relative to the largest logit at most 1e-4."""
+  real = np.ones(ours.shape[:2], bool) if mask is None else mask.astype(bool)
+  diff = float(np.abs(ours[real] - theirs[real]).max())
+  scale = float(np.abs(theirs[real]).max())
+  assert diff <= 1e-4 * scale, (diff, scale)
+  return diff
+
+
+# --------------------------------------------------------------------------------------
+# Import
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "qwen2", "qwen3"])
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_import_logits_match_transformers(checkpoints, kind, scan_layers):
+  path, model = checkpoints[kind]
+  cfg = hf.model_config_from_hf(hf.read_config(path), scan_layers=scan_layers)
+  assert cfg.qkv_bias == (kind == "qwen2") and cfg.qk_norm == (kind == "qwen3")
+  params = hf.load_params(path, cfg)
+  tokens, mask, positions = _batch()
+  ours = np.asarray(helpers.forward(cfg, params, tokens, mask))
+  _assert_close(ours, _theirs(model, tokens, mask, positions), mask)
+
+
+def test_llama3_rope_scaling_is_needed_for_parity(checkpoints):
+  """The rope-scaled checkpoint is not matched by plain RoPE: the scaling is really tested."""
+  path, model = checkpoints["llama"]
+  cfg = hf.model_config_from_hf(hf.read_config(path))
+  assert cfg.rope_scaling == "llama3" and cfg.rope_original_max_len == 16
+  plain = cfg.replace(rope_scaling="none")
+  tokens, mask, positions = _batch()
+  ours = np.asarray(helpers.forward(plain, hf.load_params(path, cfg), tokens, mask))
+  assert np.abs(ours - _theirs(model, tokens, mask, positions)).max() > 1e-3
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "qwen2"])
+def test_greedy_kv_cache_decoding_matches_generate(checkpoints, kind):
+  path, model = checkpoints[kind]
+  cfg = hf.model_config_from_hf(hf.read_config(path))
+  params = hf.load_params(path, cfg)
+  prompts = np.random.default_rng(1).integers(3, VOCAB, (3, 7)).astype(np.int32)
+  mask = np.ones_like(prompts)
+  mask[1, :3] = mask[2, :5] = 0  # Ragged left padding: transformers also derives positions.
+  prompts = prompts * mask
+  out = sampling.generate(
+    params,
+    cfg,
+    jnp.asarray(prompts),
+    jnp.asarray(mask),
+    jax.random.key(0),
+    max_new_tokens=12,
+    eos_id=VOCAB + 1,  # Never sampled: transformers' generate would stop at a real one.
+    pad_id=0,
+    greedy=True,
+  )
+  with torch.no_grad():
+    theirs = model.generate(
+      torch.tensor(prompts, dtype=torch.long),
+      attention_mask=torch.tensor(mask, dtype=torch.long),
+      max_new_tokens=12,
+      do_sample=False,
+      eos_token_id=None,
+      pad_token_id=0,
+    ).numpy()
+  np.testing.assert_array_equal(np.asarray(out.tokens), theirs)
+
+
+def test_sharded_checkpoint_imports_onto_8_devices(tmp_path):
+  """An index.json-sharded checkpoint lands on a (1, 4, 2) mesh, equal to the host import."""
+  model = _hf_model("llama")
+  model.save_pretrained(str(tmp_path), max_shard_size="40KB")
+  assert os.path.isfile(tmp_path / "model.safetensors.index.json")
+  assert len([f for f in os.listdir(tmp_path) if f.endswith(".safetensors")]) > 1
+  cfg = hf.model_config_from_hf(hf.read_config(str(tmp_path)))
+  mesh = sharding.make_mesh((1, 4, 2))
+  shardings = train_state.param_shardings(cfg, mesh, sharding.DEFAULT_RULES)
+  placed = hf.load_params(str(tmp_path), cfg, shardings)
+  host = hf.load_params(str(tmp_path), cfg)
+  for (path, got), want, s in zip(
+    jax.tree_util.tree_leaves_with_path(placed), jax.tree.leaves(host), jax.tree.leaves(shardings)
+  ):
+    assert got.sharding == s, jax.tree_util.keystr(path)
+    np.testing.assert_array_equal(np.asarray(got), want)
+  # The embedding is really split: vocab over "tensor", embed over "fsdp".
+  assert len(placed["token_embed"]["embedding"].addressable_shards) == 8
+  tokens, mask, positions = _batch()
+  with jax.set_mesh(mesh):
+    ours = np.asarray(helpers.forward(cfg, placed, tokens, mask))
+  _assert_close(ours, _theirs(model, tokens, mask, positions), mask)
+
+
+@pytest.mark.parametrize(
+  "kind,field,value,match",
+  [
+    ("llama", "model_type", "gemma", "model_type='gemma'"),
+    ("llama", "hidden_act", "gelu", "hidden_act='gelu'"),
+    ("llama", "attention_bias", True, "attention_bias=True"),
+    ("llama", "mlp_bias", True, "mlp_bias=True"),
+    ("qwen2", "use_sliding_window", True, "use_sliding_window=True"),
+    ("gpt2", "activation_function", "relu", "activation_function='relu'"),
+    ("gpt2", "scale_attn_by_inverse_layer_idx", True, "scale_attn_by_inverse_layer_idx"),
+  ],
+)
+def test_unrepresentable_configs_are_refused_by_field(checkpoints, kind, field, value, match):
+  hf_cfg = dict(hf.read_config(checkpoints[kind][0]), **{field: value})
+  with pytest.raises(ValueError, match=match):
+    hf.model_config_from_hf(hf_cfg)
+
+
+@pytest.mark.parametrize("key", ["rope_parameters", "rope_scaling"])
+def test_unsupported_rope_type_is_refused_by_field(checkpoints, key):
+  hf_cfg = hf.read_config(checkpoints["llama"][0])
+  hf_cfg.pop("rope_parameters", None)
+  hf_cfg[key] = {"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0}
+  with pytest.raises(ValueError, match=rf"{key}\.rope_type='yarn'"):
+    hf.model_config_from_hf(hf_cfg)
+
+
+def test_legacy_rope_fields_are_read():
+  """Checkpoints written before transformers 5 spell rope as rope_theta + rope_scaling."""
+  cfg = hf.model_config_from_hf(
+    dict(
+      model_type="llama",
+      vocab_size=10,
+      num_hidden_layers=1,
+      hidden_size=16,
+      num_attention_heads=2,
+      intermediate_size=32,
+      rope_theta=500000.0,
+      rope_scaling={"type": "linear", "factor": 2.0},
+    )
+  )
+  assert (cfg.rope_theta, cfg.rope_scaling, cfg.rope_factor) == (500000.0, "linear", 2.0)
+
+
+def test_wrong_model_config_is_refused(checkpoints):
+  path = checkpoints["qwen2"][0]
+  cfg = hf.model_config_from_hf(hf.read_config(path)).replace(num_layers=3)
+  with pytest.raises(ValueError, match="model.num_layers=3"):
+    hf.load_params(path, cfg)
+
+
+# --------------------------------------------------------------------------------------
+# Export
+# --------------------------------------------------------------------------------------
+
+EXPORT_CASES = {
+  "gpt_tied": dict(family="gpt", num_kv_heads=0),
+  "gpt_untied": dict(family="gpt", num_kv_heads=0, tie_embeddings=False),
+  "llama_gqa_rope": dict(
+    family="llama",
+    tie_embeddings=False,
+    rope_scaling="llama3",
+    rope_factor=8.0,
+    rope_original_max_len=16,
+    rope_theta=500000.0,
+  ),
+  "qwen2_bias": dict(family="llama", qkv_bias=True),
+  "qwen3_qknorm": dict(family="llama", qk_norm=True, head_size=16, tie_embeddings=False),
+}
+
+
+def _random_params(cfg: model_lib.ModelConfig, seed: int = 0):
+  """Initialised params with every leaf perturbed (zero biases and unit norms would hide
+  mapping errors)."""
+  params = helpers.init_params(cfg, seed)
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
+  return jax.tree.unflatten(
+    tree, [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
+  )
+
+
+@pytest.mark.parametrize("case", sorted(EXPORT_CASES))
+def test_exported_policy_loads_in_transformers(tmp_path, case):
+  cfg = helpers.tiny_model(vocab_size=VOCAB, d_ff=96, **EXPORT_CASES[case])
+  params = _random_params(cfg)
+  hf.export_policy(params, cfg, str(tmp_path), bos_id=1, eos_id=2, pad_id=0)
+  model = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path)).eval()
+  tokens, mask, positions = _batch(seq=16)
+  ours = np.asarray(helpers.forward(cfg, params, tokens, mask))
+  _assert_close(ours, _theirs(model, tokens, mask, positions), mask)
+  # And back: the re-import is the same model.
+  again = hf.load_params(str(tmp_path), hf.model_config_from_hf(hf.read_config(str(tmp_path))))
+  for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(a, np.asarray(b))
+
+
+@pytest.mark.parametrize("family", ["gpt", "llama"])
+def test_exported_reward_model_scores_like_ours(tmp_path, family):
+  cfg = helpers.tiny_model(family, vocab_size=VOCAB, d_ff=96, head="scalar")
+  params = _random_params(cfg)
+  params["scalar_head"]["bias"] = jnp.array([0.7])
+  pad, eos = 0, 2
+  # The pipeline's layout: left-padded prompt, response + EOS right-padded with pad.
+  tokens = np.random.default_rng(3).integers(3, VOCAB, (4, 14)).astype(np.int32)
+  mask = np.zeros_like(tokens)
+  for i, (start, end) in enumerate([(0, 14), (2, 10), (4, 12), (1, 7)]):
+    mask[i, start:end] = 1
+    tokens[i, end - 1] = eos
+  tokens = np.where(mask == 1, tokens, pad)
+  ours = np.asarray(
+    rm.sequence_rewards(params, model_lib.Transformer(cfg).apply, tokens, jnp.asarray(mask))
+  )
+  hf.export_reward_model(params, cfg, str(tmp_path), pad_id=pad, eos_id=eos)
+  model = transformers.AutoModelForSequenceClassification.from_pretrained(str(tmp_path)).eval()
+  with torch.no_grad():
+    score = model(
+      input_ids=torch.tensor(tokens, dtype=torch.long),
+      attention_mask=torch.tensor(mask),
+      position_ids=torch.tensor(np.asarray(model_lib.positions_from_mask(jnp.asarray(mask)))),
+    ).logits[:, 0]
+  score = score.numpy()
+  bias = json.load(open(tmp_path / "config.json")).get("reward_bias", 0.0)
+  assert (bias == 0.0) == (family == "gpt")  # GPT-2 folds it into ln_f; RMSNorm cannot.
+  np.testing.assert_allclose(score + bias, ours, atol=1e-5, rtol=1e-5)
+  # Re-imported as a scalar-head model, the reward is ours again (bias included).
+  back = hf.load_params(str(tmp_path), cfg)
+  again = rm.sequence_rewards(back, model_lib.Transformer(cfg).apply, tokens, jnp.asarray(mask))
+  np.testing.assert_allclose(np.asarray(again), ours, atol=1e-5, rtol=1e-5)
+
+
+def test_reward_export_refuses_pad_equal_to_eos(tmp_path):
+  cfg = helpers.tiny_model("gpt", vocab_size=VOCAB, head="scalar")
+  with pytest.raises(ValueError, match="pad_id == eos_id"):
+    hf.export_reward_model(helpers.init_params(cfg), cfg, str(tmp_path), pad_id=2, eos_id=2)
+
+
+# --------------------------------------------------------------------------------------
+# Tokenizer and chat template
+# --------------------------------------------------------------------------------------
+
+SPECIALS = ["<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
+SPECIALS += ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+
+
+def _write_tokenizer(directory: str, *, pad: bool = True, template: str = CHATML) -> str:
+  """A byte-level BPE trained on a few sentences, saved like a transformers fast tokenizer."""
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+  tk = Tokenizer(models.BPE())
+  tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tk.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(
+    vocab_size=400, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+  )
+  text = ["Write a poem about the sea.", "The sea is wide and the sky is blue!"] * 20
+  tk.train_from_iterator(text, trainer)
+  os.makedirs(directory, exist_ok=True)
+  tk.save(os.path.join(directory, "tokenizer.json"))
+  config = dict(
+    tokenizer_class="PreTrainedTokenizerFast",
+    bos_token="<s>",
+    eos_token="<|im_end|>",
+    chat_template=template,
+  )
+  if pad:
+    config["pad_token"] = "<pad>"
+  with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+    json.dump(config, f)
+  return directory
+
+
+MESSAGES = [
+  {"role": "system", "content": "Be brief."},
+  {"role": "user", "content": "Write a poem about the sea."},
+  {"role": "assistant", "content": "The sea is wide!"},
+  {"role": "user", "content": "And the sky?"},
+]
+
+
+def test_hf_tokenizer_matches_transformers(tmp_path):
+  path = _write_tokenizer(str(tmp_path))
+  tok = hf_tokenizer.HfTokenizer.load(path)
+  ref = transformers.AutoTokenizer.from_pretrained(path)
+  assert (tok.pad_id, tok.bos_id, tok.eos_id) == (
+    ref.pad_token_id,
+    ref.bos_token_id,
+    ref.eos_token_id,
+  )
+  assert tok.vocab_size == len(ref)
+  text = "The sea is wide, and the SKY is blue? ünïcode\n  spaces"
+  assert tok.encode(text) == ref.encode(text, add_special_tokens=False)
+  assert tok.decode(tok.encode(text)) == text
+  # Pads at both edges and BOS are dropped, decoding stops at EOS.
+  ids = [tok.pad_id, tok.bos_id, *tok.encode(text), tok.eos_id, 5, tok.pad_id]
+  assert tok.decode(ids) == text
+  rendered = tok.render_chat(MESSAGES, add_generation_prompt=True)
+  assert rendered == ref.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True)
+  # Special tokens written in the rendered text are parsed as such.
+  assert tok.encode(rendered)[0] == tok._tk.token_to_id("<|im_start|>")  # pylint: disable=protected-access
+
+
+def test_chat_template_bos_is_left_to_the_layout(tmp_path):
+  """A template that writes bos_token renders without it: the pipeline prepends the BOS id."""
+  path = _write_tokenizer(str(tmp_path), template=LLAMA3ISH)
+  tok = hf_tokenizer.HfTokenizer.load(path)
+  ref = transformers.AutoTokenizer.from_pretrained(path)
+  ours = [tok.bos_id, *tok.encode(tok.render_chat(MESSAGES, add_generation_prompt=True))]
+  theirs = ref.apply_chat_template(MESSAGES, tokenize=True, add_generation_prompt=True)
+  theirs = theirs["input_ids"] if isinstance(theirs, dict) or hasattr(theirs, "keys") else theirs
+  assert ours == list(theirs)
+
+
+def test_missing_pad_token_borrows_an_id_other_than_eos(tmp_path):
+  tok = hf_tokenizer.HfTokenizer.load(_write_tokenizer(str(tmp_path), pad=False))
+  assert tok.pad_id != tok.eos_id
+  tok.check_vocab(tok.vocab_size + 64)  # An embedding padded past the tokenizer is fine.
+  with pytest.raises(ValueError, match="must belong to the model"):
+    tok.check_vocab(tok.vocab_size - 1)
+
+
+def test_prompt_layout_without_bos(tmp_path):
+  """A tokenizer without BOS (Qwen) starts prompts with the text itself."""
+  path = _write_tokenizer(str(tmp_path))
+  cfg = json.load(open(os.path.join(path, "tokenizer_config.json")))
+  cfg["bos_token"] = None
+  json.dump(cfg, open(os.path.join(path, "tokenizer_config.json"), "w"))
+  tok = hf_tokenizer.HfTokenizer.load(path)
+  assert tok.bos_id is None
+  enc = data_lib.encode_prompts(tok, ["The sea"], 8)
+  row = enc.tokens[0][enc.mask[0] == 1].tolist()
+  assert row == tok.encode("The sea")
+
+
+# --------------------------------------------------------------------------------------
+# Public preference formats (through data.py's tfds path and hygiene)
+# --------------------------------------------------------------------------------------
+
+
+def _write_jsonl(path, rows) -> str:
+  with open(path, "w") as f:
+    for row in rows:
+      f.write((row if isinstance(row, str) else json.dumps(row)) + "\n")
+  return str(path)
+
+
+def _all_splits(path: str, data_dir: str, chat=None, kind: str = "comparisons") -> list[dict]:
+  hygiene = data_lib.Hygiene(split_fractions=(0.5, 0.25, 0.25))
+  rows = [
+    r
+    for split in data_lib.SPLITS
+    for r in data_lib.load_split(kind, path, data_dir, split, hygiene, chat)
+  ]
+  return sorted(rows, key=lambda r: r["index"])
+
+
+def test_pairwise_hh_and_rated_formats_through_tfds(tmp_path):
+  path = _write_jsonl(
+    tmp_path / "prefs.jsonl",
+    [
+      {"prompt": "Name a colour.", "chosen": "Blue.", "rejected": "Seven."},
+      {
+        "chosen": "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: A fruit?\n\nAssistant: A pear.",
+        "rejected": "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: A fruit?\n\nAssistant: No.",
+      },
+      {
+        "prompt": [{"role": "user", "content": "Count to two."}],
+        "chosen": [{"role": "assistant", "content": "1, 2"}],
+        "rejected": [{"role": "assistant", "content": "2, 1"}],
+        "user_id": 7,
+      },
+      {
+        "instruction": "Say hi.",
+        "completions": [
+          {"response": "hi", "overall_score": 7},
+          {"response": "hello", "overall_score": 9},
+          {"response": "hey", "overall_score": 7},
+          {"response": "bye", "overall_score": 1.5},
+        ],
+      },
+      {"prompt": "Pick.", "responses": ["a", "b", "c"], "scores": [0.2, 0.2, 0.9]},
+      # The project's own K-way format still reads alongside.
+      {"prompt": "Own format.", "responses": ["x", "y"], "ranking": [1, 0], "user_id": "u1"},
+    ],
+  )
+  rows = _all_splits(path, str(tmp_path / "tfds"))
+  assert [r["ranking"] for r in rows] == [[0, 1], [0, 1], [0, 1], [1, 0, 1, 2], [1, 1, 0], [1, 0]]
+  assert rows[0]["responses"] == ["Blue.", "Seven."]
+  hh = rows[1]
+  assert hh["prompt"] == "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: A fruit?\n\nAssistant:"
+  assert hh["responses"] == ["A pear.", "No."]
+  assert rows[2]["prompt"] == "\n\nHuman: Count to two.\n\nAssistant:"  # Plain transcript.
+  assert rows[2]["user_id"] == "7"
+  assert rows[3]["prompt"] == "Say hi." and rows[3]["responses"][1] == "hello"
+  assert rows[3]["user_id"] == preferences.derived_user_id("Say hi.")
+
+
+def test_message_lists_render_through_the_chat_template(tmp_path):
+  path = _write_jsonl(
+    tmp_path / "prefs.jsonl",
+    [
+      {
+        "chosen": [
+          {"role": "user", "content": "Hi"},
+          {"role": "assistant", "content": "Hello"},
+        ],
+        "rejected": [
+          {"role": "user", "content": "Hi"},
+          {"role": "assistant", "content": "Go away"},
+        ],
+      }
+    ],
+  )
+  rows = _all_splits(path, str(tmp_path / "tfds"), data_lib.ChatTemplate(CHATML, "<|im_end|>"))
+  assert rows[0]["prompt"] == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+  assert rows[0]["responses"] == ["Hello", "Go away"]
+  demos = _write_jsonl(
+    tmp_path / "demos.jsonl",
+    [{"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]}],
+  )
+  got = _all_splits(demos, str(tmp_path / "tfds"), kind="demonstrations")
+  assert (got[0]["prompt"], got[0]["response"]) == ("\n\nHuman: Q\n\nAssistant:", "A")
+
+
+def test_hygiene_applies_to_public_formats(tmp_path):
+  """Duplicate prompts are dropped and derived user ids keep a prompt's copies together."""
+  rows = [{"prompt": f"Question {i % 3}", "chosen": "good", "rejected": "bad"} for i in range(9)]
+  path = _write_jsonl(tmp_path / "dups.jsonl", rows)
+  got = _all_splits(path, str(tmp_path / "tfds"))
+  assert sorted(r["prompt"] for r in got) == ["Question 0", "Question 1", "Question 2"]
+
+
+@pytest.mark.parametrize(
+  "row,match",
+  [
+    ('{"prompt": "p", "chosen": "a"}', "missing field 'rejected'"),
+    ('{"chosen": "no transcript", "rejected": "x"}', "not an HH transcript"),
+    (
+      '{"chosen": "\\n\\nHuman: a\\n\\nAssistant: b", "rejected": "\\n\\nHuman: c\\n\\nAssistant: d"}',
+      "differ before their last Assistant turn",
+    ),
+    ('{"prompt": "p", "completions": [{"response": "a", "score": "high"}]}', "must be a number"),
+    ('{"prompt": "p", "completions": [{"response": "a"}, {"text": "b", "score": 1}]}', "score"),
+    ('{"prompt": "p", "responses": ["a", "b"], "scores": [1]}', "'scores' has 1 entries"),
+    ('{"prompt": [{"role": "bot", "content": "x"}], "chosen": "a", "rejected": "b"}', "role"),
+    ('{"instruction": "p", "completions": [{"response": "a", "score": 1}]}', "1 completions"),
+  ],
+)
+def test_bad_preference_lines_name_file_and_line(tmp_path, row, match):
+  good = {"prompt": "fine", "chosen": "a", "rejected": "b"}
+  path = _write_jsonl(tmp_path / "bad.jsonl", [good, row])
+  with pytest.raises(data_lib.DataError, match=rf"bad\.jsonl:2: .*{match}"):
+    data_lib.read_jsonl(path, "comparisons")
+
+
+# --------------------------------------------------------------------------------------
+# model.init = "hf:/dir" in a workspace
+# --------------------------------------------------------------------------------------
+
+
+def test_workspace_starts_from_an_imported_checkpoint(tmp_path, checkpoints):
+  from instructgpt_jax.workspace import Workspace  # pylint: disable=import-outside-toplevel
+
+  path, model = checkpoints["qwen2"]
+  _write_tokenizer(path)
+  config = helpers.config("sft")
+  config.model.init = "hf:" + path
+  config.sharding.mesh_shape = (1, 4, 2)
+  ws = Workspace(config, str(tmp_path / "run"))
+  cfg = ws.model_config()
+  assert (cfg.family, cfg.vocab_size, cfg.qkv_bias, cfg.num_kv_heads) == ("llama", VOCAB, True, 2)
+  params = ws.load_params("pretrain", cfg)
+  tokens, mask, positions = _batch()
+  with jax.set_mesh(ws.mesh):
+    ours = np.asarray(helpers.forward(cfg, params, tokens, mask))
+  _assert_close(ours, _theirs(model, tokens, mask, positions), mask)
+  tok = ws.tokenizer()
+  assert isinstance(tok, hf_tokenizer.HfTokenizer)
+  assert tok.eos_id == tok._tk.token_to_id("<|im_end|>")  # pylint: disable=protected-access
+  # The "pretrain" stage exports back as the same model, with the tokenizer beside it.
+  out = hf.export_stage(ws, "pretrain", str(tmp_path / "export"))
+  again = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+  _assert_close(ours, _theirs(again, tokens, mask, positions), mask)
+  ref_tok = transformers.AutoTokenizer.from_pretrained(out)
+  assert ref_tok.eos_token_id == tok.eos_id and again.config.pad_token_id == tok.pad_id
+
+
+def test_hf_path_refuses_missing_directory():
+  assert hf.hf_path("") is None and hf.hf_path("/not/hf") is None
+  with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
+    hf.hf_path("hf:/does/not/exist")
+
+
+def test_configs_have_the_hf_keys():
+  config = helpers.config("sft")
+  assert config.model.init == "" and isinstance(config.data.tokenizer_path, str)
+  assert isinstance(config, ml_collections.ConfigDict)
+
+
+def test_docs_examples_parse():
+  """Every JSON example line of docs/hf.md reads in its format; the stated rankings hold."""
+  doc = os.path.join(os.path.dirname(__file__), "..", "docs", "hf.md")
+  lines = [line for line in open(doc).read().splitlines() if line.startswith("{")]
+  comparisons, demos = [], []
+  for line in lines:
+    obj = json.loads(line)
+    if "messages" in obj or "response" in obj:
+      demos.append(data_lib.validate_record(obj, "demonstrations"))
+    elif isinstance(obj.get("prompt"), list) and "chosen" not in obj:
+      data_lib.validate_record(obj, "prompts")
+    else:
+      comparisons.append(data_lib.validate_record(obj, "comparisons"))
+  assert len(comparisons) == 12 and len(demos) == 3
+  assert [c["ranking"] for c in comparisons[-3:]] == [[1, 0, 2], [1, 1, 0], [0, 1, 1]]
+
+
+def test_pipeline_runs_from_an_imported_checkpoint(tmp_path):
+  """SFT, labelling and the RM on the built-in world, from a Qwen2 checkpoint and its tokenizer:
+  the pretrain stage is skipped, and SFT starts from the imported weights."""
+  from instructgpt_jax import pipeline  # pylint: disable=import-outside-toplevel
+  from instructgpt_jax.workspace import Workspace  # pylint: disable=import-outside-toplevel
+
+  path = str(tmp_path / "qwen2")
+  _hf_model("qwen2").save_pretrained(path)
+  _write_tokenizer(path)
+  config = helpers.config("rm")
+  config.model.init = "hf:" + path
+  config.data.update(prompt_len=160, response_len=48)
+  config.sft.update(batch_size=8)
+  config.label.update(num_prompts=16, chunk_prompts=16, k_max=4)
+  ws = Workspace(config, str(tmp_path / "run"))
+  summaries = pipeline.run(ws, "rm")
+  assert summaries["pretrain"] == {"init": config.model.init}
+  assert not os.path.exists(ws.stage_dir("pretrain"))
+  assert summaries["sft"]["examples"] > 0 and summaries["sft"]["steps"] > 0
+  assert summaries["rm"]["comparisons"] > 0
+  # SFT moved away from the imported weights, which it started from.
+  cfg = ws.model_config()
+  base, sft = ws.load_params("pretrain", cfg), ws.load_params("sft", cfg)
+  emb = lambda p: np.asarray(p["token_embed"]["embedding"])
+  assert emb(base).shape == emb(sft).shape and not np.allclose(emb(base), emb(sft))
+  assert np.abs(emb(base) - emb(sft)).max() < 0.5
