@@ -1,7 +1,8 @@
 """Runs a stage after every earlier stage that the workdir does not hold yet.
 
 `python -m instructgpt_jax.main --config=configs/ppo.py` therefore pretrains the base model,
-fine-tunes it, labels comparisons, trains the reward model, runs PPO and PPO-ptx, and evaluates,
+fine-tunes it, labels comparisons, trains the reward model's base model (pretraining and NLP
+tasks) and then the reward model, runs PPO and PPO-ptx, and evaluates,
 reusing whatever a previous (possibly preempted) run already finished.
 """
 
@@ -25,6 +26,9 @@ STAGE_MODULES = {
   "pretrain": "pretrain",
   "sft": "sft",
   "label": "label",
+  # Needs only the data and the tokenizer; placed here so that runs up to SFT or labelling do
+  # not pay for it, and its config (configs/rm_base.py) holds the RM's shape that rm reads.
+  "rm_base": "rm_base",
   "rm": "rm",
   "ppo": "ppo",
   "eval": "evaluate",
@@ -45,6 +49,7 @@ STAGE_DOC = {
   "pretrain": "the base model on the plain-text corpus",
   "sft": "fine-tuning on demonstrations",
   "label": "sampling K responses per prompt, ranked by the training labelers",
+  "rm_base": "the RM-sized base model: pretraining, then the NLP tasks",
   "rm": "the reward model on the rankings",
   "ppo": "PPO and PPO-ptx against the reward model",
   "eval": "every policy, judged by held-out labelers",
