@@ -38,6 +38,7 @@ def comparison(i, user="u0"):
     "responses": ["yes", "no", "maybe"],
     "ranking": [0, 2, 1],
     "user_id": user,
+    "sources": ["sft:1.0", "sft:0.7", "base_fewshot:1.0"],  # Optional.
   }
 
 
