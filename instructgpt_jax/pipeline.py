@@ -34,6 +34,9 @@ STAGE_MODULES = {
   "eval": "evaluate",
 }
 STAGES = tuple(STAGE_MODULES)
+# The earlier stages a stage's output depends on, where not all of them: rm_base reads only the
+# data and the tokenizer, so a retrained SFT policy (or new comparisons) reuses it.
+STAGE_NEEDS: dict[str, tuple[str, ...]] = {"rm_base": ()}
 
 
 def stage_module(name: str) -> types.ModuleType:
@@ -109,7 +112,9 @@ def run(ws: Workspace, stage: str) -> dict[str, Any]:
   for name in stages_to_run(stage):
     stage_dir = ws.stage_dir(name)
     done = loop.stage_done(stage_dir)
-    stale = changed_upstream(done, run_ids)
+    needs = STAGE_NEEDS.get(name)
+    upstream = run_ids if needs is None else {n: run_ids[n] for n in needs if n in run_ids}
+    stale = changed_upstream(done, upstream)
     if done is not None and not stale and not (name == stage and ws.config.overwrite):
       print(f"[{name}] already complete in {stage_dir} (reused)", flush=True)
       summaries[name] = done
@@ -127,7 +132,7 @@ def run(ws: Workspace, stage: str) -> dict[str, Any]:
     summary = dict(runners[name](ws))
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     summary["run_id"] = uuid.uuid4().hex
-    summary["upstream"] = dict(run_ids)
+    summary["upstream"] = dict(upstream)
     loop.mark_done(stage_dir, summary)
     logging.info("[%s] done in %.1fs: %s", name, summary["seconds"], summary)
     print(f"[{name}] done in {summary['seconds']:.0f} s{headline(summary)}", flush=True)
