@@ -21,7 +21,8 @@ PRESETS = ("tiny", "small", "gpt2", "gpt3_1.3b", "gpt3_6b", "gpt3_175b")
 _BIG = dict(dtype="bfloat16", scan_layers=True, remat="full")
 MODEL_SHAPES: dict[str, dict] = {
   "tiny": dict(num_layers=2, d_model=64, num_heads=4, d_ff=256, max_len=192),
-  "small": dict(num_layers=4, d_model=192, num_heads=4, d_ff=768, max_len=192),
+  # small: the policy; its reward model is 4 x 192 (configs/rm_base.py says why).
+  "small": dict(num_layers=4, d_model=128, num_heads=4, d_ff=512, max_len=192),
   "gpt2": dict(num_layers=12, d_model=768, num_heads=12, d_ff=3072, max_len=1024),
   "gpt3_1.3b": dict(num_layers=24, d_model=2048, num_heads=16, d_ff=8192, max_len=2048, **_BIG),
   "gpt3_6b": dict(num_layers=32, d_model=4096, num_heads=32, d_ff=16384, max_len=2048, **_BIG),
@@ -147,6 +148,7 @@ def get_config(stage: str, arg: str | None) -> ml_collections.ConfigDict:
       rm_prompts_jsonl="",
       eval_prompts_jsonl="",
       comparisons_jsonl="",
+      nlp_tasks_jsonl="",  # Optional: the RM base model's NLP tasks (demonstrations format).
       world="paper",  # Built-in world: "paper" (Table 1 mix, App. B judging) or "knowledge".
       world_seed=1234,
       world_scale=0.25 if tiny else 1.0,  # Pool sizes of the built-in world.

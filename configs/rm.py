@@ -2,23 +2,27 @@
 
 All C(K,2) comparisons of a prompt are one batch element; one epoch (more over-fit in the
 paper); cosine decay to 10 %; a bias so that the demonstrations score mean 0.
+The model's shape is `rm.model` (configs/rm_base.py), larger than the policy by default.
 Usage: `--config=configs/rm.py[:preset]`.
 """
 
 import ml_collections
 
-from configs import common, label
+from configs import common, rm_base
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  c = label.get_config(arg)
+  c = rm_base.get_config(arg)  # Adds `rm.model`, the RM's shape (configs/rm_base.py).
   c.stage = "rm"
-  c.rm = ml_collections.ConfigDict(
+  c.rm.update(
     dict(
       epochs=1,  # Paper: 1 epoch; more over-fit.
       # Paper: lr 9e-6 at batch 64 for the 6B RM; our small model from scratch needs more.
       optim=common.optim(1e-3),
-      init_from="sft",  # sft | pretrain: the trunk the scalar head is put on.
+      # The trunk the scalar head is put on. rm_base: the RM-sized model pretrained and tuned
+      # on the NLP tasks (paper C.2); sft | pretrain: the policy's own models, which need
+      # `rm.model` to give the policy's shape (e.g. `--config.rm.model.d_model=128`).
+      init_from="rm_base",
       **common.loop(batch_size=16, log_every=10, checkpoint_every=100),  # Prompts per batch.
     )
   )

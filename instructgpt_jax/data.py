@@ -132,11 +132,25 @@ def _require_responses(obj: dict) -> tuple[list[str], list[int]]:
   return responses, ranking
 
 
+def _optional_sources(obj: dict, n: int) -> list[str]:
+  """The optional "sources" of a comparison: which policy produced each response (e.g.
+  "sft:1.0"), one string per response; [] when absent."""
+  sources = obj.get("sources")
+  if sources is None:
+    return []
+  if not isinstance(sources, list) or not all(isinstance(x, str) for x in sources):
+    raise DataError("field 'sources' must be a list of strings (one per response)")
+  if len(sources) != n:
+    raise DataError(f"'sources' has {len(sources)} entries but 'responses' has {n}")
+  return sources
+
+
 def validate_record(obj: Any, kind: str, chat: ChatTemplate | None = None) -> dict[str, Any]:
   """Checks one parsed JSON object of format `kind`; returns it normalised.
 
   Required: prompt/response/responses/ranking/text and user_id (splits depend on
-  it). Optional: category (default ""). Unknown keys are ignored.
+  it). Optional: category (default ""); for comparisons, sources (default []: which
+  policy produced each response). Unknown keys are ignored.
   Also read (preferences.py): comparisons as pairwise chosen/rejected, HH transcripts or rated
   completions; demonstrations as {"messages": [...]}; prompts as message lists, rendered
   through `chat` (else as a plain transcript).
@@ -149,7 +163,7 @@ def validate_record(obj: Any, kind: str, chat: ChatTemplate | None = None) -> di
   if kind == "pretraining":
     return {"text": _require_text(obj, "text")}
   if kind == "comparisons" and "ranking" not in obj and preferences.is_public_comparison(obj):
-    return preferences.to_comparison(obj, _renderer(chat))
+    return {**preferences.to_comparison(obj, _renderer(chat)), "sources": []}
   if kind == "demonstrations" and ("messages" in obj or isinstance(obj.get("prompt"), list)):
     return preferences.to_demonstration(obj, _renderer(chat))
   if kind == "prompts" and isinstance(obj.get("prompt"), list):
@@ -165,6 +179,7 @@ def validate_record(obj: Any, kind: str, chat: ChatTemplate | None = None) -> di
     record["response"] = _require_text(obj, "response")
   elif kind == "comparisons":
     record["responses"], record["ranking"] = _require_responses(obj)
+    record["sources"] = _optional_sources(obj, len(record["responses"]))
   elif kind != "prompts":
     raise ValueError(f"unknown data kind {kind!r}; expected one of {KINDS}")
   record["user_id"] = _require_user_id(obj)
@@ -354,6 +369,7 @@ def _features(kind: str) -> tfds.features.FeaturesDict:
   if kind == "comparisons":
     spec["responses"] = tfds.features.Sequence(text())
     spec["ranking"] = tfds.features.Tensor(shape=(None,), dtype=np.int32)
+    spec["sources"] = tfds.features.Sequence(text())
   if kind in ("demonstrations", "prompts"):
     spec["category"] = text()
   return tfds.features.FeaturesDict(spec)
@@ -412,6 +428,9 @@ class InstructgptDemonstrations(_JsonlBuilder):
 
 class InstructgptComparisons(_JsonlBuilder):
   KIND = "comparisons"
+  # 1.1.0 stores the optional "sources"; a preparation made before is prepared again.
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.1.0": "Adds the optional sources (policy per response)."}
 
 
 class InstructgptPrompts(_JsonlBuilder):
@@ -652,6 +671,7 @@ def encode_comparisons(
     mask   [N, K_max, P+R] int32   absent slots are all 0
     ranks  [N, K_max] int32        the given rank (0 = best, ties allowed); -1 = absent
     kept   [N] int64               index of each row in the inputs
+    slots  [N, K_max] int32        index of each slot's response in its row's list; -1 = absent
     n_dropped_prompt: rows whose BOS+prompt > P
     n_dropped_responses: single responses dropped because response+EOS > R (the
       remaining ones keep their ranks, which stay consistent)
@@ -674,9 +694,9 @@ def encode_comparisons(
     if len(prompt_ids[i]) > P:
       n_dropped_prompt += 1
       continue
-    fitting = [(x, int(rank)) for x, rank in zip(ids, ranking) if len(x) <= R]
+    fitting = [(x, int(rank), j) for j, (x, rank) in enumerate(zip(ids, ranking)) if len(x) <= R]
     n_dropped_responses += len(responses) - len(fitting)
-    if len({rank for _, rank in fitting}) < 2:
+    if len({rank for _, rank, _ in fitting}) < 2:
       n_dropped_no_pairs += 1
       continue
     rows.append((prompt_ids[i], fitting))
@@ -686,18 +706,21 @@ def encode_comparisons(
   tokens = np.full((n, K_max, L), tok.pad_id, dtype=np.int32)
   mask = np.zeros((n, K_max, L), dtype=np.int32)
   ranks = np.full((n, K_max), -1, dtype=np.int32)
+  slots = np.full((n, K_max), -1, dtype=np.int32)
   for i, (prompt, fitting) in enumerate(rows):
     p_tokens, p_mask = _pad([prompt], P, tok.pad_id, left=True)
-    r_tokens, r_mask = _pad([x for x, _ in fitting], R, tok.pad_id, left=False)
+    r_tokens, r_mask = _pad([x for x, _, _ in fitting], R, tok.pad_id, left=False)
     k = len(fitting)
     tokens[i, :k, :P], mask[i, :k, :P] = p_tokens, p_mask
     tokens[i, :k, P:], mask[i, :k, P:] = r_tokens, r_mask
-    ranks[i, :k] = [rank for _, rank in fitting]
+    ranks[i, :k] = [rank for _, rank, _ in fitting]
+    slots[i, :k] = [j for _, _, j in fitting]
   return {
     "tokens": tokens,
     "mask": mask,
     "ranks": ranks,
     "kept": np.array(kept, dtype=np.int64),
+    "slots": slots,
     "n_dropped_prompt": n_dropped_prompt,
     "n_dropped_responses": n_dropped_responses,
     "n_dropped_no_pairs": n_dropped_no_pairs,

@@ -1,6 +1,6 @@
 """`--config.dry_run=True`: compile a stage's train step ahead of time, allocating nothing.
 
-For the config's stage (pretrain, sft, rm: the stage's `init_state(..., abstract=True)` and
+For the config's stage (pretrain, sft, rm_base, rm: the stage's `init_state(..., abstract=True)` and
 `train_step`; ppo: `ppo.init_state` and `ppo.make_step`, one `ppo_iteration`) the state is a tree
 of shardings-carrying ShapeDtypeStructs, and so is the batch: a tree of
 `jax.ShapeDtypeStruct`s carrying their shardings on the configured mesh
@@ -37,7 +37,7 @@ import ml_collections
 from instructgpt_jax import data as data_lib
 from instructgpt_jax import pipeline, sharding, train_state
 
-STAGES = ("pretrain", "sft", "rm", "ppo")
+STAGES = ("pretrain", "sft", "rm_base", "rm", "ppo")
 # Above this many parameters the default is to lower only (XLA:CPU compile time grows with size).
 COMPILE_PARAM_LIMIT = 2_000_000_000
 
@@ -89,7 +89,7 @@ def build(config: ml_collections.ConfigDict, mesh=None):
 
   steps = 1000  # Only the schedule's shape depends on it; the compiled step does not.
   stage_lib = pipeline.stage_module(stage)
-  if stage in ("pretrain", "sft", "rm"):
+  if stage in ("pretrain", "sft", "rm_base", "rm"):
     state, shardings = stage_lib.init_state(config, mesh, rules, steps, abstract=True)
     seq = d.prompt_len + d.response_len
     b = round_up(config[stage].batch_size)
@@ -98,7 +98,8 @@ def build(config: ml_collections.ConfigDict, mesh=None):
       shapes = {"tokens": (b, k, seq), "mask": (b, k, seq), "ranks": (b, k)}
       info.update(responses_per_prompt=k)
     else:
-      seq = d.seq_len if stage == "pretrain" else seq
+      # rm_base's pretraining phase packs text like pretrain (its NLP phase is shorter).
+      seq = d.seq_len if stage in ("pretrain", "rm_base") else seq
       shapes = {"tokens": (b, seq), "mask": (b, seq), "loss_mask": (b, seq)}
     jitted = train_state.jit_step(stage_lib.train_step, shardings, mesh)
     args = (state, _batch_struct(shapes, mesh), _key_struct())

@@ -253,6 +253,11 @@ def run(ws: Workspace) -> dict[str, Any]:
       "accuracy": rm_done.get("heldout", {}).get("accuracy"),
       "labeler_agreement": label_done.get("labeler_agreement"),
       "likelihood_baseline": rm_done.get("heldout", {}).get("likelihood_baseline"),
+      # Pairs whose two responses both came from SFT at temperature 1 (label.sources).
+      "sft_only_accuracy": rm_done.get("heldout_sft_only", {}).get("accuracy"),
+      # The SFT policy's own likelihood as a judge, when the RM starts from another model.
+      "sft_likelihood_baseline": rm_done.get("heldout", {}).get("sft_likelihood_baseline"),
+      "init_from": rm_done.get("init_from"),
     },
     "policies": policies,
     "num_prompts": len(prompts),
@@ -296,7 +301,8 @@ def format_report(report: dict[str, Any]) -> str:
     return value if value is None else round(value, 3)
 
   lines.append(
-    f"reward model held-out accuracy: {fmt('accuracy')}; training-labeler agreement: "
+    f"reward model held-out accuracy: {fmt('accuracy')} (SFT-only pairs: "
+    f"{fmt('sft_only_accuracy')}); training-labeler agreement: "
     f"{fmt('labeler_agreement')}; ranking by the RM's initial model's likelihood: "
     f"{fmt('likelihood_baseline')}"
   )

@@ -10,16 +10,18 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import numpy as np
 from absl import logging
 
 from instructgpt_jax import data as data_lib
 from instructgpt_jax.workspace import Workspace
 
 
-def lm_arrays(ws: Workspace, split: str) -> dict[str, Any]:
-  """The pretraining text of `split`, packed into rows of `config.data.seq_len` tokens."""
+def lm_arrays(ws: Workspace, split: str, seq_len: int | None = None) -> dict[str, Any]:
+  """The pretraining text of `split`, packed into rows of `seq_len` tokens (default
+  `config.data.seq_len`; SFT's pretraining mix packs to the demonstrations' length)."""
   texts = [r["text"] for r in ws.records("pretraining", split)]
-  packed = data_lib.pack_lm(ws.tokenizer(), texts, ws.config.data.seq_len)
+  packed = data_lib.pack_lm(ws.tokenizer(), texts, seq_len or ws.config.data.seq_len)
   packed["loss_mask"] = packed["mask"]
   return packed
 
@@ -51,6 +53,34 @@ def sft_arrays(ws: Workspace, split: str) -> dict[str, Any]:
   return arrays
 
 
+# Policies the label stage can sample comparisons from (`label.sources`, "policy:temperature").
+SOURCE_POLICIES = ("sft", "base", "base_fewshot")
+
+
+def parse_source(source: str) -> tuple[str, float]:
+  """ "sft:0.7" -> ("sft", 0.7); an error a user can act on for anything else."""
+  policy, _, temperature = source.partition(":")
+  try:
+    value = float(temperature)
+  except ValueError:
+    value = -1.0
+  if policy not in SOURCE_POLICIES or value <= 0:
+    raise ValueError(
+      f"label source {source!r} is not 'policy:temperature' with policy one of "
+      f"{list(SOURCE_POLICIES)} and a temperature > 0 (e.g. 'sft:1.0')."
+    )
+  return policy, value
+
+
+def source_name(policy: str, temperature: float) -> str:
+  """The canonical name a comparisons file records for a source ("sft:1.0")."""
+  return f"{policy}:{float(temperature)!r}"
+
+
+# The pairs the paper's SFT-only accuracy counts: both responses sampled as PPO samples.
+SFT_SOURCE = source_name("sft", 1.0)
+
+
 def comparisons_path(ws: Workspace) -> str:
   """The user's comparisons file, or the one the label stage writes."""
   return ws.config.data.comparisons_jsonl or os.path.join(
@@ -59,7 +89,9 @@ def comparisons_path(ws: Workspace) -> str:
 
 
 def comparison_arrays(ws: Workspace, split: str) -> dict[str, Any]:
-  """Comparisons of `split`: tokens/mask [N, K, seq], ranks [N, K] (-1 where absent)."""
+  """Comparisons of `split`: tokens/mask [N, K, seq], ranks [N, K] (-1 where absent), slots
+  [N, K] (each slot's index in its record's responses, -1 absent), and "sources": a list of N
+  lists, each record's optional sources (empty when the file does not say)."""
   recs = ws.records("comparisons", split, path=comparisons_path(ws))
   d = ws.config.data
   arrays = data_lib.encode_comparisons(
@@ -73,7 +105,19 @@ def comparison_arrays(ws: Workspace, split: str) -> dict[str, Any]:
   dropped = {k: v for k, v in arrays.items() if k.startswith("n_dropped") and v}
   if dropped:
     logging.warning("rm/%s: of %d comparisons: %s", split, len(recs), dropped)
+  # A list, so batching (which takes the numpy arrays) leaves it out.
+  arrays["sources"] = [list(recs[i].get("sources") or []) for i in arrays["kept"]]
   return arrays
+
+
+def ranks_among(arrays: dict[str, Any], source: str) -> np.ndarray:
+  """`arrays["ranks"]` with every response not produced by `source` marked absent (-1), so a
+  pairwise accuracy counts only the pairs whose two responses both came from it. [N, K]"""
+  keep = np.zeros(arrays["ranks"].shape, bool)
+  for i, (row, sources) in enumerate(zip(arrays["slots"], arrays["sources"])):
+    for k, j in enumerate(row):
+      keep[i, k] = j >= 0 and j < len(sources) and sources[j] == source
+  return np.where(keep, arrays["ranks"], -1)
 
 
 def prompt_arrays(ws: Workspace, split: str = "train") -> dict[str, Any]:

@@ -1,9 +1,13 @@
-"""Stage "label": comparisons sampled from the SFT policy and ranked by simulated labelers.
+"""Stage "label": comparisons sampled from several policies and ranked by simulated labelers.
 
 For each prompt of the world's labelling set, K ~ U{k_min..k_max} responses (paper: 4..9) are
-sampled from the SFT policy at `label.temperature`, and one training labeler (drawn per prompt)
-ranks them. The result is the user-facing comparisons JSONL (`<workdir>/label/comparisons.jsonl`),
-which the RM reads through its tfds builder like any user's file. With
+sampled, each from one of `label.sources` ("policy:temperature"; policy sft, base or
+base_fewshot, the base model after the world's few-shot prefix as the evaluation prompts it),
+drawn per response with `label.source_weights`, as the paper's comparisons came from the outputs
+of several models. One training labeler (drawn per prompt) ranks them. The result is the
+user-facing comparisons JSONL (`<workdir>/label/comparisons.jsonl`), which the RM reads through
+its tfds builder like any user's file; its optional "sources" field names the source of each
+response (the RM reports its accuracy on the SFT-only pairs from it). With
 `config.data.comparisons_jsonl` set, the user's comparisons are used and nothing is sampled.
 
 Prompts are labelled in chunks of `label.chunk_prompts`, each with its own sampling key and
@@ -24,7 +28,7 @@ import numpy as np
 from absl import logging
 
 from instructgpt_jax import data as data_lib
-from instructgpt_jax import loop, sampling
+from instructgpt_jax import inputs, loop, sampling
 from instructgpt_jax.sim import labelers as labelers_lib
 from instructgpt_jax.workspace import Workspace
 
@@ -36,14 +40,17 @@ def sample_texts(
   rng: jax.Array,
   temperature: float,
   batch_size: int,
+  prefix: str = "",
 ) -> tuple[list[str], dict[str, np.ndarray]]:
-  """One sampled response (decoded text) per prompt, plus the raw sampler arrays."""
+  """One sampled response (decoded text) per prompt, after `prefix` (a few-shot prefix then
+  gets `label.fewshot_prompt_len` more prompt tokens), plus the raw sampler arrays."""
   tok = ws.tokenizer()
-  enc = data_lib.encode_prompts(tok, prompts, ws.config.data.prompt_len)
+  P = ws.config.data.prompt_len + (ws.config.label.fewshot_prompt_len if prefix else 0)
+  enc = data_lib.encode_prompts(tok, [prefix + p for p in prompts], P)
   if enc.n_dropped:
     raise ValueError(
-      f"{enc.n_dropped} prompts are longer than data.prompt_len="
-      f"{ws.config.data.prompt_len} tokens; drop them before sampling."
+      f"{enc.n_dropped} prompts are longer than {P} tokens (data.prompt_len"
+      f"{' + label.fewshot_prompt_len' if prefix else ''}); drop them before sampling."
     )
   out = sampling.generate_batched(
     params,
@@ -59,9 +66,43 @@ def sample_texts(
     temperature=temperature,
     progress_name="label",
   )
-  P = ws.config.data.prompt_len
   texts = [tok.decode(row[P:][m[P:] > 0]) for row, m in zip(out["tokens"], out["mask"])]
   return texts, out
+
+
+def parse_sources(cfg: Any) -> tuple[list[tuple[str, float]], np.ndarray]:
+  """`label.sources` as (policy, temperature) pairs and their normalised weights; errors name
+  the setting to fix."""
+  sources = [inputs.parse_source(s) for s in cfg.sources]
+  weights = np.asarray(cfg.source_weights, np.float64)
+  if not sources:
+    raise ValueError("label.sources is empty; give at least one, e.g. ('sft:1.0',).")
+  if weights.shape != (len(sources),) or (weights < 0).any() or weights.sum() <= 0:
+    raise ValueError(
+      f"label.source_weights={tuple(cfg.source_weights)} must be {len(sources)} non-negative "
+      f"numbers (one per label.sources entry) with a positive sum."
+    )
+  names = [inputs.source_name(p, t) for p, t in sources]
+  if len(set(names)) != len(names):
+    raise ValueError(f"label.sources {list(cfg.sources)} names a source twice.")
+  return sources, weights / weights.sum()
+
+
+def assign_sources(
+  fits: np.ndarray, weights: np.ndarray, ks: np.ndarray, rng: np.random.Generator
+) -> list[np.ndarray]:
+  """The source of each of a prompt's K responses, drawn with `weights` among the sources whose
+  prompt fits the context.
+
+  fits: [prompts, sources] bool; weights: [sources]; ks: [prompts]. Returns one int array of
+  length ks[i] per prompt (indices into the sources)."""
+  out = []
+  for fit, k in zip(fits, ks):
+    w = np.where(fit, weights, 0.0)
+    if w.sum() <= 0:  # No weighted source fits: the first that does (the caller checks one).
+      w = fit.astype(np.float64)
+    out.append(rng.choice(len(weights), size=int(k), p=w / w.sum()))
+  return out
 
 
 def _read_progress(out_path: str, fingerprint: str) -> tuple[int, list[dict[str, Any]], int]:
@@ -132,45 +173,91 @@ def run(ws: Workspace) -> dict[str, Any]:
     for r in ws.records("prompts", split, path=ws.jsonl("rm_prompts"))
   ]
   tok = ws.tokenizer()
-  fits = data_lib.encode_prompts(tok, [r["prompt"] for r in recs], ws.config.data.prompt_len)
+  d = ws.config.data
+  fits = data_lib.encode_prompts(tok, [r["prompt"] for r in recs], d.prompt_len)
   recs = [recs[i] for i in fits.kept][: cfg.num_prompts]
+  sources, weights = parse_sources(cfg)
+  names = [inputs.source_name(p, t) for p, t in sources]
+  prefix = world.fewshot_prefix(cfg.fewshot_examples)
+  fewshot_fits = np.zeros(len(recs), bool)
+  fewshot_fits[
+    data_lib.encode_prompts(
+      tok, [prefix + r["prompt"] for r in recs], d.prompt_len + cfg.fewshot_prompt_len
+    ).kept
+  ] = True
+  # [prompts, sources]: a few-shot source only where the prefixed prompt fits the context.
+  source_fits = np.stack(
+    [fewshot_fits if p == "base_fewshot" else np.ones(len(recs), bool) for p, _ in sources], 1
+  )
+  if not source_fits.any(axis=1).all():
+    raise ValueError(
+      "Some prompts fit no label source (only base_fewshot is configured and the few-shot "
+      "prefix makes them too long): raise label.fewshot_prompt_len or add 'sft:1.0'."
+    )
   ks = np.random.default_rng(ws.config.seed + 30).integers(cfg.k_min, cfg.k_max + 1, size=len(recs))
+  assigned = assign_sources(source_fits, weights, ks, np.random.default_rng(ws.config.seed + 33))
   # Chunks of prompts are sampled and ranked with keys of their own, so a run resumed after
   # an interruption writes exactly what an uninterrupted one would.
-  sft_run = (loop.stage_done(ws.stage_dir("sft")) or {}).get("run_id", "")
+  runs = {
+    s: (loop.stage_done(ws.stage_dir(s)) or {}).get("run_id", "") for s in ("pretrain", "sft")
+  }
   fingerprint = json.dumps(
-    [sft_run, len(recs), ks.tolist(), cfg.temperature, cfg.chunk_prompts, ws.config.seed]
+    [
+      runs,
+      len(recs),
+      ks.tolist(),
+      names,
+      weights.tolist(),
+      cfg.fewshot_examples,
+      cfg.fewshot_prompt_len,
+      cfg.chunk_prompts,
+      ws.config.seed,
+    ]
   )
   done, rows, empty = _read_progress(out_path, fingerprint)
   os.makedirs(os.path.dirname(out_path), exist_ok=True)
   if not done:
     _write_rows(out_path + ".partial", [])
     _write_progress(out_path, fingerprint, 0, 0, 0)
-  params = ws.load_params("sft", ws.model_config())
+  policies = {p for p, _ in sources}
+  params = {
+    "sft": ws.load_params("sft", ws.model_config()) if "sft" in policies else None,
+    "base": (
+      ws.load_params("pretrain", ws.model_config()) if policies & {"base", "base_fewshot"} else None
+    ),
+  }
   num_chunks = -(-len(recs) // cfg.chunk_prompts)
   for chunk in range(done // cfg.chunk_prompts, num_chunks):
     loop.raise_if_preempted(f"while labelling (after {done} of {len(recs)} prompts)")
     lo, hi = chunk * cfg.chunk_prompts, min((chunk + 1) * cfg.chunk_prompts, len(recs))
-    repeated = [r["prompt"] for r, k in zip(recs[lo:hi], ks[lo:hi]) for _ in range(k)]
-    offsets = np.concatenate([[0], np.cumsum(ks[lo:hi])])
-    texts, _ = sample_texts(
-      ws,
-      params,
-      repeated,
-      jax.random.fold_in(jax.random.key(ws.config.seed + 31), chunk),
-      cfg.temperature,
-      cfg.batch_size,
-    )
+    # texts[i][j]: response j of prompt lo + i, from source assigned[lo + i][j].
+    texts: list[list[str]] = [[""] * int(k) for k in ks[lo:hi]]
+    chunk_key = jax.random.fold_in(jax.random.key(ws.config.seed + 31), chunk)
+    for s, (policy, temperature) in enumerate(sources):
+      slots = [(i, j) for i in range(hi - lo) for j, a in enumerate(assigned[lo + i]) if a == s]
+      if not slots:
+        continue
+      sampled, _ = sample_texts(
+        ws,
+        params["sft" if policy == "sft" else "base"],
+        [recs[lo + i]["prompt"] for i, _ in slots],
+        jax.random.fold_in(chunk_key, s),
+        temperature,
+        cfg.batch_size,
+        prefix=prefix if policy == "base_fewshot" else "",
+      )
+      for (i, j), text in zip(slots, sampled):
+        texts[i][j] = text
     rng = np.random.default_rng([ws.config.seed + 30, chunk])
     new_rows = []
     for i, rec in enumerate(recs[lo:hi]):
       # The comparisons format refuses empty responses (an immediate EOS), so they are
       # dropped and counted; a prompt left with fewer than two responses is skipped.
-      sampled = texts[offsets[i] : offsets[i + 1]]
-      responses = [t for t in sampled if t.strip()]
-      empty += len(sampled) - len(responses)
-      if len(responses) < 2:
+      kept = [j for j, t in enumerate(texts[i]) if t.strip()]
+      empty += len(texts[i]) - len(kept)
+      if len(kept) < 2:
         continue
+      responses = [texts[i][j] for j in kept]
       labeler = train_pool[rng.integers(len(train_pool))]
       new_rows.append(
         {
@@ -178,6 +265,7 @@ def run(ws: Workspace) -> dict[str, Any]:
           "responses": responses,
           "ranking": labelers_lib.rank(labeler, rec["prompt"], responses, rng),
           "user_id": rec["user_id"],
+          "sources": [names[assigned[lo + i][j]] for j in kept],
         }
       )
     _save_rows(out_path + ".partial", new_rows, "a")
@@ -192,6 +280,12 @@ def run(ws: Workspace) -> dict[str, Any]:
   # Every pair of every prompt, as the RM's accuracy is scored on all C(K,2) pairs.
   pairs = [(r["prompt"], a, b) for r in rows for a, b in itertools.combinations(r["responses"], 2)]
   gold = [world.gold_score(r["prompt"], t) for r in rows for t in r["responses"]]
+  by_source = [src for r in rows for src in r["sources"]]
+  gold_by_source = {
+    name: float(np.mean([g for g, src in zip(gold, by_source) if src == name]))
+    for name in names
+    if name in by_source
+  }
   return {
     "comparisons": len(rows),
     "responses": int(sum(len(r["responses"]) for r in rows)),
@@ -200,5 +294,9 @@ def run(ws: Workspace) -> dict[str, Any]:
     "labeler_agreement": labelers_lib.labeler_agreement(
       train_pool, pairs, np.random.default_rng(ws.config.seed + 32)
     ),
-    "sft_sample_gold_mean": float(np.mean(gold)),
+    "sample_gold_mean": float(np.mean(gold)),
+    # SFT at temperature 1 (absent when it is not a source): the samples PPO starts from.
+    "sft_sample_gold_mean": gold_by_source.get(inputs.SFT_SOURCE),
+    "responses_by_source": {name: by_source.count(name) for name in names},
+    "gold_mean_by_source": gold_by_source,
   }

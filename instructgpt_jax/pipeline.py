@@ -1,7 +1,8 @@
 """Runs a stage after every earlier stage that the workdir does not hold yet.
 
 `python -m instructgpt_jax.main --config=configs/ppo.py` therefore pretrains the base model,
-fine-tunes it, labels comparisons, trains the reward model, runs PPO and PPO-ptx, and evaluates,
+fine-tunes it, labels comparisons, trains the reward model's base model (pretraining and NLP
+tasks) and then the reward model, runs PPO and PPO-ptx, and evaluates,
 reusing whatever a previous (possibly preempted) run already finished.
 """
 
@@ -25,11 +26,17 @@ STAGE_MODULES = {
   "pretrain": "pretrain",
   "sft": "sft",
   "label": "label",
+  # Needs only the data and the tokenizer; placed here so that runs up to SFT or labelling do
+  # not pay for it, and its config (configs/rm_base.py) holds the RM's shape that rm reads.
+  "rm_base": "rm_base",
   "rm": "rm",
   "ppo": "ppo",
   "eval": "evaluate",
 }
 STAGES = tuple(STAGE_MODULES)
+# The earlier stages a stage's output depends on, where not all of them: rm_base reads only the
+# data and the tokenizer, so a retrained SFT policy (or new comparisons) reuses it.
+STAGE_NEEDS: dict[str, tuple[str, ...]] = {"rm_base": ()}
 
 
 def stage_module(name: str) -> types.ModuleType:
@@ -45,6 +52,7 @@ STAGE_DOC = {
   "pretrain": "the base model on the plain-text corpus",
   "sft": "fine-tuning on demonstrations",
   "label": "sampling K responses per prompt, ranked by the training labelers",
+  "rm_base": "the RM-sized base model: pretraining, then the NLP tasks",
   "rm": "the reward model on the rankings",
   "ppo": "PPO and PPO-ptx against the reward model",
   "eval": "every policy, judged by held-out labelers",
@@ -110,7 +118,9 @@ def run(ws: Workspace, stage: str) -> dict[str, Any]:
       continue
     stage_dir = ws.stage_dir(name)
     done = loop.stage_done(stage_dir)
-    stale = changed_upstream(done, run_ids)
+    needs = STAGE_NEEDS.get(name)
+    upstream = run_ids if needs is None else {n: run_ids[n] for n in needs if n in run_ids}
+    stale = changed_upstream(done, upstream)
     if done is not None and not stale and not (name == stage and ws.config.overwrite):
       print(f"[{name}] already complete in {stage_dir} (reused)", flush=True)
       summaries[name] = done
@@ -128,7 +138,7 @@ def run(ws: Workspace, stage: str) -> dict[str, Any]:
     summary = dict(runners[name](ws))
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     summary["run_id"] = uuid.uuid4().hex
-    summary["upstream"] = dict(run_ids)
+    summary["upstream"] = dict(upstream)
     loop.mark_done(stage_dir, summary)
     logging.info("[%s] done in %.1fs: %s", name, summary["seconds"], summary)
     print(f"[{name}] done in {summary['seconds']:.0f} s{headline(summary)}", flush=True)

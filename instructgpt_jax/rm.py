@@ -1,6 +1,8 @@
 """Stage "rm": the reward model, trained on rankings of K = 4..9 responses per prompt.
 
-Initialised from the SFT trunk with the unembedding replaced by a scalar head. The reward of a
+Initialised from the trunk of `rm.init_from` (default "rm_base": the RM-sized model pretrained
+and tuned on the NLP tasks, paper C.2; or the policy's "sft" / "pretrain") with the unembedding
+replaced by a scalar head. The reward of a
 sequence is the head's output at its last real token (the EOS). All C(K,2) comparisons of one
 prompt are one batch element (`losses.pairwise_rm_loss`), one epoch, cosine decay to 10 %
 (paper C.2). Afterwards a bias is folded into the head so the demonstrations score mean 0.
@@ -22,7 +24,7 @@ from instructgpt_jax import inputs, loop, losses, objectives, scoring, train_sta
 from instructgpt_jax.workspace import Workspace
 
 SCALAR_HEAD = "scalar_head"
-INIT_FROM = ("sft", "pretrain")
+HELD_OUT_KEYS = ("tokens", "mask", "ranks", "slots")
 
 
 def loss_fn(
@@ -76,18 +78,29 @@ def init_state(
   )
 
 
+def _check_rm_base_trained(ws: Workspace) -> None:
+  done = loop.stage_done(ws.stage_dir("rm_base")) or {}
+  if "skipped" in done:
+    raise ValueError(
+      f"rm.init_from='rm_base', but {ws.stage_dir('rm_base')} was finished without training "
+      f"({done['skipped']}). Remove that directory (or run configs/rm_base.py with "
+      "--config.overwrite=True) and run again."
+    )
+
+
 def run(ws: Workspace) -> dict[str, Any]:
   cfg = ws.config.rm
-  if cfg.init_from not in INIT_FROM:
-    raise ValueError(f"rm.init_from={cfg.init_from!r} is not one of {list(INIT_FROM)}.")
+  init_cfg, rm_cfg = train_state.rm_init_config(ws.config), train_state.rm_model_config(ws.config)
+  if cfg.init_from == "rm_base":
+    _check_rm_base_trained(ws)
   arrays = inputs.comparison_arrays(ws, "train")
   n = int(arrays["tokens"].shape[0])
   steps = loop.steps_for_epochs(n, cfg.batch_size, cfg.epochs)
-  lm_cfg, rm_cfg = ws.model_config(), train_state.rm_model_config(ws.config)
   state, shardings = init_state(
-    ws.config, ws.mesh, ws.rules, steps, ws.load_params(cfg.init_from, lm_cfg)
+    ws.config, ws.mesh, ws.rules, steps, ws.load_params(cfg.init_from, init_cfg)
   )
-  batches = data_lib.make_batches(arrays, cfg.batch_size, seed=ws.config.seed + 21)
+  train = {k: arrays[k] for k in ("tokens", "mask", "ranks")}
+  batches = data_lib.make_batches(train, cfg.batch_size, seed=ws.config.seed + 21)
   state, rows = loop.train(
     name="rm",
     stage_dir=ws.stage_dir("rm"),
@@ -112,6 +125,8 @@ def run(ws: Workspace) -> dict[str, Any]:
   ws.save_params("rm", params, rm_cfg)
 
   summary: dict[str, Any] = {
+    "init_from": cfg.init_from,
+    "params": rm_cfg.num_params(),
     "steps": steps,
     "comparisons": n,
     "demo_bias": bias,
@@ -120,14 +135,31 @@ def run(ws: Workspace) -> dict[str, Any]:
   held_out = [inputs.comparison_arrays(ws, s) for s in ("validation", "test")]
   held_out = [a for a in held_out if a["tokens"].shape[0]]
   if held_out:
-    merged = {k: np.concatenate([a[k] for a in held_out]) for k in ("tokens", "mask", "ranks")}
+    merged = {k: np.concatenate([a[k] for a in held_out]) for k in HELD_OUT_KEYS}
+    merged["sources"] = [s for a in held_out for s in a["sources"]]
+    pairs = {k: merged[k] for k in ("tokens", "mask", "ranks")}
+    # The paper's SFT-only accuracy: pairs whose two responses were both sampled from SFT at
+    # temperature 1 (as PPO's first samples are). Absent when the file does not record sources.
+    sft_ranks = inputs.ranks_among(merged, inputs.SFT_SOURCE)
+    has_sft_pairs = ((sft_ranks >= 0).sum(axis=1) >= 2) & (sft_ranks.max(axis=1) > sft_ranks.min(1))
+    sft_pairs = {**{k: pairs[k][has_sft_pairs] for k in pairs}, "ranks": sft_ranks[has_sft_pairs]}
     placed = train_state.place_params(params, rm_cfg, ws.mesh, ws.rules)
-    summary["heldout"] = scoring.pairwise_accuracy(ws, scoring.reward_fn(placed, rm_cfg), merged)
+    reward = scoring.reward_fn(placed, rm_cfg)
+    summary["heldout"] = scoring.pairwise_accuracy(ws, reward, pairs)
+    if has_sft_pairs.any():
+      summary["heldout_sft_only"] = scoring.pairwise_accuracy(ws, reward, sft_pairs)
     # The baseline an RM should beat: ranking by the log-likelihood under the model it starts
     # from. Reloaded here rather than kept through training: one model in memory at a time.
-    init_params = ws.load_params(cfg.init_from, lm_cfg)
+    init_params = ws.load_params(cfg.init_from, init_cfg)
     summary["heldout"]["likelihood_baseline"] = scoring.pairwise_accuracy(
-      ws, scoring.loglik_fn(ws, init_params, lm_cfg), merged
+      ws, scoring.loglik_fn(ws, init_params, init_cfg), pairs
     )["accuracy"]
+    if cfg.init_from != "sft":
+      # The SFT policy's own likelihood, the judge the RM failed to beat before (notes of
+      # 2026-11-30), reported whatever the RM starts from.
+      sft_cfg = ws.model_config()
+      summary["heldout"]["sft_likelihood_baseline"] = scoring.pairwise_accuracy(
+        ws, scoring.loglik_fn(ws, ws.load_params("sft", sft_cfg), sft_cfg), pairs
+      )["accuracy"]
   summary["train"] = {"accuracy": rows[-1]["accuracy"]} if rows else {}
   return summary

@@ -23,6 +23,8 @@ from instructgpt_jax import sharding
 
 TrainState = flax_train_state.TrainState
 SCHEDULES = ("cosine", "constant", "linear")
+# The models a reward model can start from (`rm.init_from`): the stage whose parameters it loads.
+RM_INIT_FROM = ("rm_base", "sft", "pretrain")
 
 
 def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
@@ -81,10 +83,44 @@ def model_config(config: ml_collections.ConfigDict, **overrides: Any) -> model_l
   return model_lib.ModelConfig.from_dict(d, **overrides)
 
 
+def rm_lm_config(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
+  """The reward model's transformer as a language model (the `rm_base` stage trains it):
+  `config.model` with the overrides of `config.rm.model` (absent before configs/rm_base.py)."""
+  rm_section = config.get("rm") or {}
+  overrides = dict(rm_section.get("model") or {})
+  unknown = sorted(set(overrides) - set(config.model.keys()))
+  if unknown:
+    raise ValueError(
+      f"config.rm.model sets {unknown}, which are not model settings; valid keys: "
+      f"{sorted(config.model.keys())}."
+    )
+  return model_config(config, **overrides)
+
+
 def rm_model_config(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
-  """The reward model: the policy's transformer with a scalar head in place of the unembedding.
-  The value function shares it, since it starts from the RM."""
-  return model_config(config, head="scalar")
+  """The reward model: `rm_lm_config`'s transformer with a scalar head in place of the
+  unembedding. The value function shares it, since it starts from the RM."""
+  return rm_lm_config(config).replace(head="scalar")
+
+
+def rm_init_config(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
+  """The LM config of the model the RM starts from (`rm.init_from`); raises, with the fix, when
+  the policy's models are asked for but `rm.model` gives the RM another shape."""
+  cfg = config.rm
+  if cfg.init_from not in RM_INIT_FROM:
+    raise ValueError(f"rm.init_from={cfg.init_from!r} is not one of {list(RM_INIT_FROM)}.")
+  rm_lm = rm_lm_config(config)
+  if cfg.init_from == "rm_base":
+    return rm_lm
+  policy = model_config(config)
+  if policy != rm_lm:
+    raise ValueError(
+      f"rm.init_from={cfg.init_from!r} starts the RM from the policy's model, but rm.model "
+      f"{cfg.model.to_dict()} gives the RM another shape ({rm_lm.num_layers} x {rm_lm.d_model} "
+      f"against the policy's {policy.num_layers} x {policy.d_model}). Use "
+      "rm.init_from='rm_base', or set rm.model's keys to the policy's values."
+    )
+  return policy
 
 
 def boxed_params(model_cfg: model_lib.ModelConfig, rng: jax.Array) -> Any:

@@ -32,7 +32,13 @@ JSONL_KEYS = {
   "prompts": ("prompts_jsonl", "prompts.jsonl"),
   "rm_prompts": ("rm_prompts_jsonl", "rm_prompts.jsonl"),
   "eval_prompts": ("eval_prompts_jsonl", "eval_prompts.jsonl"),
+  # The RM base model's "public NLP tasks" (paper C.2), in the demonstrations format. Optional:
+  # with your own data and no such file, the rm_base stage skips its fine-tuning.
+  "nlp_tasks": ("nlp_tasks_jsonl", "nlp_tasks.jsonl"),
 }
+OPTIONAL_KINDS = ("nlp_tasks",)  # Kinds a data set of your own may leave out.
+# The data format each kind is read with (data.KINDS), where it is not the kind's own name.
+DATA_KINDS = {"eval_prompts": "prompts", "rm_prompts": "prompts", "nlp_tasks": "demonstrations"}
 
 
 class Workspace:
@@ -60,7 +66,20 @@ class Workspace:
 
   @property
   def uses_world(self) -> bool:
-    return not any(self.config.data[key] for key, _ in JSONL_KEYS.values())
+    """True when none of the required files is the user's (so the built-in world writes them)."""
+    return not any(
+      self.config.data[key] for kind, (key, _) in JSONL_KEYS.items() if kind not in OPTIONAL_KINDS
+    )
+
+  def optional_jsonl(self, kind: str) -> str | None:
+    """The file of an optional kind (OPTIONAL_KINDS): the user's, or the built-in world's when
+    the world writes one ("knowledge" writes no NLP tasks); None when there is none."""
+    key, filename = JSONL_KEYS[kind]
+    if self.config.data[key] or not self.uses_world:
+      return self.jsonl(kind) if self.config.data[key] else None
+    self.jsonl("pretraining")  # Writes the world's files on first use.
+    path = os.path.join(self.workdir, "world", filename)
+    return path if os.path.exists(path) else None
 
   def world(self) -> Any:
     """The built-in world of config.data (world, world_seed, world_scale)."""
@@ -76,9 +95,10 @@ class Workspace:
         raise FileNotFoundError(f"config.data.{key}={path} does not exist.")
       return path
     if not self.uses_world:
+      required = [k for name, (k, _) in JSONL_KEYS.items() if name not in OPTIONAL_KINDS]
       raise ValueError(
         f"config.data.{key} is empty but other data paths are set: give every "
-        f"file of your own data set ({[k for k, _ in JSONL_KEYS.values()]})."
+        f"file of your own data set ({required})."
       )
     world_dir = os.path.join(self.workdir, "world")
     path = os.path.join(world_dir, filename)
@@ -101,7 +121,7 @@ class Workspace:
   def records(self, kind: str, split: str, path: str | None = None) -> list[dict[str, Any]]:
     """One split of a user-facing file, through its tfds builder (cached per run)."""
     path = path or self.jsonl(kind)
-    data_kind = "prompts" if kind in ("eval_prompts", "rm_prompts") else kind
+    data_kind = DATA_KINDS.get(kind, kind)
     key = (path, split)
     if key not in self._records:
       chat = None

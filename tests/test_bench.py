@@ -4,7 +4,7 @@ shrinks with FSDP, and a quick smoke run of bench.py. Nothing here asserts on a 
 import jax
 import numpy as np
 
-from instructgpt_jax import bench, dry_run, sharding
+from instructgpt_jax import bench, dry_run, sharding, train_state
 from tests import helpers
 
 
@@ -73,6 +73,15 @@ def test_dry_run_ppo_lowers_on_8_devices():
   assert info["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
   assert info["params"]["policy"] > 0 and info["params"]["value"] > 0
   assert info["compiled"] is False and info["state_bytes_per_device"] > 0
+
+
+def test_dry_run_rm_base_lowers_the_rm_shaped_model():
+  config = helpers.config("rm_base")
+  info = dry_run.dry_run(config, compile=False)
+  rm_params = train_state.rm_lm_config(config).num_params()
+  assert info["stage"] == "rm_base" and info["params"] == rm_params
+  assert info["params"] > train_state.model_config(config).num_params()
+  assert info["seq"] == config.data.seq_len
 
 
 def test_bench_quick_smoke(capsys):

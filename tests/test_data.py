@@ -38,6 +38,7 @@ def comparison(i, user="u0"):
     "responses": ["yes", "no", "maybe"],
     "ranking": [0, 2, 1],
     "user_id": user,
+    "sources": ["sft:1.0", "sft:0.7", "base_fewshot:1.0"],  # Optional.
   }
 
 
@@ -407,3 +408,35 @@ def test_iterate_split_batches_covers_each_example_once():
   assert [b["x"].shape for b in batches] == [(4,)] * 3
   valid = np.concatenate([b["valid"] for b in batches])
   assert np.concatenate([b["x"] for b in batches])[valid == 1].tolist() == list(range(10))
+
+
+def test_comparisons_keep_their_optional_sources(tmp_path):
+  rows = [comparison(i, user=f"u{i}") for i in range(4)]
+  # A file may leave sources out, row by row: they read back as [].
+  rows.append({k: v for k, v in comparison(9, user="u9").items() if k != "sources"})
+  path = tmp_path / "c.jsonl"
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  assert [r["sources"] for r in data.read_jsonl(str(path), "comparisons")] == [
+    r.get("sources", []) for r in rows
+  ]
+  loaded = [
+    r for s in data.SPLITS for r in data.load_split("comparisons", str(path), str(tmp_path), s)
+  ]
+  assert sorted((r["prompt"], tuple(r["sources"])) for r in loaded) == sorted(
+    (r["prompt"], tuple(r.get("sources", []))) for r in rows
+  )
+  for bad, match in (
+    (["sft:1.0"], "'sources' has 1 entries"),
+    ("sft", "list of strings"),
+    ([1, 2, 3], "list of strings"),
+  ):
+    with pytest.raises(data.DataError, match=match):
+      data.validate_record(dict(comparison(0), sources=bad), "comparisons")
+
+
+def test_encode_comparisons_slots_map_back_to_the_responses(tok):
+  out = data.encode_comparisons(
+    tok, ["prompt 1"], [["maybe " * 10, "yes", "no"]], [[0, 1, 2]], P=8, R=4, K_max=4
+  )
+  # The first response is too long: slots 0 and 1 hold responses 1 and 2.
+  assert out["slots"].tolist() == [[1, 2, -1, -1]] and out["ranks"].tolist() == [[1, 2, -1, -1]]

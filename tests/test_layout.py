@@ -8,7 +8,7 @@ from tests import helpers
 PACKAGE = os.path.join(
   os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "instructgpt_jax"
 )
-STAGE_MODULES = {"pretrain", "sft", "label", "rm", "ppo", "evaluate"}
+STAGE_MODULES = {"pretrain", "sft", "label", "rm_base", "rm", "ppo", "evaluate"}
 # The entry point and the pipeline run stages; nothing else may import one.
 MAY_IMPORT_STAGES = {"pipeline", "main"}
 
@@ -65,3 +65,9 @@ def test_a_new_ppo_setting_is_one_edit_in_the_config():
   assert s.ppo.my_new_setting == 0.5
   assert set(s.ppo.keys()) == set(config.ppo.keys())
   assert s.ppo.ptx_coef == 0.0 and ppo.make_settings(config, 1, 0, "ppo_ptx").ppo.ptx_coef == 27.8
+
+
+def test_the_checker_knows_every_stage_module():
+  from instructgpt_jax import pipeline  # pylint: disable=import-outside-toplevel
+
+  assert set(pipeline.STAGE_MODULES.values()) == STAGE_MODULES

@@ -487,7 +487,7 @@ def test_finished_stages_are_reused_unless_overwrite(tmp_path, monkeypatch):
   cfg = helpers.config("ppo")
   ws = workspace.Workspace(cfg, str(tmp_path), mesh=sharding.make_mesh((1, 1, 1)))
   pipeline.run(ws, "ppo")
-  assert [c[0] for c in calls] == ["pretrain", "sft", "label", "rm", "ppo", "eval"]
+  assert [c[0] for c in calls] == ["pretrain", "sft", "label", "rm_base", "rm", "ppo", "eval"]
   (tmp_path / "sft" / "old.txt").write_text("x")
   calls.clear()
   pipeline.run(ws, "ppo")
@@ -498,7 +498,8 @@ def test_finished_stages_are_reused_unless_overwrite(tmp_path, monkeypatch):
   assert calls == [("sft", False)]  # Redone from scratch; nothing else touched.
   calls.clear()
   pipeline.run(ws, "ppo")
-  # Everything built on the old SFT policy is redone; pretraining is not.
+  # Everything built on the old SFT policy is redone; pretraining and the RM's base model
+  # (which reads only the data) are not.
   assert calls == [("label", False), ("rm", False), ("ppo", False), ("eval", False)]
   assert pipeline.changed_upstream({"ok": 1}, {"sft": "x"}) == []  # Records of older versions.
 

@@ -8,12 +8,12 @@ import sys
 import numpy as np
 import pytest
 
-from instructgpt_jax import loop, pipeline, train_state
+from instructgpt_jax import inputs, loop, pipeline, train_state
 from instructgpt_jax import metrics as metrics_lib
 from instructgpt_jax.workspace import Workspace
 from tests import helpers
 
-STAGE_DIRS = ("pretrain", "sft", "label", "rm", "ppo", "eval")
+STAGE_DIRS = ("pretrain", "sft", "label", "rm_base", "rm", "ppo", "eval")
 
 
 def tiny_config(**overrides):
@@ -37,7 +37,15 @@ def test_every_stage_finishes_and_records(tiny_run):
   assert list(summaries) == list(STAGE_DIRS)
   for stage in STAGE_DIRS:
     assert loop.stage_done(ws.stage_dir(stage)) is not None, stage
-  for stage in ("pretrain", "sft", "rm", "ppo/ppo", "ppo/ppo_ptx"):
+  for stage in (
+    "pretrain",
+    "sft",
+    "rm_base/pretrain",
+    "rm_base/nlp",
+    "rm",
+    "ppo/ppo",
+    "ppo/ppo_ptx",
+  ):
     rows = metrics_lib.read_metrics(os.path.join(ws.stage_dir(stage), "metrics.jsonl"))
     assert rows and all("step" in r and "loss" in r or "score" in r for r in rows), stage
     assert os.path.isdir(os.path.join(ws.stage_dir(stage), "tensorboard")), stage
@@ -73,10 +81,62 @@ def test_comparisons_file_has_the_user_format(tiny_run):
   with open(os.path.join(ws.stage_dir("label"), "comparisons.jsonl")) as f:
     rows = [json.loads(line) for line in f]
   assert rows
+  names = {inputs.source_name(*inputs.parse_source(s)) for s in ws.config.label.sources}
   for row in rows:
-    assert set(row) == {"prompt", "responses", "ranking", "user_id"}
+    assert set(row) == {"prompt", "responses", "ranking", "user_id", "sources"}
     assert 2 <= len(row["responses"]) <= 9 and len(row["ranking"]) == len(row["responses"])
     assert all(r.strip() for r in row["responses"])
+    assert len(row["sources"]) == len(row["responses"]) and set(row["sources"]) <= names
+
+
+def test_label_draws_responses_from_every_source(tiny_run):
+  ws, summaries = tiny_run
+  with open(os.path.join(ws.stage_dir("label"), "comparisons.jsonl")) as f:
+    sources = [s for line in f for s in json.loads(line)["sources"]]
+  counts = {name: sources.count(name) for name in set(sources)}
+  assert set(counts) == {"sft:1.0", "sft:0.7", "base_fewshot:1.0"}, counts
+  assert summaries["label"]["responses_by_source"] == counts
+  # Weights 0.5 / 0.25 / 0.25: SFT at temperature 1 gives the most responses.
+  assert max(counts, key=counts.get) == "sft:1.0"
+  # The sources pass through the data layer to the RM's arrays.
+  arrays = inputs.comparison_arrays(ws, "train")
+  assert len(arrays["sources"]) == arrays["tokens"].shape[0]
+  sft_only = inputs.ranks_among(arrays, "sft:1.0")
+  assert ((sft_only >= 0) <= (arrays["ranks"] >= 0)).all() and (sft_only >= 0).any()
+
+
+def test_rm_starts_from_rm_base_with_the_rm_shape(tiny_run):
+  ws, summaries = tiny_run
+  rm_lm, policy = train_state.rm_lm_config(ws.config), ws.model_config()
+  assert ws.config.rm.init_from == "rm_base" and summaries["rm"]["init_from"] == "rm_base"
+  assert rm_lm.num_layers == policy.num_layers + 1  # tiny's rm.model: one more layer.
+  base = summaries["rm_base"]
+  assert base["pretrain_steps"] == ws.config.rm_base.steps and base["nlp_steps"] > 0
+  assert np.isfinite(base["nlp_final_loss"]) and "nlp_skipped" not in base
+  rm_params = ws.load_params("rm", train_state.rm_model_config(ws.config))
+  assert len([k for k in rm_params if k.startswith("layer")]) == rm_lm.num_layers, list(rm_params)
+  # The value function is the RM's model (it starts from the RM's parameters).
+  from instructgpt_jax import ppo  # pylint: disable=import-outside-toplevel
+
+  s = ppo.make_settings(ws.config, eos_id=1, pad_id=0)
+  assert s.value_cfg == train_state.rm_model_config(ws.config) != ws.model_config()
+
+
+def test_sft_mixes_in_pretraining_rows(tiny_run):
+  ws, summaries = tiny_run
+  sft = summaries["sft"]
+  mix = ws.config.sft.pretrain_mix
+  assert mix > 0
+  assert sft["pretrain_rows"] == round(sft["examples"] * mix / (1 - mix))
+
+
+def test_nlp_tasks_hold_no_eval_prompt_or_user(tiny_run):
+  ws, _ = tiny_run
+  nlp = [r for s in ("train", "validation", "test") for r in ws.records("nlp_tasks", s)]
+  evals = [r for s in ("train", "validation", "test") for r in ws.records("eval_prompts", s)]
+  assert nlp and evals
+  assert not {r["prompt"] for r in nlp} & {r["prompt"] for r in evals}
+  assert not {r["user_id"] for r in nlp} & {r["user_id"] for r in evals}
 
 
 def test_likelihood_baseline_matches_an_independent_count(tiny_run):

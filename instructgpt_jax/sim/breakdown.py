@@ -138,7 +138,7 @@ def breakdown(
   enc = data_lib.encode_sft(
     ws.tokenizer(), [p for p, _ in flat], [t for _, t in flat], d.prompt_len, d.response_len
   )
-  rm_cfg, lm_cfg = train_state.rm_model_config(ws.config), ws.model_config()
+  rm_cfg, lm_cfg = train_state.rm_model_config(ws.config), train_state.rm_init_config(ws.config)
   judges = {
     "reward_model": lambda: scoring.score_with(
       ws, scoring.reward_fn(ws.load_params("rm", rm_cfg), rm_cfg), enc["tokens"], enc["mask"]

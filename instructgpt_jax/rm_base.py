@@ -1,0 +1,179 @@
+"""Stage "rm_base": the reward model's base model, pretrained, then tuned on NLP tasks (paper C.2).
+
+The paper's RM started from a 6B GPT-3 fine-tuned on public NLP data sets, larger than the 1.3B
+policy and shared by every policy size. This stage trains that model for the RM's shape
+(`rm.model`, `train_state.rm_lm_config`) in two phases:
+
+1. pretraining: the LM loss over every token of the policy's pretraining text (packed rows of
+   `data.seq_len`), `rm_base.steps` steps;
+2. NLP tasks: the response-only LM loss on `nlp_tasks.jsonl` (true/false statements, does the
+   passage support this claim, short QA), `rm_base.nlp.epochs` epochs. Without an NLP file (your
+   own data and no `data.nlp_tasks_jsonl`, or the "knowledge" world) this phase is skipped and
+   the summary says so.
+
+It reads only the data and the tokenizer, so it is independent of the policy and reusable
+across policies. The result is `<workdir>/rm_base/final` (an LM; `rm` replaces its unembedding
+with the scalar head). When `rm.init_from` is not "rm_base", nothing is trained.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import optax
+from absl import logging
+from jax.sharding import Mesh
+
+from instructgpt_jax import data as data_lib
+from instructgpt_jax import inputs, loop, objectives, scoring, train_state
+from instructgpt_jax.workspace import Workspace
+
+Batch = dict[str, jax.Array]
+PHASES = ("pretrain", "nlp")
+
+
+def init_state(
+  config: ml_collections.ConfigDict,
+  mesh: Mesh,
+  rules: Any,
+  total_steps: int,
+  params: Any | None = None,
+  *,
+  abstract: bool = False,
+  phase: str = "pretrain",
+) -> tuple[train_state.TrainState, Any]:
+  """The RM-sized LM (fresh, or around `params`) with the optimizer of `phase` ("pretrain":
+  `rm_base.optim`, "nlp": `rm_base.nlp.optim`) on the mesh; returns (state, shardings)."""
+  if phase not in PHASES:
+    raise ValueError(f"rm_base phase {phase!r} is not one of {list(PHASES)}.")
+  cfg = config.rm_base if phase == "pretrain" else config.rm_base.nlp
+  tx = train_state.make_optimizer(cfg.optim, total_steps, cfg.on_nonfinite == "skip")
+  return train_state.create_train_state(
+    train_state.rm_lm_config(config),
+    tx,
+    mesh,
+    rules,
+    jax.random.key(config.seed + 60),
+    params,
+    abstract=abstract,
+  )
+
+
+def train_step(
+  state: train_state.TrainState, batch: Batch, rng: jax.Array
+) -> tuple[train_state.TrainState, dict[str, jax.Array]]:
+  """One optimizer step on the LM loss over `batch["loss_mask"]` (every token of packed text in
+  pretraining; the response tokens of an NLP task).
+
+  batch: tokens/mask/loss_mask [batch, seq].
+  """
+  grad_fn = jax.value_and_grad(objectives.lm_loss_fn, has_aux=True)
+  (_, metrics), grads = grad_fn(state.params, state.apply_fn, batch, rng, False)
+  new_state = state.apply_gradients(grads=grads)
+  return new_state, dict(metrics, grad_norm=optax.global_norm(grads))
+
+
+def nlp_arrays(ws: Workspace, split: str) -> dict[str, Any] | None:
+  """The NLP tasks of `split` encoded like demonstrations, prompts left-padded to
+  `rm_base.nlp.prompt_len`: tokens/mask/loss_mask [N, prompt_len + response_len]; None when
+  there is no NLP file."""
+  path = ws.optional_jsonl("nlp_tasks")
+  if path is None:
+    return None
+  recs = ws.records("nlp_tasks", split, path=path)
+  arrays = data_lib.encode_sft(
+    ws.tokenizer(),
+    [r["prompt"] for r in recs],
+    [r["response"] for r in recs],
+    ws.config.rm_base.nlp.prompt_len,
+    ws.config.data.response_len,
+  )
+  dropped = arrays["n_dropped_prompt"] + arrays["n_dropped_response"]
+  if dropped:
+    logging.warning(
+      "rm_base/%s: dropped %d of %d NLP tasks longer than rm_base.nlp.prompt_len=%d tokens "
+      "(prompt) or data.response_len=%d (response)",
+      split,
+      dropped,
+      len(recs),
+      ws.config.rm_base.nlp.prompt_len,
+      ws.config.data.response_len,
+    )
+  arrays["records"] = len(recs)
+  return arrays
+
+
+def run(ws: Workspace) -> dict[str, Any]:
+  """Pretrains the RM-sized model, then tunes it on the NLP tasks; returns the stage summary."""
+  init_from = (ws.config.get("rm") or {}).get("init_from", "rm_base")
+  if init_from != "rm_base":
+    # The stage runs in every pipeline; an RM started from the policy's models needs none of it.
+    return {"skipped": f"rm.init_from={init_from!r}: the RM does not start from rm_base"}
+  cfg = ws.config.rm_base
+  lm_cfg = train_state.rm_lm_config(ws.config)
+  stage_dir = ws.stage_dir("rm_base")
+  summary: dict[str, Any] = {
+    "params": lm_cfg.num_params(),
+    "layers": lm_cfg.num_layers,
+    "d_model": lm_cfg.d_model,
+  }
+
+  text = inputs.lm_arrays(ws, "train")
+  state, shardings = init_state(ws.config, ws.mesh, ws.rules, cfg.steps)
+  state, rows = loop.train(
+    name="rm_base/pretrain",
+    stage_dir=os.path.join(stage_dir, "pretrain"),
+    state=state,
+    state_shardings=shardings,
+    step_fn=train_step,
+    batches=data_lib.make_batches(text, cfg.batch_size, seed=ws.config.seed + 61),
+    total_steps=cfg.steps,
+    mesh=ws.mesh,
+    seed=ws.config.seed + 62,
+    loop_cfg=cfg,
+  )
+  summary["pretrain_steps"] = cfg.steps
+  if rows:
+    summary["pretrain_final_loss"] = rows[-1]["loss"]
+  params = state.params
+
+  train = nlp_arrays(ws, "train")
+  if train is None or not train["tokens"].shape[0]:
+    reason = (
+      "no NLP tasks file (set config.data.nlp_tasks_jsonl)"
+      if train is None
+      else "every NLP task is longer than the context"
+    )
+    logging.warning("rm_base: NLP-task fine-tuning skipped: %s", reason)
+    print(f"[rm_base] NLP-task fine-tuning skipped: {reason}", flush=True)
+    summary["nlp_skipped"] = reason
+  else:
+    ncfg = cfg.nlp
+    n = int(train["tokens"].shape[0])
+    steps = loop.steps_for_epochs(n, ncfg.batch_size, ncfg.epochs)
+    del state  # One copy of the parameters: the next state is built around them.
+    state, shardings = init_state(ws.config, ws.mesh, ws.rules, steps, params, phase="nlp")
+    state, rows = loop.train(
+      name="rm_base/nlp",
+      stage_dir=os.path.join(stage_dir, "nlp"),
+      state=state,
+      state_shardings=shardings,
+      step_fn=train_step,
+      batches=data_lib.make_batches(train, ncfg.batch_size, seed=ws.config.seed + 63),
+      total_steps=steps,
+      mesh=ws.mesh,
+      seed=ws.config.seed + 64,
+      loop_cfg=ncfg,
+    )
+    params = state.params
+    summary.update(nlp_steps=steps, nlp_examples=n)
+    if rows:
+      summary["nlp_final_loss"] = rows[-1]["loss"]
+    val = nlp_arrays(ws, "validation")
+    if val is not None and val["tokens"].shape[0]:
+      summary["nlp_validation_loss"] = scoring.lm_loss(ws, params, lm_cfg, val)
+  ws.save_params("rm_base", params, lm_cfg)
+  return summary

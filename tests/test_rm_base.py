@@ -1,0 +1,100 @@
+"""The reward model's own shape and base model, the label sources and SFT's pretraining mix,
+without running a pipeline (tests/test_stages.py runs them on tiny)."""
+
+import numpy as np
+import pytest
+
+from instructgpt_jax import inputs, label, pipeline, sft, train_state
+from instructgpt_jax.workspace import Workspace
+from tests import helpers
+
+
+def test_rm_model_overrides_the_policy_shape_and_the_value_follows():
+  config = helpers.config("ppo", "small")
+  policy, rm_cfg = train_state.model_config(config), train_state.rm_model_config(config)
+  assert (policy.num_layers, policy.d_model) == (4, 128)
+  assert (rm_cfg.num_layers, rm_cfg.d_model, rm_cfg.head) == (4, 192, "scalar")
+  assert rm_cfg.num_params() > 2 * policy.num_params()
+  assert train_state.rm_lm_config(config) == rm_cfg.replace(head="lm")
+  assert config.rm.init_from == "rm_base" == train_state.RM_INIT_FROM[0]
+  from instructgpt_jax import ppo  # pylint: disable=import-outside-toplevel
+
+  assert ppo.make_settings(config, eos_id=1, pad_id=0).value_cfg == rm_cfg
+
+
+def test_rm_from_the_policy_needs_the_policy_shape():
+  config = helpers.config("rm")
+  config.rm.init_from = "sft"
+  with pytest.raises(ValueError, match="rm.init_from='rm_base'"):
+    train_state.rm_init_config(config)
+  config.rm.model = {}
+  assert train_state.rm_init_config(config) == train_state.model_config(config)
+  config.rm.model = {"num_layer": 3}
+  with pytest.raises(ValueError, match="not model settings"):
+    train_state.rm_lm_config(config)
+  config.rm.init_from = "gpt3"
+  with pytest.raises(ValueError, match="not one of"):
+    train_state.rm_init_config(config)
+
+
+def test_rm_base_runs_before_rm_and_after_label():
+  order = pipeline.stages_to_run("rm")
+  assert order.index("label") < order.index("rm_base") == order.index("rm") - 1
+  assert "rm_base" not in pipeline.stages_to_run("label")
+
+
+def test_label_sources_parse_and_mix():
+  cfg = helpers.config("label", "small").label
+  sources, weights = label.parse_sources(cfg)
+  assert sources == [("sft", 1.0), ("sft", 0.7), ("base_fewshot", 1.0)]
+  assert np.allclose(weights, [0.5, 0.25, 0.25])
+  fits = np.ones((4000, 3), bool)
+  fits[2000:, 2] = False  # Half the prompts are too long for the few-shot prefix.
+  assigned = label.assign_sources(fits, weights, np.full(4000, 6), np.random.default_rng(0))
+  first, second = np.concatenate(assigned[:2000]), np.concatenate(assigned[2000:])
+  assert np.allclose(np.bincount(first, minlength=3) / first.size, weights, atol=0.02)
+  assert (second != 2).all() and abs(np.mean(second == 0) - 2 / 3) < 0.02
+  for bad in (("sft:hot",), ("policy:1.0",), ("sft:0",)):
+    cfg.sources, cfg.source_weights = bad, (1.0,)
+    with pytest.raises(ValueError, match="policy:temperature"):
+      label.parse_sources(cfg)
+  cfg.sources, cfg.source_weights = ("sft:1.0", "sft:0.7"), (1.0,)
+  with pytest.raises(ValueError, match="one per label.sources"):
+    label.parse_sources(cfg)
+
+
+def test_ranks_among_keeps_only_one_source():
+  arrays = {
+    "ranks": np.array([[0, 1, 2, -1], [1, 0, -1, -1]]),
+    "slots": np.array([[0, 2, 3, -1], [0, 1, -1, -1]]),
+    "sources": [["sft:1.0", "base:1.0", "sft:1.0", "sft:0.7"], []],
+  }
+  assert inputs.ranks_among(arrays, "sft:1.0").tolist() == [[0, 1, -1, -1], [-1, -1, -1, -1]]
+
+
+def test_mix_pretraining_fraction():
+  demos = {k: np.zeros((90, 6), np.int32) for k in ("tokens", "mask", "loss_mask")}
+  text = {k: np.ones((50, 6), np.int32) for k in ("tokens", "mask", "loss_mask")}
+  mixed, n_text = sft.mix_pretraining(demos, text, 0.1, seed=0)
+  assert n_text == 10 and mixed["tokens"].shape == (100, 6)
+  assert mixed["loss_mask"][90:].all() and not mixed["loss_mask"][:90].any()
+  assert sft.mix_pretraining(demos, text, 0.0, seed=0)[1] == 0
+  with pytest.raises(ValueError, match="pretrain_mix"):
+    sft.mix_pretraining(demos, text, 1.0, seed=0)
+
+
+def test_nlp_tasks_are_optional(tmp_path):
+  config = helpers.config("rm")
+  config.data.world = "knowledge"  # Writes no NLP tasks.
+  assert Workspace(config, str(tmp_path / "knowledge")).optional_jsonl("nlp_tasks") is None
+  paper = Workspace(helpers.config("rm"), str(tmp_path / "paper"))
+  assert paper.optional_jsonl("nlp_tasks").endswith("world/nlp_tasks.jsonl")
+  # A data set of one's own without an NLP file: none, and the other files are still required.
+  own = helpers.config("rm")
+  for key in ("pretrain_jsonl", "demonstrations_jsonl", "prompts_jsonl"):
+    own.data[key] = paper.jsonl(key.replace("_jsonl", "").replace("pretrain", "pretraining"))
+  ws = Workspace(own, str(tmp_path / "own"))
+  assert not ws.uses_world and ws.optional_jsonl("nlp_tasks") is None
+  with pytest.raises(ValueError, match="give every file") as e:
+    ws.jsonl("rm_prompts")
+  assert "nlp_tasks_jsonl" not in str(e.value)
