@@ -274,11 +274,12 @@ def test_eval_resumes_at_the_next_policy(reference, tmp_path, monkeypatch):
     _copy_stages(reference, d, ["pretrain", "sft", "label", "rm", "ppo"])
   evaluate.run(workspace.Workspace(config, str(whole)))
   ws = workspace.Workspace(config, str(wd))
-  real_sample, sampled = evaluate._sample, []
+  real_sample, sampled, crashed = evaluate._sample, [], []
 
   def sample_then_crash(*args, **kwargs):
     sampled.append(args)
-    if len(sampled) == 3:
+    if len(sampled) == 3 and not crashed:  # Once: the rerun samples three sets too.
+      crashed.append(True)
       raise RuntimeError("simulated crash")
     return real_sample(*args, **kwargs)
 
