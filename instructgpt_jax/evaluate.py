@@ -420,6 +420,8 @@ def run(ws: Workspace) -> dict[str, Any]:
       "The evaluation report needs the built-in world's gold scorer and "
       "held-out labelers; with your own data, run the stages up to ppo."
     )
+  if any(int(n) != n or n < 1 for n in cfg.best_of_n):
+    raise ValueError(f"eval.best_of_n={tuple(cfg.best_of_n)}: every n must be an integer >= 1")
   world = ws.world()
   _, heldout = labelers_lib.make_labeler_pools(ws.config.data.world_seed, world=world)
   prompts, categories, prefix, dropped = _eval_prompts(ws, world)
