@@ -53,6 +53,7 @@ POLICY_STAGES = {
 # Sampling seeds are `config.seed + SEED_OFFSET + k` with a fixed k per sampled set, so adding a
 # control never changes the samples of the policies that were there before it.
 SEED_OFFSET = 40
+CONTROL_SEED, BEST_OF_N_SEED = 5, 6  # After the five policies' 0..4.
 JUDGE_SEED_OFFSET = 50
 BEST_OF_N_BY = ("rm", "gold")
 
@@ -270,7 +271,7 @@ def _best_of_n_pool(
   """n SFT samples per prompt at eval.temperature with what selects among them: texts, gold
   scores, the RM's scores (None without an RM) and EOS flags, each [N][n]."""
   cfg = ws.config.eval
-  seed = ws.config.seed + SEED_OFFSET + 6
+  seed = ws.config.seed + SEED_OFFSET + BEST_OF_N_SEED
   texts, response, _, ended = _sample(ws, sft_params, prompts, "", seed, cfg.temperature, n)
   gold = [
     world.analyze(p, t)["score"] for p, t in zip([p for p in prompts for _ in range(n)], texts)
@@ -462,7 +463,7 @@ def run(ws: Workspace) -> dict[str, Any]:
     pool = _resumable(
       ws,
       "best_of_n",
-      _fingerprint(ws, "best_of_n", stages, 6, prompts),
+      _fingerprint(ws, "best_of_n", stages, BEST_OF_N_SEED, prompts),
       lambda: _best_of_n_pool(ws, world, prompts, sft_params, prompt_enc, n),
     )
     results.update(_best_of_n_rows(ws, world, prompts, pool, pretrain_loss("sft")))
