@@ -86,7 +86,7 @@ def sampled_policies(cfg: Any) -> list[Sampled]:
   ]
   if cfg.control_temperature is not None:
     control = Sampled(
-      control_name(cfg.control_temperature), "sft", cfg.control_temperature, False, 5
+      control_name(cfg.control_temperature), "sft", cfg.control_temperature, False, CONTROL_SEED
     )
     out.insert(POLICIES.index("sft") + 1, control)
   return out
