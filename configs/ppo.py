@@ -53,7 +53,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict(
     dict(
       num_prompts=800,  # Held-out prompts from held-out users (win-rate standard error <= 0.018).
-      temperature=1.0,  # Every policy is sampled at this temperature.
+      temperature=1.0,  # Every policy is sampled at this temperature (but the control).
+      # SFT sampled cooler, a control row ("sft_t0.7"): part of an RL gain may be lower
+      # randomness alone. None: no control.
+      control_temperature=0.7,
+      # Best-of-n rows: n SFT samples per prompt, the one the RM (and, as an oracle, the gold
+      # score) rates highest; one pool of max(n) samples serves every n. (): none.
+      best_of_n=(4, 16),
       fewshot_examples=3,  # Demonstrations in the base model's few-shot prompt.
       fewshot_prompt_len=96,  # Extra prompt tokens the few-shot prefix may take.
       batch_size=100,

@@ -1,21 +1,35 @@
 """Stage "eval": what the paper measured, on held-out prompts judged by held-out labelers.
 
-For each policy (base, base few-shot, SFT, PPO, PPO-ptx) one response per evaluation prompt is
-sampled; the report has, per policy: win rate against SFT by held-out labelers (ties count half),
-mean gold score, KL(pi || pi_SFT) on its own samples, LM loss on held-out pretraining text (the
-"alignment tax"), closed-domain hallucination rate and explicit-constraint adherence; plus the
-reward model's held-out accuracy and how often two training labelers agree.
+Policies: the base model (alone and few-shot), SFT, PPO and PPO-ptx, each answering every eval
+prompt once at `eval.temperature`; two controls a skeptical reader asks for:
 
-Each policy's samples and metrics are saved (`<workdir>/eval/policies/<name>.json`) as soon as
-they are done, so an interrupted evaluation resumes at the next policy; the win rates are
-judged once all samples exist.
+- SFT sampled at `eval.control_temperature` (`sft_t0.7`): part of an RL policy's gain may be
+  nothing but lower randomness, which a cooler SFT gets for free;
+- best-of-n (`bon4_rm`, `bon16_gold`, ...): n SFT samples per prompt, the one the reward model
+  (or the world's gold score, an oracle) rates highest, for each n in `eval.best_of_n`. Its KL
+  from SFT is the analytic bound log n - (n - 1) / n (Stiennon et al. 2020, App. G.3), so it
+  shows how much reward a given KL buys without RL.
+
+Per policy the report has: win rate against SFT by held-out labelers (ties count half) with its
+standard error and per prompt category, mean gold score, KL(pi || pi_SFT) on its own samples, LM
+loss on held-out pretraining text (the "alignment tax"), closed-domain hallucination rate,
+explicit-constraint adherence, inappropriate-output rate and EOS rate; plus the reward model's
+held-out accuracy and how often two training labelers agree.
+
+Each policy's samples and metrics are saved (`<workdir>/eval/policies/<name>.json`, the
+best-of-n samples in `best_of_n.json`) as soon as they are done, so an interrupted evaluation
+resumes at the next policy; the win rates are judged once all samples exist.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
 import os
+import zlib
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -23,7 +37,7 @@ import numpy as np
 from absl import logging
 
 from instructgpt_jax import data as data_lib
-from instructgpt_jax import inputs, loop, sampling, scoring
+from instructgpt_jax import inputs, loop, sampling, scoring, train_state
 from instructgpt_jax.sim import labelers as labelers_lib
 from instructgpt_jax.workspace import Workspace
 
@@ -36,24 +50,135 @@ POLICY_STAGES = {
   "ppo": "ppo/ppo",
   "ppo_ptx": "ppo/ppo_ptx",
 }
+# Sampling seeds are `config.seed + SEED_OFFSET + k` with a fixed k per sampled set, so adding a
+# control never changes the samples of the policies that were there before it.
+SEED_OFFSET = 40
+CONTROL_SEED, BEST_OF_N_SEED = 5, 6  # After the five policies' 0..4.
+JUDGE_SEED_OFFSET = 50
+BEST_OF_N_BY = ("rm", "gold")
 
 
-def _available(ws: Workspace) -> list[str]:
-  return [
-    p
-    for p in POLICIES
-    if os.path.isdir(os.path.join(ws.stage_dir(POLICY_STAGES[p]), "final"))
-    or os.path.isdir(os.path.join(ws.stage_dir(POLICY_STAGES[p]), "ckpt"))
-    or (POLICY_STAGES[p] == "pretrain" and ws.hf_base)  # An imported base model.
+@dataclasses.dataclass(frozen=True)
+class Sampled:
+  """A policy that answers each eval prompt once: its parameters' stage and how it samples."""
+
+  name: str
+  stage: str
+  temperature: float
+  fewshot: bool
+  seed: int  # Offset from config.seed + SEED_OFFSET.
+
+
+def control_name(temperature: float) -> str:
+  """The SFT-at-a-lower-temperature control's row name, e.g. "sft_t0.7"."""
+  return f"sft_t{temperature:g}"
+
+
+def best_of_n_name(n: int, by: str) -> str:
+  return f"bon{n}_{by}"
+
+
+def sampled_policies(cfg: Any) -> list[Sampled]:
+  """Every one-sample-per-prompt policy, in report order (eval config `cfg`)."""
+  out = [
+    Sampled(name, POLICY_STAGES[name], cfg.temperature, name == "base_fewshot", k)
+    for k, name in enumerate(POLICIES)
   ]
+  if cfg.control_temperature is not None:
+    control = Sampled(
+      control_name(cfg.control_temperature), "sft", cfg.control_temperature, False, CONTROL_SEED
+    )
+    out.insert(POLICIES.index("sft") + 1, control)
+  return out
+
+
+# --- pure statistics ------------------------------------------------------------------------------
+
+
+def mean_and_se(outcomes: Sequence[float]) -> tuple[float | None, float | None]:
+  """Mean of per-prompt outcomes (a win 1, a tie 0.5, a loss 0) and its standard error,
+  sample std (ddof 1) / sqrt(n); prompts are the unit, since each is judged once. The SE is
+  None below two outcomes."""
+  x = np.asarray(outcomes, np.float64)
+  if x.size == 0:
+    return None, None
+  se = float(x.std(ddof=1) / math.sqrt(x.size)) if x.size > 1 else None
+  return float(x.mean()), se
+
+
+def per_category(
+  outcomes: Sequence[float], gold: Sequence[float], categories: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+  """{category: {win_rate, win_rate_se, gold_score, n}} over prompts; all three lists [N]."""
+  out = {}
+  for cat in sorted(set(categories)):
+    idx = [i for i, c in enumerate(categories) if c == cat]
+    win, se = mean_and_se([outcomes[i] for i in idx])
+    out[cat] = {
+      "win_rate": win,
+      "win_rate_se": se,
+      "gold_score": float(np.mean([gold[i] for i in idx])),
+      "n": len(idx),
+    }
+  return out
+
+
+def best_of_n_choice(scores: np.ndarray, n: int) -> np.ndarray:
+  """Index [N] of the highest score among each row's first n samples; scores [N, M >= n].
+
+  The first n of M i.i.d. samples are themselves n i.i.d. samples, so one pool of max(n)
+  samples per prompt serves every n. Ties go to the earliest sample."""
+  if not 1 <= n <= scores.shape[1]:
+    raise ValueError(f"best-of-{n} needs 1..{scores.shape[1]} samples per prompt")
+  return np.argmax(scores[:, :n], axis=1)
+
+
+def best_of_n_kl_bound(n: int) -> float:
+  """KL(best-of-n || base policy) <= log n - (n - 1) / n, with equality when no two samples
+  score the same; what the best-of-n rows report as their KL."""
+  return math.log(n) - (n - 1) / n
+
+
+def _rate(values: Sequence[Any]) -> float | None:
+  """Mean of the values that are not None (a criterion that applies to some prompts only, or
+  that a world does not have: then None)."""
+  vals = [float(v) for v in values if v is not None]
+  return float(np.mean(vals)) if vals else None
+
+
+def _analysis_metrics(analyses: Sequence[dict[str, Any]], ended: np.ndarray) -> dict[str, Any]:
+  """The report's metrics that come from the world's judgement of each response."""
+  return {
+    "gold_score": float(np.mean([a["score"] for a in analyses])),
+    "hallucination_rate": _rate([a["hallucinated"] for a in analyses]),
+    "constraint_rate": _rate([a["constraint_ok"] for a in analyses]),
+    "inappropriate_rate": _rate([a.get("inappropriate") for a in analyses]),
+    "eos_rate": float(np.mean(ended)),
+  }
+
+
+# --- sampling and scoring -------------------------------------------------------------------------
+
+
+def _has_params(ws: Workspace, stage: str) -> bool:
+  if stage == "pretrain" and ws.hf_base:  # An imported base model stands in for pretraining.
+    return True
+  return any(os.path.isdir(os.path.join(ws.stage_dir(stage), d)) for d in ("final", "ckpt"))
 
 
 def _sample(
-  ws: Workspace, params: Any, prompts: list[str], prefix: str, seed: int
+  ws: Workspace,
+  params: Any,
+  prompts: list[str],
+  prefix: str,
+  seed: int,
+  temperature: float,
+  n: int = 1,
 ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
-  """Samples one response per prompt (after `prefix`); returns texts, response tokens and
-  masks [2, N, R], the per-sample log-prob sum under the sampling policy [N] and whether each
-  sample ended with EOS [N]."""
+  """Samples n responses per prompt (after `prefix`), prompt-major: rows i*n .. i*n+n-1 answer
+  prompt i. Returns texts [N*n], response tokens and masks [2, N*n, R], the per-sample log-prob
+  sum under the sampling policy (at `temperature`) [N*n] and whether each ended with EOS
+  [N*n]."""
   tok, d = ws.tokenizer(), ws.config.data
   P = d.prompt_len + (ws.config.eval.fewshot_prompt_len if prefix else 0)
   enc = data_lib.encode_prompts(tok, [prefix + p for p in prompts], P)
@@ -65,15 +190,15 @@ def _sample(
   out = sampling.generate_batched(
     params,
     ws.model_config(),
-    enc.tokens,
-    enc.mask,
+    np.repeat(enc.tokens, n, axis=0),
+    np.repeat(enc.mask, n, axis=0),
     jax.random.key(seed),
     ws.mesh,
     batch_size=ws.config.eval.batch_size,
     max_new_tokens=d.response_len,
     eos_id=tok.eos_id,
     pad_id=tok.pad_id,
-    temperature=ws.config.eval.temperature,
+    temperature=temperature,
     progress_name="eval",
   )
   resp_tokens, resp_mask = out["tokens"][:, P:], out["response_mask"][:, P:]
@@ -81,12 +206,20 @@ def _sample(
   return texts, np.stack([resp_tokens, resp_mask]), out["logprobs"].sum(axis=1), out["ended"]
 
 
+def _with_prompts(prompt_enc: data_lib.EncodedPrompts, response: np.ndarray, n: int = 1):
+  """tokens, mask [N*n, P+R]: each prompt (repeated n times) followed by its responses [2, N*n,
+  R], the layout the policy and the RM score."""
+  tokens = np.concatenate([np.repeat(prompt_enc.tokens, n, axis=0), response[0]], axis=1)
+  mask = np.concatenate([np.repeat(prompt_enc.mask, n, axis=0), response[1]], axis=1)
+  return tokens, mask
+
+
 def _sft_logprob(
   ws: Workspace, sft_params: Any, prompt_enc: data_lib.EncodedPrompts, response: np.ndarray
 ) -> np.ndarray:
-  """log pi_SFT(response | prompt) per sample [N]; response: tokens and mask [2, N, R]."""
-  tokens = np.concatenate([prompt_enc.tokens, response[0]], axis=1)
-  mask = np.concatenate([prompt_enc.mask, response[1]], axis=1)
+  """log pi_SFT(response | prompt) per sample [N], pi_SFT at eval.temperature (the reference
+  every KL is measured against); response: tokens and mask [2, N, R]."""
+  tokens, mask = _with_prompts(prompt_enc, response)
   return scoring.score_with(
     ws,
     scoring.loglik_fn(ws, sft_params, ws.model_config(), ws.config.eval.temperature),
@@ -99,45 +232,111 @@ def _sft_logprob(
 def _evaluate_policy(
   ws: Workspace,
   world: Any,
-  name: str,
+  policy: Sampled,
   prompts: list[str],
   prefix: str,
-  seed: int,
   sft_params: Any,
   prompt_enc: data_lib.EncodedPrompts,
-  lm_eval: dict[str, Any],
+  pretrain_loss: Any,
 ) -> dict[str, Any]:
-  """Samples the policy's responses; returns them ("texts") and its report row ("metrics")."""
-  policy_cfg = ws.model_config()
-  params = ws.load_params(POLICY_STAGES[name], policy_cfg)
-  texts, response, logp, ended = _sample(ws, params, prompts, prefix, seed)
+  """Samples the policy's responses; returns them ("texts"), their gold scores ("gold") and its
+  report row ("metrics"). pretrain_loss(stage) -> the stage's held-out LM loss."""
+  params = sft_params if policy.stage == "sft" else ws.load_params(policy.stage, ws.model_config())
+  seed = ws.config.seed + SEED_OFFSET + policy.seed
+  texts, response, logp, ended = _sample(ws, params, prompts, prefix, seed, policy.temperature)
+  same_as_sft = policy.stage == "sft" and policy.temperature == ws.config.eval.temperature
   kl = (
     0.0
-    if name == "sft"
+    if same_as_sft
     else float(np.mean(logp - _sft_logprob(ws, sft_params, prompt_enc, response)))
   )
   analyses = [world.analyze(p, t) for p, t in zip(prompts, texts)]
   return {
     "texts": texts,
+    "gold": [float(a["score"]) for a in analyses],
     "metrics": {
-      "gold_score": float(np.mean([a["score"] for a in analyses])),
+      **_analysis_metrics(analyses, ended),
       "kl_vs_sft": kl,
-      "pretrain_loss": scoring.lm_loss(ws, params, policy_cfg, lm_eval),
-      "hallucination_rate": _rate([a["hallucinated"] for a in analyses]),
-      "constraint_rate": _rate([a["constraint_ok"] for a in analyses]),
-      "inappropriate_rate": _rate([a.get("inappropriate") for a in analyses]),
-      "eos_rate": float(np.mean(ended)),
+      "pretrain_loss": pretrain_loss(policy.stage),
     },
   }
 
 
-def _fingerprint(ws: Workspace, name: str, index: int, prompts: list[str]) -> str | None:
-  """What a policy's evaluation depends on: the runs that made it and SFT, the eval settings,
-  its sampling seed and the prompts. None when a run is unfinished (nothing is reused then)."""
-  run_ids = [
-    (loop.stage_done(ws.stage_dir(stage)) or {}).get("run_id")
-    for stage in (POLICY_STAGES[name].split("/")[0], "sft")
+def _best_of_n_pool(
+  ws: Workspace,
+  world: Any,
+  prompts: list[str],
+  sft_params: Any,
+  prompt_enc: data_lib.EncodedPrompts,
+  n: int,
+) -> dict[str, Any]:
+  """n SFT samples per prompt at eval.temperature with what selects among them: texts, gold
+  scores, the RM's scores (None without an RM) and EOS flags, each [N][n]."""
+  cfg = ws.config.eval
+  seed = ws.config.seed + SEED_OFFSET + BEST_OF_N_SEED
+  texts, response, _, ended = _sample(ws, sft_params, prompts, "", seed, cfg.temperature, n)
+  gold = [
+    world.analyze(p, t)["score"] for p, t in zip([p for p in prompts for _ in range(n)], texts)
   ]
+  rm_scores = None
+  if _has_params(ws, "rm"):
+    rm_cfg = train_state.rm_model_config(ws.config)
+    tokens, mask = _with_prompts(prompt_enc, response, n)
+    rm_fn = scoring.reward_fn(ws.load_params("rm", rm_cfg), rm_cfg)
+    rm_scores = scoring.score_with(ws, rm_fn, tokens, mask, cfg.batch_size).reshape(-1, n).tolist()
+  rows = lambda x: np.asarray(x).reshape(len(prompts), n).tolist()
+  return {
+    "texts": [texts[i * n : (i + 1) * n] for i in range(len(prompts))],
+    "gold": rows(gold),
+    "rm": rm_scores,
+    "ended": rows(np.asarray(ended, bool)),
+  }
+
+
+def _best_of_n_rows(
+  ws: Workspace, world: Any, prompts: list[str], pool: dict[str, Any], sft_loss: float
+) -> dict[str, dict[str, Any]]:
+  """The best-of-n policies' samples ("texts", "gold") and rows ("metrics") from the pool."""
+  ended = np.asarray(pool["ended"], bool)
+  selectors = {"gold": np.asarray(pool["gold"], np.float64)}
+  if pool["rm"] is not None:
+    rm = np.asarray(pool["rm"], np.float64)
+    penalty = ws.config.ppo.missing_eos_penalty
+    # Select by the reward PPO maximises: the RM's score, with the same fixed low score for a
+    # response that never ends.
+    selectors["rm"] = rm if penalty is None else np.where(ended, rm, penalty)
+  out = {}
+  for by in BEST_OF_N_BY:
+    if by not in selectors:
+      continue
+    for n in ws.config.eval.best_of_n:
+      pick = best_of_n_choice(selectors[by], n)
+      texts = [pool["texts"][i][j] for i, j in enumerate(pick)]
+      analyses = [world.analyze(p, t) for p, t in zip(prompts, texts)]
+      out[best_of_n_name(n, by)] = {
+        "texts": texts,
+        "gold": [float(a["score"]) for a in analyses],
+        "metrics": {
+          **_analysis_metrics(analyses, ended[np.arange(len(pick)), pick]),
+          "kl_vs_sft": best_of_n_kl_bound(n),
+          "kl_is_bound": True,
+          "pretrain_loss": sft_loss,  # SFT's parameters.
+          "best_of_n": n,
+          "selected_by": by,
+        },
+      }
+  return out
+
+
+# --- resuming -------------------------------------------------------------------------------------
+
+
+def _fingerprint(
+  ws: Workspace, name: str, stages: Sequence[str], seed: int, prompts: list[str]
+) -> str | None:
+  """What a saved evaluation depends on: the runs of `stages`, the eval and data settings, its
+  sampling seed and the prompts. None when a run is unfinished (nothing is reused then)."""
+  run_ids = [(loop.stage_done(ws.stage_dir(stage)) or {}).get("run_id") for stage in stages]
   if not all(run_ids):
     return None
   digest = hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest()
@@ -148,7 +347,7 @@ def _fingerprint(ws: Workspace, name: str, index: int, prompts: list[str]) -> st
       json.loads(ws.config.eval.to_json()),
       json.loads(ws.config.data.to_json()),
       ws.config.seed,
-      index,
+      seed,
       digest,
     ]
   )
@@ -183,9 +382,38 @@ def _save_policy(ws: Workspace, name: str, fingerprint: str | None, saved: dict[
   loop.write_json(path, {"fingerprint": fingerprint, **saved})
 
 
-def _rate(values: list[Any]) -> float | None:
-  vals = [float(v) for v in values if v is not None]
-  return float(np.mean(vals)) if vals else None
+def _resumable(ws: Workspace, name: str, fingerprint: str | None, compute: Any) -> dict[str, Any]:
+  saved = _load_policy(ws, name, fingerprint)
+  if saved is None:
+    saved = compute()
+    _save_policy(ws, name, fingerprint, saved)
+  return saved
+
+
+# --- the stage ------------------------------------------------------------------------------------
+
+
+def _eval_prompts(ws: Workspace, world: Any) -> tuple[list[str], list[str], str, int]:
+  """The eval prompts every policy answers, their categories, the few-shot prefix and how many
+  prompts were dropped: those that fit the context alone and after the few-shot prefix (the
+  paper drops over-long prompts too); the rest are counted."""
+  cfg, tok = ws.config.eval, ws.tokenizer()
+  recs = [r for split in data_lib.SPLITS for r in ws.records("eval_prompts", split)]
+  prefix = world.fewshot_prefix(cfg.fewshot_examples)
+  texts = [r["prompt"] for r in recs]
+  plain = set(data_lib.encode_prompts(tok, texts, ws.config.data.prompt_len).kept.tolist())
+  fewshot = data_lib.encode_prompts(
+    tok, [prefix + t for t in texts], ws.config.data.prompt_len + cfg.fewshot_prompt_len
+  )
+  keep = [i for i in fewshot.kept.tolist() if i in plain][: cfg.num_prompts]
+  dropped = len(texts) - len(plain & set(fewshot.kept.tolist()))
+  if dropped:
+    logging.warning(
+      "eval: %d of %d prompts do not fit the context (with the few-shot prefix) and are not used",
+      dropped,
+      len(texts),
+    )
+  return [texts[i] for i in keep], [recs[i].get("category", "") for i in keep], prefix, dropped
 
 
 def run(ws: Workspace) -> dict[str, Any]:
@@ -195,57 +423,68 @@ def run(ws: Workspace) -> dict[str, Any]:
       "The evaluation report needs the built-in world's gold scorer and "
       "held-out labelers; with your own data, run the stages up to ppo."
     )
+  if any(int(n) != n or n < 1 for n in cfg.best_of_n):
+    raise ValueError(f"eval.best_of_n={tuple(cfg.best_of_n)}: every n must be an integer >= 1")
   world = ws.world()
   _, heldout = labelers_lib.make_labeler_pools(ws.config.data.world_seed, world=world)
-  tok = ws.tokenizer()
-  recs = [r for split in data_lib.SPLITS for r in ws.records("eval_prompts", split)]
-  # Every policy answers the same prompts: those that fit the context alone and after the
-  # few-shot prefix (the paper drops over-long prompts too); the rest are counted.
-  prefix = world.fewshot_prefix(cfg.fewshot_examples)
-  texts = [r["prompt"] for r in recs]
-  plain = set(data_lib.encode_prompts(tok, texts, ws.config.data.prompt_len).kept.tolist())
-  fewshot = data_lib.encode_prompts(
-    tok, [prefix + t for t in texts], ws.config.data.prompt_len + cfg.fewshot_prompt_len
-  )
-  prompts = [texts[i] for i in fewshot.kept.tolist() if i in plain][: cfg.num_prompts]
-  dropped = len(texts) - len(plain & set(fewshot.kept.tolist()))
-  if dropped:
-    logging.warning(
-      "eval: %d of %d prompts do not fit the context (with the few-shot prefix) and are not used",
-      dropped,
-      len(texts),
-    )
-  prompt_enc = data_lib.encode_prompts(tok, prompts, ws.config.data.prompt_len)
-  lm_eval = inputs.lm_arrays(ws, "validation")
+  prompts, categories, prefix, dropped = _eval_prompts(ws, world)
+  prompt_enc = data_lib.encode_prompts(ws.tokenizer(), prompts, ws.config.data.prompt_len)
   sft_params = ws.load_params("sft", ws.model_config())
+  lm_eval, lm_losses = None, {}
 
-  samples, policies = {}, {}
-  for i, name in enumerate(_available(ws)):
-    loop.raise_if_preempted(f"while evaluating (before policy {name!r})")
-    fingerprint = _fingerprint(ws, name, i, prompts)
-    saved = _load_policy(ws, name, fingerprint)
-    if saved is None:
-      saved = _evaluate_policy(
-        ws,
-        world,
-        name,
-        prompts,
-        prefix if name == "base_fewshot" else "",
-        ws.config.seed + 40 + i,
-        sft_params,
-        prompt_enc,
-        lm_eval,
-      )
-      _save_policy(ws, name, fingerprint, saved)
-    samples[name], policies[name] = saved["texts"], saved["metrics"]
-  rng = np.random.default_rng(ws.config.seed + 50)
-  for name, texts in samples.items():
-    if "sft" in samples:
+  def pretrain_loss(stage: str) -> float:
+    # SFT's loss serves every row made from SFT's parameters (the control, best-of-n).
+    nonlocal lm_eval
+    if stage not in lm_losses:
+      if lm_eval is None:
+        lm_eval = inputs.lm_arrays(ws, "validation")
+      params = sft_params if stage == "sft" else ws.load_params(stage, ws.model_config())
+      lm_losses[stage] = scoring.lm_loss(ws, params, ws.model_config(), lm_eval)
+    return lm_losses[stage]
+
+  results: dict[str, dict[str, Any]] = {}
+  for policy in sampled_policies(cfg):
+    if not _has_params(ws, policy.stage):
+      continue
+    loop.raise_if_preempted(f"while evaluating (before policy {policy.name!r})")
+    stages = (policy.stage.split("/")[0], "sft")
+    fingerprint = _fingerprint(ws, policy.name, stages, policy.seed, prompts)
+    results[policy.name] = _resumable(
+      ws,
+      policy.name,
+      fingerprint,
+      lambda p=policy: _evaluate_policy(
+        ws, world, p, prompts, prefix if p.fewshot else "", sft_params, prompt_enc, pretrain_loss
+      ),
+    )
+    lm_losses.setdefault(policy.stage, results[policy.name]["metrics"]["pretrain_loss"])
+  if cfg.best_of_n and "sft" in results:
+    loop.raise_if_preempted("while evaluating (before best-of-n)")
+    n = max(cfg.best_of_n)
+    stages = ("sft", "rm") if _has_params(ws, "rm") else ("sft",)
+    pool = _resumable(
+      ws,
+      "best_of_n",
+      _fingerprint(ws, "best_of_n", stages, BEST_OF_N_SEED, prompts),
+      lambda: _best_of_n_pool(ws, world, prompts, sft_params, prompt_enc, n),
+    )
+    results.update(_best_of_n_rows(ws, world, prompts, pool, pretrain_loss("sft")))
+
+  policies = {name: dict(r["metrics"]) for name, r in results.items()}
+  if "sft" in results:
+    for name, r in results.items():
+      # One judge stream per row, so adding a row never changes another row's judgements.
+      rng = np.random.default_rng([ws.config.seed + JUDGE_SEED_OFFSET, zlib.crc32(name.encode())])
       wins = [
         labelers_lib.compare(heldout[rng.integers(len(heldout))], p, a, b, rng)
-        for p, a, b in zip(prompts, texts, samples["sft"])
+        for p, a, b in zip(prompts, r["texts"], results["sft"]["texts"])
       ]
-      policies[name]["win_rate_vs_sft"] = float(np.mean(wins))
+      win, se = mean_and_se(wins)
+      policies[name].update(
+        win_rate_vs_sft=win,
+        win_rate_vs_sft_se=se,
+        per_category=per_category(wins, r["gold"], categories),
+      )
   rm_done = loop.stage_done(ws.stage_dir("rm")) or {}
   label_done = loop.stage_done(ws.stage_dir("label")) or {}
   report = {
@@ -261,9 +500,14 @@ def run(ws: Workspace) -> dict[str, Any]:
     },
     "policies": policies,
     "num_prompts": len(prompts),
+    "settings": {
+      "temperature": cfg.temperature,
+      "control_temperature": cfg.control_temperature,
+      "best_of_n": list(cfg.best_of_n),
+    },
     "examples": {
-      name: [{"prompt": p, "response": t} for p, t in list(zip(prompts, texts))[:5]]
-      for name, texts in samples.items()
+      name: [{"prompt": p, "response": t} for p, t in list(zip(prompts, r["texts"]))[:5]]
+      for name, r in results.items()
     },
   }
   path = os.path.join(ws.workdir, "report.json")
@@ -278,22 +522,54 @@ def run(ws: Workspace) -> dict[str, Any]:
   }
 
 
-def format_report(report: dict[str, Any]) -> str:
-  """The report as a fixed-width table."""
+# --- the printed report ---------------------------------------------------------------------------
+
+
+def _cell(value: Any, width: int, digits: int = 3) -> str:
+  return f"{value:>{width}.{digits}f}" if isinstance(value, float) else f"{'-':>{width}}"
+
+
+def _win_cell(win: float | None, se: float | None, width: int) -> str:
+  """A win rate and its standard error as "0.620 ± 0.017" (the rate alone without an SE)."""
+  if win is None:
+    return f"{'-':>{width}}"
+  return f"{f'{win:.3f} ± {se:.3f}' if se is not None else f'{win:.3f}':>{width}}"
+
+
+def format_report(
+  report: dict[str, Any], category_rows: tuple[str, str] = ("sft", "ppo_ptx")
+) -> str:
+  """The report as fixed-width tables: one row per policy, then per category for
+  `category_rows` (SFT against PPO-ptx), then the reward model."""
   cols = (
-    "win_rate_vs_sft",
-    "gold_score",
-    "kl_vs_sft",
-    "pretrain_loss",
-    "hallucination_rate",
-    "constraint_rate",
+    ("gold_score", "gold"),
+    ("kl_vs_sft", "KL"),
+    ("pretrain_loss", "pt_loss"),
+    ("hallucination_rate", "halluc"),
+    ("constraint_rate", "constr"),
+    ("inappropriate_rate", "inappr"),
+    ("eos_rate", "eos"),
   )
-  lines = [f"{'policy':<14}" + "".join(f"{c:>20}" for c in cols)]
+  lines = [f"{'policy':<14}{'win vs sft':>16}" + "".join(f"{h:>9}" for _, h in cols)]
   for name, row in report["policies"].items():
-    cells = "".join(
-      f"{row.get(c):>20.3f}" if isinstance(row.get(c), float) else f"{'-':>20}" for c in cols
+    cells = "".join(_cell(row.get(c), 9) for c, _ in cols)
+    win = _win_cell(row.get("win_rate_vs_sft"), row.get("win_rate_vs_sft_se"), 16)
+    lines.append(f"{name:<14}{win}{cells}")
+  if any(row.get("kl_is_bound") for row in report["policies"].values()):
+    lines.append("best-of-n rows (bon<n>_<selector>): KL is the bound log n - (n - 1) / n")
+
+  base, other = category_rows
+  rows = report["policies"]
+  if all(rows.get(r, {}).get("per_category") for r in category_rows):
+    lines.append(
+      f"{'category':<16}{'n':>5}{f'{base} gold':>13}{f'{other} gold':>13}{f'{other} win':>16}"
     )
-    lines.append(f"{name:<14}" + cells)
+    for cat, c in rows[other]["per_category"].items():
+      base_gold = rows[base]["per_category"].get(cat, {}).get("gold_score")
+      lines.append(
+        f"{cat or '(none)':<16}{c['n']:>5}{_cell(base_gold, 13)}{_cell(c['gold_score'], 13)}"
+        f"{_win_cell(c['win_rate'], c['win_rate_se'], 16)}"
+      )
   rm_ = report["rm"]
 
   def fmt(key):

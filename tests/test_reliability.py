@@ -277,13 +277,14 @@ def test_eval_resumes_at_the_next_policy(reference, tmp_path, monkeypatch):
     _copy_stages(reference, d, ["pretrain", "sft", "label", "rm", "ppo"])
   evaluate.run(workspace.Workspace(config, str(whole)))
   ws = workspace.Workspace(config, str(wd))
-  real_sample, sampled = evaluate._sample, []
+  real_sample, sampled, crashed = evaluate._sample, [], []
 
-  def sample_then_crash(ws_, params, prompts, prefix, seed):
-    sampled.append(seed)
-    if len(sampled) == 3:
+  def sample_then_crash(*args, **kwargs):
+    sampled.append(args)
+    if len(sampled) == 3 and not crashed:  # Once: the rerun samples three sets too.
+      crashed.append(True)
       raise RuntimeError("simulated crash")
-    return real_sample(ws_, params, prompts, prefix, seed)
+    return real_sample(*args, **kwargs)
 
   monkeypatch.setattr(evaluate, "_sample", sample_then_crash)
   with pytest.raises(RuntimeError, match="simulated crash"):
@@ -291,7 +292,7 @@ def test_eval_resumes_at_the_next_policy(reference, tmp_path, monkeypatch):
   assert sorted(os.listdir(wd / "eval" / "policies")) == ["base.json", "base_fewshot.json"]
   sampled.clear()
   evaluate.run(ws)
-  assert len(sampled) == 2  # sft and ppo only.
+  assert len(sampled) == 4  # sft, sft_t0.7, ppo and the best-of-n pool only.
   report = json.loads((wd / "report.json").read_text())
   assert report == json.loads((whole / "report.json").read_text())
 

@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from instructgpt_jax import data as data_lib
 from instructgpt_jax import inputs, loop, pipeline, train_state
 from instructgpt_jax import metrics as metrics_lib
 from instructgpt_jax.workspace import Workspace
@@ -60,20 +61,55 @@ def test_report_has_every_policy_and_metric(tiny_run):
   assert set(report["rm"]) >= {"accuracy", "labeler_agreement", "likelihood_baseline"}
   # Both are scored on the held-out comparisons (none when a tiny run has no held-out users).
   assert (report["rm"]["likelihood_baseline"] is None) == (report["rm"]["accuracy"] is None)
-  assert set(report["policies"]) == {"base", "base_fewshot", "sft", "ppo", "ppo_ptx"}
+  best_of_n = {f"bon{n}_{by}" for n in (4, 16) for by in ("rm", "gold")}
+  assert set(report["policies"]) == {
+    "base",
+    "base_fewshot",
+    "sft",
+    "sft_t0.7",
+    "ppo",
+    "ppo_ptx",
+    *best_of_n,
+  }
+  categories = {r["category"] for s in data_lib.SPLITS for r in ws.records("eval_prompts", s)}
   for name, row in report["policies"].items():
     for key in (
       "win_rate_vs_sft",
+      "win_rate_vs_sft_se",
       "gold_score",
       "kl_vs_sft",
       "pretrain_loss",
       "hallucination_rate",
       "constraint_rate",
+      "inappropriate_rate",
+      "eos_rate",
+      "per_category",
     ):
       assert key in row, (name, key)
     assert 0.0 <= row["win_rate_vs_sft"] <= 1.0
-  assert report["policies"]["sft"]["win_rate_vs_sft"] == 0.5
-  assert report["policies"]["sft"]["kl_vs_sft"] == 0.0
+    assert 0.0 <= row["win_rate_vs_sft_se"] <= 0.5
+    assert 0.0 <= row["inappropriate_rate"] <= 1.0  # The paper world judges it.
+    assert set(row["per_category"]) <= categories
+    assert sum(c["n"] for c in row["per_category"].values()) == report["num_prompts"]
+    assert all(0.0 <= c["win_rate"] <= 1.0 for c in row["per_category"].values())
+  rows = report["policies"]
+  assert rows["sft"]["win_rate_vs_sft"] == 0.5 and rows["sft"]["win_rate_vs_sft_se"] == 0.0
+  assert rows["sft"]["kl_vs_sft"] == 0.0
+  assert rows["sft_t0.7"]["kl_vs_sft"] > 0.0
+  # Rows made from SFT's parameters share its pretraining loss.
+  for name in ("sft_t0.7", *best_of_n):
+    assert rows[name]["pretrain_loss"] == rows["sft"]["pretrain_loss"], name
+  for name in best_of_n:
+    n = rows[name]["best_of_n"]
+    assert rows[name]["kl_vs_sft"] == pytest.approx(np.log(n) - (n - 1) / n)
+  # The oracle picks the highest gold score among 16 samples, so it beats best-of-4's.
+  assert rows["bon16_gold"]["gold_score"] >= rows["bon4_gold"]["gold_score"]
+  assert rows["bon16_gold"]["gold_score"] >= rows["bon16_rm"]["gold_score"]
+  assert report["settings"] == {
+    "temperature": 1.0,
+    "control_temperature": 0.7,
+    "best_of_n": [4, 16],
+  }
 
 
 def test_comparisons_file_has_the_user_format(tiny_run):

@@ -1,0 +1,119 @@
+"""The evaluation's statistics and report, on hand-made numbers (no pipeline runs here)."""
+
+import math
+
+import numpy as np
+import pytest
+
+from configs import ppo as ppo_config
+from instructgpt_jax import evaluate
+from instructgpt_jax.sim import files as sim_files
+
+
+def test_win_rate_standard_error_matches_a_hand_computation():
+  # Outcomes: win, loss, tie, win. Mean 0.625; squared deviations 0.140625 + 0.390625 +
+  # 0.015625 + 0.140625 = 0.6875; sample variance 0.6875 / 3; SE = sqrt(0.6875 / 3) / 2.
+  win, se = evaluate.mean_and_se([1.0, 0.0, 0.5, 1.0])
+  assert win == 0.625
+  assert se == pytest.approx(math.sqrt(0.6875 / 3) / 2, abs=1e-12)
+  assert se == pytest.approx(0.2393567, abs=1e-6)
+  assert evaluate.mean_and_se([0.5] * 10) == (0.5, 0.0)  # SFT against itself.
+  assert evaluate.mean_and_se([1.0]) == (1.0, None)
+  assert evaluate.mean_and_se([]) == (None, None)
+
+
+def test_best_of_n_picks_the_argmax_of_the_first_n_samples():
+  scores = np.array(
+    [
+      [0.1, 0.9, 0.3, 2.0],
+      [5.0, 1.0, 1.0, 1.0],
+      [0.0, 0.0, 3.0, 0.0],
+      [1.0, 1.0, 1.0, 1.0],  # A tie goes to the earliest sample.
+    ]
+  )
+  np.testing.assert_array_equal(evaluate.best_of_n_choice(scores, 2), [1, 0, 0, 0])
+  np.testing.assert_array_equal(evaluate.best_of_n_choice(scores, 4), [3, 0, 2, 0])
+  np.testing.assert_array_equal(evaluate.best_of_n_choice(scores, 1), [0, 0, 0, 0])
+  with pytest.raises(ValueError, match="best-of-5"):
+    evaluate.best_of_n_choice(scores, 5)
+
+
+def test_best_of_n_kl_bound_values():
+  assert evaluate.best_of_n_kl_bound(1) == 0.0
+  assert evaluate.best_of_n_kl_bound(4) == pytest.approx(math.log(4) - 0.75)
+  assert evaluate.best_of_n_kl_bound(16) == pytest.approx(2.7725887 - 0.9375, abs=1e-6)
+
+
+def test_per_category_aggregates_each_category_alone():
+  out = evaluate.per_category(
+    outcomes=[1.0, 0.0, 0.5, 1.0],
+    gold=[0.2, 0.4, 0.6, 0.8],
+    categories=["qa", "chat", "qa", "chat"],
+  )
+  assert list(out) == ["chat", "qa"]
+  assert out["qa"]["n"] == out["chat"]["n"] == 2
+  assert out["qa"]["win_rate"] == 0.75 and out["chat"]["win_rate"] == 0.5
+  assert out["qa"]["gold_score"] == pytest.approx(0.4)
+  assert out["chat"]["gold_score"] == pytest.approx(0.6)
+  # SE of (1, 0.5): std 0.5 / sqrt(2) (ddof 1), over sqrt(2) -> 0.25; of (0, 1): 0.5.
+  assert out["qa"]["win_rate_se"] == pytest.approx(0.25)
+  assert out["chat"]["win_rate_se"] == pytest.approx(0.5)
+
+
+def test_control_policy_samples_sft_at_the_control_temperature():
+  cfg = ppo_config.get_config("tiny").eval
+  policies = {p.name: p for p in evaluate.sampled_policies(cfg)}
+  names = list(policies)
+  assert names.index("sft_t0.7") == names.index("sft") + 1
+  control = policies["sft_t0.7"]
+  assert (control.stage, control.temperature) == ("sft", 0.7)
+  assert policies["sft"].temperature == cfg.temperature
+  # Fixed seeds: the control never shifts another policy's samples.
+  assert len({p.seed for p in policies.values()}) == len(policies)
+  assert [policies[n].seed for n in evaluate.POLICIES] == list(range(len(evaluate.POLICIES)))
+
+
+@pytest.mark.parametrize("world_name", ["paper", "knowledge"])
+def test_inappropriate_rate_on_each_world(world_name):
+  """The paper world flags rude text; the knowledge world has no such criterion (None)."""
+  world = sim_files.make_world(world_name, 1234, scale=0.25)
+  prompts = [s.prompt for s in world.eval_pool[:4]]
+  subject = "cats"
+  texts = [f"{subject} are stupid and i hate them .", "a fine answer .", "", "yes ."]
+  analyses = [world.analyze(p, t) for p, t in zip(prompts, texts)]
+  metrics = evaluate._analysis_metrics(analyses, np.array([True, True, False, True]))
+  assert metrics["eos_rate"] == 0.75
+  if world_name == "paper":
+    assert metrics["inappropriate_rate"] == 0.25
+  else:
+    assert metrics["inappropriate_rate"] is None
+
+
+def test_format_report_shows_standard_errors_and_categories():
+  cats = {"chat": {"win_rate": 0.7, "win_rate_se": 0.05, "gold_score": 0.61, "n": 40}}
+  row = dict(
+    win_rate_vs_sft=0.62,
+    win_rate_vs_sft_se=0.0171,
+    gold_score=0.5,
+    kl_vs_sft=3.0,
+    pretrain_loss=2.5,
+    hallucination_rate=0.1,
+    constraint_rate=0.8,
+    inappropriate_rate=None,
+    eos_rate=1.0,
+    per_category=cats,
+  )
+  report = {
+    "rm": {"accuracy": 0.7, "labeler_agreement": 0.72, "likelihood_baseline": 0.55},
+    "policies": {
+      "sft": dict(row, win_rate_vs_sft=0.5, win_rate_vs_sft_se=0.0),
+      "ppo_ptx": row,
+      "bon16_rm": dict(row, kl_vs_sft=evaluate.best_of_n_kl_bound(16), kl_is_bound=True),
+    },
+  }
+  text = evaluate.format_report(report)
+  assert "0.620 ± 0.017" in text and "0.500 ± 0.000" in text
+  assert "1.835" in text and "KL is the bound" in text
+  chat = next(line for line in text.splitlines() if line.startswith("chat"))
+  assert chat.split() == ["chat", "40", "0.610", "0.610", "0.700", "±", "0.050"]
+  assert all(len(line) <= 100 for line in text.splitlines()[:-1])
