@@ -192,7 +192,6 @@ def train(
   mesh: Mesh,
   seed: int,
   loop_cfg: Any,
-  extra_meta: Mapping[str, Any] | None = None,
   const_args: tuple = (),
   const_shardings: tuple = (),
 ) -> tuple[Any, list[dict[str, Any]]]:
@@ -247,7 +246,7 @@ def train(
     saved = start
 
     def meta() -> dict[str, Any]:
-      return {"data": encode_iterator_state(batches.get_state()), **(extra_meta or {})}
+      return {"data": encode_iterator_state(batches.get_state())}
 
     def last_checkpoint() -> str:
       last = ckpt.latest_step()

@@ -9,7 +9,7 @@ logical name to mesh axes, so changing the parallelism of a run is a config chan
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -168,18 +168,3 @@ def round_batch(batch_size: int, mesh: Mesh) -> int:
   """`batch_size` rounded up to a multiple of the data-parallel degree."""
   div = batch_divisor(mesh)
   return -(-batch_size // div) * div
-
-
-def init_sharded(
-  init_fn: Callable[..., Any], mesh: Mesh, rules: Rules, *args: Any
-) -> tuple[Any, Any]:
-  """Runs `init_fn(*args)` (returning a boxed tree) directly into its shardings, unboxed.
-
-  Nothing is materialised on one device first: the shapes come from `jax.eval_shape` and the
-  initialiser is compiled with the final `out_shardings`.
-  """
-  abstract = jax.eval_shape(init_fn, *args)
-  shardings = logical_shardings(abstract, mesh, rules)
-  # No mesh context: flax would constrain DenseGeneral kernels while they are still flat.
-  tree = jax.jit(lambda *a: nn.meta.unbox(init_fn(*a)), out_shardings=shardings)(*args)
-  return tree, shardings
