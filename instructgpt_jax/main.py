@@ -44,6 +44,7 @@ def main(argv: list[str]) -> int:
     # parameters, FLOPs and bytes per device; nothing is allocated or trained.
     from instructgpt_jax import dry_run  # pylint: disable=import-outside-toplevel
 
+    config = workspace.with_imported_base(config)  # An imported model's own shape.
     print(json.dumps(dry_run.dry_run(config), indent=1, default=str))
     return 0
   workdir = _WORKDIR.value or os.path.join("runs", config.preset)

@@ -41,11 +41,35 @@ OPTIONAL_KINDS = ("nlp_tasks",)  # Kinds a data set of your own may leave out.
 DATA_KINDS = {"eval_prompts": "prompts", "rm_prompts": "prompts", "nlp_tasks": "demonstrations"}
 
 
+def with_imported_base(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` itself, or, with `model.init = "hf:/dir"`, a copy whose `config.model` holds the
+  checkpoint's shape, so every model config built from it (policy, reward model, value) agrees
+  with the weights. The reward model then starts from SFT's trunk (`rm.init_from = "sft"`, no
+  `rm.model` overrides): the RM-sized base the pipeline pretrains from scratch on the built-in
+  world has no counterpart for a real model, and the paper's RM could start from SFT (C.2)."""
+  path = hf.hf_path(config.model.get("init", ""))
+  if not path:
+    return config
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.model.update(hf.model_fields(path))
+    if "rm" in config:
+      if config.rm.init_from == "rm_base" or config.rm.get("model"):
+        logging.warning(
+          "model.init=%s: the reward model starts from SFT (rm.init_from='sft', rm.model "
+          "unused); the rm_base stage is skipped.",
+          config.model.init,
+        )
+      config.rm.init_from = "sft"
+      config.rm.model = {}
+  return config
+
+
 class Workspace:
   """A run's directory layout, mesh, tokenizer and data, shared by the stages of a pipeline."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, mesh: Mesh | None = None):
-    self.config = config
+    self.config = with_imported_base(config)
     self.workdir = os.path.abspath(workdir)
     os.makedirs(self.workdir, exist_ok=True)
     self.mesh = mesh if mesh is not None else sharding.make_mesh(config.sharding.mesh_shape)
@@ -161,9 +185,7 @@ class Workspace:
   # Models --------------------------------------------------------------------------------------
 
   def model_config(self, **overrides: Any) -> model_lib.ModelConfig:
-    """`config.model`, whose shape fields come from the checkpoint when `model.init` is one."""
-    if self.hf_base:
-      overrides = {**hf.model_fields(self.hf_base), **overrides}
+    """`config.model` (which holds the checkpoint's shape when `model.init` is one)."""
     return train_state.model_config(self.config, **overrides)
 
   def load_params(self, stage: str, model_cfg: model_lib.ModelConfig) -> Any:

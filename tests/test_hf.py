@@ -22,8 +22,8 @@ from instructgpt_jax import data as data_lib
 from instructgpt_jax import (
   hf,
   hf_tokenizer,
+  objectives,
   preferences,
-  rm,
   sampling,
   sharding,
   train_state,
@@ -336,7 +336,7 @@ def test_exported_reward_model_scores_like_ours(tmp_path, family):
     tokens[i, end - 1] = eos
   tokens = np.where(mask == 1, tokens, pad)
   ours = np.asarray(
-    rm.sequence_rewards(params, model_lib.Transformer(cfg).apply, tokens, jnp.asarray(mask))
+    objectives.sequence_rewards(params, model_lib.Transformer(cfg).apply, tokens, jnp.asarray(mask))
   )
   hf.export_reward_model(params, cfg, str(tmp_path), pad_id=pad, eos_id=eos)
   model = transformers.AutoModelForSequenceClassification.from_pretrained(str(tmp_path)).eval()
@@ -352,7 +352,9 @@ def test_exported_reward_model_scores_like_ours(tmp_path, family):
   np.testing.assert_allclose(score + bias, ours, atol=1e-5, rtol=1e-5)
   # Re-imported as a scalar-head model, the reward is ours again (bias included).
   back = hf.load_params(str(tmp_path), cfg)
-  again = rm.sequence_rewards(back, model_lib.Transformer(cfg).apply, tokens, jnp.asarray(mask))
+  again = objectives.sequence_rewards(
+    back, model_lib.Transformer(cfg).apply, tokens, jnp.asarray(mask)
+  )
   np.testing.assert_allclose(np.asarray(again), ours, atol=1e-5, rtol=1e-5)
 
 
