@@ -372,6 +372,7 @@ class Transformer(nn.Module):
     deterministic: bool = True,
     return_hidden: bool = False,
     head_span: tuple[int, int] | None = None,
+    skip_head: bool = False,
   ):
     """Runs the model.
 
@@ -388,6 +389,9 @@ class Transformer(nn.Module):
         [start, start + length), so the outputs and hidden states have `length` positions. The
         LM loss needs no logits for the last position, PPO only those of the response: the
         unembedding is the largest matmul of a small model.
+      skip_head: return the final hidden states [batch, seq, embed] (after the final norm) in
+        place of the head's output, for losses that fuse the unembedding with the log-softmax
+        (`losses.head_lm_loss`, `losses.head_token_log_probs`; see `unembedding`).
 
     Returns:
       logits [batch, seq, vocab] (fp32) for head "lm", values [batch, seq] (fp32) for "scalar";
@@ -444,6 +448,22 @@ class Transformer(nn.Module):
       x = jax.lax.slice_in_dim(x, head_span[0], head_span[0] + head_span[1], axis=1)
     hidden = Norm(cfg, name="ln_final")(x)
 
+    if skip_head:
+      # The head's parameters are still created at init (they are looked up by name).
+      if self.is_initializing():
+        self._head(embed, hidden)
+      return hidden if cache is None else (hidden, cache)
+    out = self._head(embed, hidden)
+    result = (out,)
+    if cache is not None:
+      result += (cache,)
+    if return_hidden:
+      result += (hidden,)
+    return result[0] if len(result) == 1 else result
+
+  def _head(self, embed: nn.Embed, hidden: Array) -> Array:
+    """LM logits [batch, seq, vocab] (fp32) or scalar values [batch, seq] (fp32)."""
+    cfg = self.config
     if cfg.head == "lm":
       if cfg.tie_embeddings:
         out = embed.attend(hidden)
@@ -471,10 +491,15 @@ class Transformer(nn.Module):
         bias_init=_logical(nn.initializers.zeros, ("scalar",)),
         name="scalar_head",
       )(hidden.astype(jnp.float32))[..., 0]
+    return out
 
-    result = (out,)
-    if cache is not None:
-      result += (cache,)
-    if return_hidden:
-      result += (hidden,)
-    return result[0] if len(result) == 1 else result
+
+def unembedding(params: Mapping[str, Any]) -> Array:
+  """The LM head's matrix `[vocab, embed]` in an LM's params (tied or not), for the fused losses.
+
+  `Transformer(...)(..., skip_head=True)` followed by `losses.head_lm_loss(hidden,
+  unembedding(params), ...)` gives `lm_loss` of the logits without forming them all at once.
+  """
+  if "unembed" in params:
+    return jnp.asarray(params["unembed"]["kernel"]).T
+  return jnp.asarray(params["token_embed"]["embedding"])

@@ -35,15 +35,18 @@ def lm_loss_fn(
   """
   rngs = {} if deterministic else {"dropout": rng}
   seq = batch["tokens"].shape[1]
-  logits = apply_fn(
+  # Hidden states, not logits: the fused loss forms the logits a chunk at a time (docs/speed.md).
+  hidden = apply_fn(
     {"params": params},
     batch["tokens"],
     batch["mask"],
     deterministic=deterministic,
     rngs=rngs,
     head_span=(0, seq - 1),
+    skip_head=True,
   )
-  return losses.lm_loss(logits, batch["tokens"][:, 1:], batch["loss_mask"][:, 1:])
+  unembedding = model_lib.unembedding(params)
+  return losses.head_lm_loss(hidden, unembedding, batch["tokens"][:, 1:], batch["loss_mask"][:, 1:])
 
 
 def lm_train_step(

@@ -50,9 +50,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from instructgpt_jax import data as data_lib
+from instructgpt_jax import losses, sharding
 from instructgpt_jax import metrics as metrics_lib
 from instructgpt_jax import model as model_lib
-from instructgpt_jax import sharding
 
 Array = jax.Array
 
@@ -262,15 +262,15 @@ def response_logprobs(
   """log p(tokens[:, t] | tokens[:, <t]) for t in [start, start + length): `[B, length]`.
 
   One forward pass with the unembedding applied only to the positions [start - 1, start +
-  length - 1) whose logits predict those tokens (`start` >= 1, static). Zero where the token
+  length - 1) whose logits predict those tokens, fused with the log-softmax (`start` >= 1, static). Zero where the token
   or its predecessor is masked (e.g. the first real token of a left-padded row).
   """
-  logits = model_lib.Transformer(config).apply(
-    {"params": params}, tokens, mask, head_span=(start - 1, length)
+  hidden = model_lib.Transformer(config).apply(
+    {"params": params}, tokens, mask, head_span=(start - 1, length), skip_head=True
   )
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
   targets = jax.lax.slice_in_dim(tokens, start, start + length, axis=1).astype(jnp.int32)
-  lp = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+  # Fused unembedding + log-softmax, chunked: no [B, length, V] logits (docs/speed.md).
+  lp = losses.head_token_log_probs(hidden, model_lib.unembedding(params), targets, temperature)
   valid = (jax.lax.slice_in_dim(mask, start, start + length, axis=1) != 0) & (
     jax.lax.slice_in_dim(mask, start - 1, start + length - 1, axis=1) != 0
   )
