@@ -174,6 +174,36 @@ class Norm(nn.Module):
     return norm(x).astype(jnp.dtype(cfg.dtype))
 
 
+# Query block of the causal attention without a cache (training, scoring); 0 turns blocking off.
+ATTENTION_QUERY_BLOCK = 128
+
+
+def _causal_block(seq: int) -> int:
+  """Query block size for a causal pass over `seq` positions (0: one block, no skipping)."""
+  block = ATTENTION_QUERY_BLOCK
+  return block if block and seq >= 2 * block else 0
+
+
+def _attention_core(q: Array, k: Array, v: Array, bias: Array, kv: str, kv_heads: int) -> Array:
+  """softmax(q k^T + bias) v for q: [batch, seq, heads, head_dim] (already scaled).
+
+  k, v: [batch, keys, kv_heads, head_dim] ("bshd") or [batch, kv_heads, keys, head_dim]
+  ("bhsd"); bias: [batch, seq, keys] fp32, shared by all heads. Returns [batch, seq, heads,
+  head_dim].
+  """
+  B, T, H, D = q.shape
+  if kv_heads == H:  # Multi-head attention: 4-D einsums (no size-1 group axis) are faster.
+    scores = jnp.einsum(f"bthd,{kv}->bhts", q, k, preferred_element_type=jnp.float32)
+    probs = jax.nn.softmax(scores + bias[:, None], axis=-1).astype(v.dtype)
+    return jnp.einsum(f"bhts,{kv}->bthd", probs, v)
+  # Grouped-query attention: G = H / K query heads share each key/value head.
+  qg = q.reshape(B, T, kv_heads, H // kv_heads, D)
+  kvg = kv.replace("h", "k")
+  scores = jnp.einsum(f"btkgd,{kvg}->bkgts", qg, k, preferred_element_type=jnp.float32)
+  probs = jax.nn.softmax(scores + bias[:, None, None], axis=-1).astype(v.dtype)
+  return jnp.einsum(f"bkgts,{kvg}->btkgd", probs, v).reshape(B, T, H, D)
+
+
 class Attention(nn.Module):
   """Causal self-attention with grouped-query heads and an optional KV cache."""
 
@@ -255,21 +285,33 @@ class Attention(nn.Module):
     else:
       S = k.shape[1]
       kv = "bshd"
-    q_idx = cache_index + jnp.arange(T)
+    # Without a cache the keys are `x` itself: query t sees keys 0..t (cache_index is unused).
+    q_idx = jnp.arange(T) + (cache_index if cache is not None else 0)
     allowed = (jnp.arange(S)[None, :] <= q_idx[:, None])[None] & key_mask[:, None, :].astype(bool)
     # One additive [B, T, S] bias shared by all heads: cheaper on XLA:CPU than a select per head.
     bias = jnp.where(allowed, 0.0, _MASK_VALUE).astype(jnp.float32)
     q = q * (D**-0.5)
-    if K == H:  # Multi-head attention: 4-D einsums (no size-1 group axis) are faster.
-      scores = jnp.einsum(f"bthd,{kv}->bhts", q, k, preferred_element_type=jnp.float32)
-      probs = jax.nn.softmax(scores + bias[:, None], axis=-1).astype(v.dtype)
-      out = jnp.einsum(f"bhts,{kv}->bthd", probs, v)
-    else:  # Grouped-query attention: G = H / K query heads share each key/value head.
-      qg = q.reshape(B, T, K, H // K, D)
-      kvg = kv.replace("h", "k")
-      scores = jnp.einsum(f"btkgd,{kvg}->bkgts", qg, k, preferred_element_type=jnp.float32)
-      probs = jax.nn.softmax(scores + bias[:, None, None], axis=-1).astype(v.dtype)
-      out = jnp.einsum(f"bkgts,{kvg}->btkgd", probs, v).reshape(B, T, H, D)
+    block = _causal_block(T) if cache is None else 0
+    if block:
+      # Causal blocks: query block [i, i + block) needs only keys [0, i + block); the keys after
+      # it are masked for every query in it, so their scores and softmax terms are skipped
+      # (exactly: their weights are exp(-1e30 - max) = 0 in fp32).
+      out = jnp.concatenate(
+        [
+          _attention_core(
+            q[:, i : i + block],
+            k[:, : i + block],
+            v[:, : i + block],
+            bias[:, i : i + block, : i + block],
+            kv,
+            K,
+          )
+          for i in range(0, T, block)
+        ],
+        axis=1,
+      )
+    else:
+      out = _attention_core(q, k, v, bias, kv, K)
 
     out = nn.DenseGeneral(
       cfg.d_model,
@@ -382,7 +424,7 @@ class Transformer(nn.Module):
         token that later positions may attend to).
       positions: [batch, seq]; defaults to `positions_from_mask(mask)` (no cache only).
       cache: KV cache from `init_cache`; `tokens` are written at `cache_index`.
-      cache_index: where `tokens` start in the cache.
+      cache_index: where `tokens` start in the cache (used only with a cache).
       deterministic: False turns dropout on (needs a "dropout" rng).
       return_hidden: also return the final hidden states [batch, seq, embed].
       head_span: (start, length), static: the head (and final norm) only on positions
