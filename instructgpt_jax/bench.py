@@ -155,6 +155,21 @@ def time_calls(fn: Callable[[], Any], warmup: int, iters: int) -> dict[str, Any]
   }
 
 
+def cpu_info() -> dict[str, Any]:
+  """The CPU the figures were taken on (model name, family/model, cores), from /proc/cpuinfo."""
+  info: dict[str, Any] = {"cores": os.cpu_count()}
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      for line in f:
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key in ("model name", "cpu family", "model") and key not in info:
+          info[key] = value.strip()
+  except OSError:
+    pass
+  return info
+
+
 def model_config(p: dict[str, Any], head: str = "lm") -> model_lib.ModelConfig:
   return model_lib.ModelConfig(
     vocab_size=p["vocab"],
@@ -569,6 +584,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
       "n/a",
       jax=jax.__version__,
       devices=[str(d) for d in jax.devices()[:1]],
+      cpu=cpu_info(),
       python=sys.version.split()[0],
       quick=args.quick,
       date=time.strftime("%Y-%m-%d"),
