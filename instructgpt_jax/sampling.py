@@ -262,8 +262,9 @@ def response_logprobs(
   """log p(tokens[:, t] | tokens[:, <t]) for t in [start, start + length): `[B, length]`.
 
   One forward pass with the unembedding applied only to the positions [start - 1, start +
-  length - 1) whose logits predict those tokens, fused with the log-softmax (`start` >= 1, static). Zero where the token
-  or its predecessor is masked (e.g. the first real token of a left-padded row).
+  length - 1) whose logits predict those tokens, fused with the log-softmax (`start` >= 1,
+  static). Zero where the token or its predecessor is masked (e.g. the first real token of a
+  left-padded row).
   """
   hidden = model_lib.Transformer(config).apply(
     {"params": params}, tokens, mask, head_span=(start - 1, length), skip_head=True
