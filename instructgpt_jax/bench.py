@@ -23,8 +23,9 @@ Generation always produces exactly `new` tokens per row, like the peer's
 `--compare` runs the peer script with `--peer-python` after our own figures, in the same sitting
 (never concurrently: the CPU is shared) and prints `ratio_*` records (ours / peer).
 
-`--experiments` times variants of the hot paths (LM head + cross-entropy, attention core); they
-are measurement prototypes for proposals to model.py / losses.py, not code paths the project uses.
+`--profile-dir` writes a jax.profiler trace of a few train steps (per-op times of XLA:CPU's
+thunks; docs/speed.md says how they were read). The variants that were measured against the
+project's code paths are recorded there, not kept here.
 """
 
 from __future__ import annotations
@@ -46,8 +47,14 @@ import ml_collections
 import numpy as np
 
 from configs import ppo as ppo_config
-from instructgpt_jax import losses, objectives, pipeline, sampling, sharding, train_state
 from instructgpt_jax import model as model_lib
+from instructgpt_jax import (
+  objectives,
+  pipeline,
+  sampling,
+  sharding,
+  train_state,
+)
 
 PEER_SCRIPT = os.path.join(
   os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
@@ -157,6 +164,21 @@ def time_calls(fn: Callable[[], Any], warmup: int, iters: int) -> dict[str, Any]
   }
 
 
+def cpu_info() -> dict[str, Any]:
+  """The CPU the figures were taken on (model name, family/model, cores), from /proc/cpuinfo."""
+  info: dict[str, Any] = {"cores": os.cpu_count()}
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      for line in f:
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key in ("model name", "cpu family", "model") and key not in info:
+          info[key] = value.strip()
+  except OSError:
+    pass
+  return info
+
+
 def bench_config(p: dict[str, Any]) -> ml_collections.ConfigDict:
   """The project's tiny PPO config with the peer's shapes and optimizer (AdamW, lr 1e-4,
   betas (0.9, 0.95), weight decay 0.1, no clipping, constant), one PPO minibatch and epoch: one
@@ -176,6 +198,7 @@ def bench_config(p: dict[str, Any]) -> ml_collections.ConfigDict:
   c.ppo.update(rollout_batch_size=p["ppo_batch"], minibatch_size=p["ppo_batch"], epochs=1)
   c.ppo.ptx_batch_size = 8  # Rows of prompt + new tokens (TRL has no ptx: extra work for us).
   c.ppo.missing_eos_penalty = None  # The benchmark's EOS never occurs.
+  c.rm.model = {}  # The value model has the policy's shape, like the peer's.
   return c
 
 
@@ -412,232 +435,12 @@ def bench_ppo(p: dict[str, Any], ptx_coef: float = 27.8) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Experiments (measurement prototypes for proposals; not used by the project)
+# Profiling
 # ---------------------------------------------------------------------------------------------
 
 
-def time_interleaved(fns: dict[str, Callable[[], Any]], rounds: int = 7) -> dict[str, float]:
-  """Median time of each variant, timed round-robin so that load from other jobs hits all alike."""
-  for fn in fns.values():
-    _block(fn())
-    _block(fn())
-  ts: dict[str, list[float]] = {k: [] for k in fns}
-  for _ in range(rounds):
-    for k, fn in fns.items():
-      t0 = time.perf_counter()
-      _block(fn())
-      ts[k].append(time.perf_counter() - t0)
-  return {k: statistics.median(v) for k, v in ts.items()}
-
-
-def _experiment_lm_head(p: dict[str, Any]) -> None:
-  """LM head + cross-entropy, forward + backward wrt hidden and embedding, in variants."""
-  B, T, d, V = p["batch"], p["seq"], p["n_embd"], p["vocab"]
-  kh, ke, kt = jax.random.split(jax.random.key(0), 3)
-  hidden = jax.random.normal(kh, (B, T, d), jnp.float32)
-  emb = jax.random.normal(ke, (V, d), jnp.float32) * 0.02
-  tokens = jax.random.randint(kt, (B, T), 0, V)
-  mask = jnp.ones((B, T), jnp.float32)
-
-  def full_then_slice(h, e):  # the loss before head_span: full logits, last position dropped
-    logits = jnp.einsum("btd,vd->btv", h, e).astype(jnp.float32)
-    return losses.lm_loss(logits[:, :-1], tokens[:, 1:], mask[:, 1:])[0]
-
-  def no_accuracy(h, e):  # the same without the argmax accuracy pass over the logits
-    logits = jnp.einsum("btd,vd->btv", h, e).astype(jnp.float32)
-    logp = losses.token_log_probs(logits[:, :-1], tokens[:, 1:])
-    return losses.masked_mean(-logp, mask[:, 1:])
-
-  def slice_hidden_first(h, e):  # what lm_loss_fn does now (head_span): slice, then unembed
-    logits = jnp.einsum("btd,vd->btv", h[:, :-1], e).astype(jnp.float32)
-    return losses.lm_loss(logits, tokens[:, 1:], mask[:, 1:])[0]
-
-  def fused_ce(h, e):  # slice first, no accuracy, picked logit via a dot with the embedding row
-    hs = h[:, :-1]
-    logits = jnp.einsum("btd,vd->btv", hs, e)
-    lse = jax.nn.logsumexp(logits, axis=-1)
-    picked = jnp.einsum("btd,btd->bt", hs, e[tokens[:, 1:]])
-    return losses.masked_mean(lse - picked, mask[:, 1:])
-
-  def fused_ce_custom_vjp(h, e):
-    hs = h[:, :-1].reshape(-1, d)
-    tgt = tokens[:, 1:].reshape(-1)
-    w = mask[:, 1:].reshape(-1)
-    return _ce_custom(hs, e, tgt, w) / jnp.maximum(w.sum(), 1.0)
-
-  def with_accuracy(h, e):  # full logits, loss AND an argmax accuracy (the first version)
-    logits = jnp.einsum("btd,vd->btv", h, e).astype(jnp.float32)
-    loss, m = losses.lm_loss(logits[:, :-1], tokens[:, 1:], mask[:, 1:])
-    return loss + 0.0 * m["accuracy"]
-
-  def accuracy_via_max(h, e):  # accuracy as picked >= max (shares logsumexp's max), no argmax
-    logits = jnp.einsum("btd,vd->btv", h, e).astype(jnp.float32)[:, :-1]
-    tgt = tokens[:, 1:]
-    mx = jnp.max(logits, axis=-1)
-    lse = mx + jnp.log(jnp.sum(jnp.exp(logits - jax.lax.stop_gradient(mx)[..., None]), -1))
-    picked = jnp.take_along_axis(logits, tgt[..., None], axis=-1)[..., 0]
-    acc = losses.masked_mean((picked >= mx).astype(jnp.float32), mask[:, 1:])
-    return losses.masked_mean(lse - picked, mask[:, 1:]) + 0.0 * acc
-
-  def no_slice_rolled_targets(h, e):  # full logits, targets shifted instead of logits sliced
-    logits = jnp.einsum("btd,vd->btv", h, e).astype(jnp.float32)
-    tgt = jnp.concatenate([tokens[:, 1:], jnp.zeros_like(tokens[:, :1])], axis=1)
-    msk = jnp.concatenate([mask[:, 1:], jnp.zeros_like(mask[:, :1])], axis=1)
-    logp = losses.token_log_probs(logits, tgt)
-    return losses.masked_mean(-logp, msk)
-
-  def one_hot_picked(h, e):  # picked logit by a one-hot product (no gather / scatter)
-    logits = jnp.einsum("btd,vd->btv", h, e).astype(jnp.float32)[:, :-1]
-    lse = jax.nn.logsumexp(logits, axis=-1)
-    picked = jnp.sum(logits * jax.nn.one_hot(tokens[:, 1:], V, dtype=logits.dtype), -1)
-    return losses.masked_mean(lse - picked, mask[:, 1:])
-
-  variants = {
-    "full_then_slice": full_then_slice,
-    "with_accuracy": with_accuracy,
-    "accuracy_via_max": accuracy_via_max,
-    "no_slice_rolled_targets": no_slice_rolled_targets,
-    "one_hot_picked": one_hot_picked,
-    "no_accuracy": no_accuracy,
-    "slice_hidden_first": slice_hidden_first,
-    "fused_ce": fused_ce,
-    "fused_ce_custom_vjp": fused_ce_custom_vjp,
-  }
-  grads = {k: jax.jit(jax.value_and_grad(fn, argnums=(0, 1))) for k, fn in variants.items()}
-  meds = time_interleaved({name: (lambda g=g: g(hidden, emb)) for name, g in grads.items()})
-  for name, med in meds.items():
-    emit(
-      f"experiment_lm_head_ce_{name}",
-      med,
-      "s",
-      batch=B,
-      seq=T,
-      vocab=V,
-      loss=float(grads[name](hidden, emb)[0]),
-    )
-
-
-@jax.custom_vjp
-def _ce_custom(h, e, tgt, w):
-  logits = h @ e.T
-  lse = jax.nn.logsumexp(logits, axis=-1)
-  picked = jnp.take_along_axis(logits, tgt[:, None], axis=-1)[:, 0]
-  return jnp.sum((lse - picked) * w)
-
-
-def _ce_custom_fwd(h, e, tgt, w):
-  logits = h @ e.T
-  lse = jax.nn.logsumexp(logits, axis=-1)
-  picked = jnp.take_along_axis(logits, tgt[:, None], axis=-1)[:, 0]
-  return jnp.sum((lse - picked) * w), (h, e, tgt, w, lse)
-
-
-def _ce_custom_bwd(res, g):
-  h, e, tgt, w, lse = res
-  logits = h @ e.T  # recomputed: one matmul instead of storing [N, V]
-  dlogits = jnp.exp(logits - lse[:, None]) * (w * g)[:, None]
-  dlogits = dlogits.at[jnp.arange(h.shape[0]), tgt].add(-(w * g))
-  return dlogits @ e, dlogits.T @ h, None, None
-
-
-_ce_custom.defvjp(_ce_custom_fwd, _ce_custom_bwd)
-
-
-def _experiment_attention(p: dict[str, Any]) -> None:
-  """Attention core (scores, mask, softmax, AV), forward + backward, in variants."""
-  B, T, H = p["batch"], p["seq"], p["n_head"]
-  D = p["n_embd"] // H
-  kq, kk, kv = jax.random.split(jax.random.key(0), 3)
-  q = jax.random.normal(kq, (B, T, H, D))
-  k = jax.random.normal(kk, (B, T, H, D))
-  v = jax.random.normal(kv, (B, T, H, D))
-  key_mask = jnp.ones((B, T), jnp.int32)
-
-  def select_5d(q, k, v):  # the first version: a select per head, 5-D einsums (G = 1)
-    qq = q.reshape(B, T, H, 1, D) * (D**-0.5)
-    s = jnp.einsum("btkgd,bskd->bkgts", qq, k, preferred_element_type=jnp.float32)
-    allowed = (jnp.arange(T)[None, :] <= jnp.arange(T)[:, None])[None] & key_mask[
-      :, None, :
-    ].astype(bool)
-    s = jnp.where(allowed[:, None, None], s, model_lib._MASK_VALUE)  # pylint: disable=protected-access
-    pr = jax.nn.softmax(s, axis=-1)
-    return jnp.einsum("bkgts,bskd->btkgd", pr, v).reshape(B, T, H, D)
-
-  def bias_add(q, k, v):  # what model.Attention does: one additive bias, 4-D einsums
-    s = jnp.einsum("bthd,bshd->bhts", q * (D**-0.5), k)
-    allowed = (jnp.arange(T)[None, :] <= jnp.arange(T)[:, None])[None] & key_mask[
-      :, None, :
-    ].astype(bool)
-    bias = jnp.where(allowed, 0.0, model_lib._MASK_VALUE)[:, None]  # pylint: disable=protected-access
-    pr = jax.nn.softmax(s + bias, axis=-1)
-    return jnp.einsum("bhts,bshd->bthd", pr, v)
-
-  def select_4d(q, k, v):  # the same select, 4-D einsums (no size-1 group axis)
-    s = jnp.einsum("bthd,bshd->bhts", q * (D**-0.5), k)
-    allowed = (jnp.arange(T)[None, :] <= jnp.arange(T)[:, None])[None] & key_mask[
-      :, None, :
-    ].astype(bool)
-    s = jnp.where(allowed[:, None], s, model_lib._MASK_VALUE)  # pylint: disable=protected-access
-    return jnp.einsum("bhts,bshd->bthd", jax.nn.softmax(s, axis=-1), v)
-
-  def bias_5d(q, k, v):  # additive bias, the current 5-D einsums
-    qq = q.reshape(B, T, H, 1, D) * (D**-0.5)
-    s = jnp.einsum("btkgd,bskd->bkgts", qq, k, preferred_element_type=jnp.float32)
-    allowed = (jnp.arange(T)[None, :] <= jnp.arange(T)[:, None])[None] & key_mask[
-      :, None, :
-    ].astype(bool)
-    bias = jnp.where(allowed, 0.0, model_lib._MASK_VALUE)[:, None, None]  # pylint: disable=protected-access
-    pr = jax.nn.softmax(s + bias, axis=-1)
-    return jnp.einsum("bkgts,bskd->btkgd", pr, v).reshape(B, T, H, D)
-
-  def manual_softmax(q, k, v):  # exp/sum by hand (jax.nn.softmax's custom jvp avoided)
-    s = jnp.einsum("bthd,bshd->bhts", q * (D**-0.5), k)
-    allowed = (jnp.arange(T)[None, :] <= jnp.arange(T)[:, None])[None] & key_mask[
-      :, None, :
-    ].astype(bool)
-    s = jnp.where(allowed[:, None], s, model_lib._MASK_VALUE)  # pylint: disable=protected-access
-    s = s - jax.lax.stop_gradient(s.max(-1, keepdims=True))
-    e = jnp.exp(s)
-    pr = e / e.sum(-1, keepdims=True)
-    return jnp.einsum("bhts,bshd->bthd", pr, v)
-
-  def jax_dpa(q, k, v):  # jax.nn.dot_product_attention (what the naive version used)
-    allowed = (jnp.arange(T)[None, :] <= jnp.arange(T)[:, None])[None] & key_mask[
-      :, None, :
-    ].astype(bool)
-    return jax.nn.dot_product_attention(q, k, v, mask=allowed[:, None])
-
-  def loss_of(fn):
-    return lambda q, k, v: jnp.sum(fn(q, k, v) ** 2)
-
-  variants = {
-    "select_5d": select_5d,
-    "bias_add": bias_add,
-    "select_4d": select_4d,
-    "bias_5d": bias_5d,
-    "manual_softmax": manual_softmax,
-    "jax_dpa": jax_dpa,
-  }
-  grads = {
-    k: jax.jit(jax.value_and_grad(loss_of(fn), argnums=(0, 1, 2))) for k, fn in variants.items()
-  }
-  meds = time_interleaved({name: (lambda g=g: g(q, k, v)) for name, g in grads.items()})
-  for name, med in meds.items():
-    g = grads[name]
-    emit(
-      f"experiment_attention_{name}",
-      med,
-      "s",
-      layers_in_model=p["n_layer"],
-      batch=B,
-      seq=T,
-      heads=H,
-      check=float(g(q, k, v)[0]),
-    )
-
-
 def _train_runner(p: dict[str, Any]) -> Callable[[], Any]:
-  """A closure running one `lm_train_step` (compiled on its first call, done here)."""
+  """A closure running one `pretrain.train_step` (compiled on its first call, done here)."""
   config, pretrain = bench_config(p), pipeline.stage_module("pretrain")
   mesh = one_device_mesh()
   state, shardings = pretrain.init_state(config, mesh, sharding.DEFAULT_RULES, 1000)
@@ -658,20 +461,11 @@ def _train_runner(p: dict[str, Any]) -> Callable[[], Any]:
   return run
 
 
-def _quiet(fn):
-  global _EMIT
-  saved = _EMIT
-  _EMIT = lambda rec: None
-  try:
-    return fn()
-  finally:
-    _EMIT = saved
-
-
 def profile_train(p: dict[str, Any], logdir: str) -> None:
-  """Writes a jax.profiler trace of a few train steps (for TensorBoard / Perfetto)."""
+  """Writes a jax.profiler trace of a few train steps (TensorBoard, and Perfetto's JSON: the
+  `*.trace.json.gz` file has one event per XLA:CPU thunk, named as in the compiled HLO)."""
   run = _train_runner(p)  # Compiles outside the trace.
-  with jax.profiler.trace(logdir):
+  with jax.profiler.trace(logdir, create_perfetto_trace=True):
     for _ in range(3):
       _block(run())
   emit("profile_written", 0, "n/a", logdir=logdir)
@@ -744,11 +538,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
   ap.add_argument("--ppo-ptx-coef", type=float, default=27.8)
   ap.add_argument("--compare", action="store_true")
   ap.add_argument("--peer-python", default=None)
-  ap.add_argument(
-    "--experiments",
-    action="store_true",
-    help="time variants of the LM head/CE and attention (proposals)",
-  )
   ap.add_argument("--profile-dir", default=None, help="write a jax.profiler trace of train")
   args = ap.parse_args(argv)
   PRESET_NAME = args.preset
@@ -772,6 +561,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
       "n/a",
       jax=jax.__version__,
       devices=[str(d) for d in jax.devices()[:1]],
+      cpu=cpu_info(),
       python=sys.version.split()[0],
       quick=args.quick,
       date=time.strftime("%Y-%m-%d"),
@@ -784,9 +574,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
       )
     if args.profile_dir:
       profile_train(p, args.profile_dir)
-    if args.experiments:
-      _experiment_lm_head(p)
-      _experiment_attention(p)
     if "train" not in skip:
       bench_train(p, peak)
     if "generate" not in skip:

@@ -21,6 +21,7 @@ of RLHF with PPO" (OpenAI lm-human-preferences); see shared/RLHF-NOTES.md.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -159,6 +160,207 @@ def lm_loss(logits: ArrayLike, targets: ArrayLike, loss_mask: ArrayLike) -> tupl
     "accuracy": masked_mean(correct, mask),
     "tokens": jnp.sum(mask),
   }
+  return loss, metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# Fused LM head: unembedding + log-softmax over the vocabulary, chunked along the sequence
+# ---------------------------------------------------------------------------------------------
+
+# Target size of one chunk of logits (fp32 elements, 16 MiB): small enough to stay in the last
+# level cache of a CPU, large enough that each chunk's matmuls keep the cores busy.
+_CHUNK_ELEMENTS = 1 << 22
+
+
+def _seq_chunk(batch: int, seq: int, vocab: int) -> int:
+  """Positions per chunk so that a chunk's logits `[batch, chunk, vocab]` are ~16 MiB."""
+  return max(1, min(seq, _CHUNK_ELEMENTS // max(batch * vocab, 1)))
+
+
+def _to_chunks(x: Array, chunk: int, fill: Any = 0) -> Array:
+  """[B, T, ...] -> [T / chunk, B, chunk, ...], the time axis padded with `fill` to a multiple.
+
+  The batch axis stays an axis of its own, so a batch-sharded input keeps its sharding.
+  """
+  B, T = x.shape[:2]
+  n = -(-T // chunk)
+  pad = [(0, 0), (0, n * chunk - T)] + [(0, 0)] * (x.ndim - 2)
+  x = jnp.pad(x, pad, constant_values=fill)
+  return jnp.swapaxes(x.reshape(B, n, chunk, *x.shape[2:]), 0, 1)
+
+
+def _from_chunks(x: Array, T: int) -> Array:
+  """[n, B, chunk, ...] -> [B, T, ...] (inverse of `_to_chunks`)."""
+  n, B, c = x.shape[:3]
+  return jnp.swapaxes(x, 0, 1).reshape(B, n * c, *x.shape[3:])[:, :T]
+
+
+def _chunk_logits(h: Array, emb: Array, temperature: Any) -> Array:
+  """[B, C, d] x [V, d] -> [B, C, V] fp32 logits / temperature."""
+  logits = jnp.einsum("bcd,vd->bcv", h, emb.astype(h.dtype), preferred_element_type=jnp.float32)
+  return logits / temperature
+
+
+def _chunk_stats(logits: Array, tgt: Array) -> tuple[Array, Array, Array]:
+  """Row max, log-sum-exp and target logit of `[B, C, V]` logits (each `[B, C]`)."""
+  mx = jnp.max(logits, axis=-1)
+  lse = mx + jnp.log(jnp.sum(jnp.exp(logits - mx[..., None]), axis=-1))
+  picked = jnp.take_along_axis(logits, tgt[..., None], axis=-1)[..., 0]
+  return mx, lse, picked
+
+
+def _dlogits(logits: Array, lse: Array, tgt: Array, g: Array) -> Array:
+  """d(sum g * log_softmax(logits)[tgt]) / d logits = g * (onehot(tgt) - softmax): [B, C, V]."""
+  hit = jnp.arange(logits.shape[-1], dtype=jnp.int32) == tgt[..., None]
+  return g[..., None] * (hit.astype(jnp.float32) - jnp.exp(logits - lse[..., None]))
+
+
+def _head_grads(d: Array, h: Array, emb: Array) -> tuple[Array, Array]:
+  """Gradients wrt a chunk's hidden states `[B, C, d]` and the unembedding, transposed `[d, V]`.
+
+  The unembedding's gradient is formed as `h^T d` (`[d, V]`), which reads the `[B, C, V]`
+  gradient in its own layout; `d^T h` made XLA:CPU transpose it first, a slow copy per chunk.
+  """
+  dh = jnp.einsum("bcv,vd->bcd", d, emb, preferred_element_type=jnp.float32)
+  demb_t = jnp.einsum("bcd,bcv->dv", h.astype(jnp.float32), d)
+  return dh, demb_t
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _fused_log_probs(hidden, emb, targets, temperature, chunk):
+  logp, _ = _fused_log_probs_fwd(hidden, emb, targets, temperature, chunk)
+  return logp
+
+
+def _fused_log_probs_fwd(hidden, emb, targets, temperature, chunk):
+  T = hidden.shape[1]
+
+  def body(_, xs):
+    h, tgt = xs
+    _, lse, picked = _chunk_stats(_chunk_logits(h, emb, temperature), tgt)
+    return None, (picked - lse, lse)
+
+  xs = (_to_chunks(hidden, chunk), _to_chunks(targets, chunk))
+  _, (logp, lse) = jax.lax.scan(body, None, xs)
+  return _from_chunks(logp, T), (hidden, emb, targets, temperature, lse)
+
+
+def _fused_log_probs_bwd(chunk, res, g):
+  hidden, emb, targets, temperature, lse = res
+  T = hidden.shape[1]
+
+  def body(demb, xs):
+    h, tgt, lse_c, g_c = xs
+    # Logits recomputed chunk by chunk: one more matmul instead of a [B, T, V] residual.
+    d = _dlogits(_chunk_logits(h, emb, temperature), lse_c, tgt, g_c) / temperature
+    dh, de = _head_grads(d, h, emb)
+    return demb + de, dh
+
+  xs = (
+    _to_chunks(hidden, chunk),
+    _to_chunks(targets, chunk),
+    lse,
+    _to_chunks(_f32(g), chunk),
+  )
+  demb_t, dh = jax.lax.scan(body, jnp.zeros(emb.shape[::-1], jnp.float32), xs)
+  dh = _from_chunks(dh, T).astype(hidden.dtype)
+  return dh, demb_t.T.astype(emb.dtype), None, None
+
+
+_fused_log_probs.defvjp(_fused_log_probs_fwd, _fused_log_probs_bwd)
+
+
+def head_token_log_probs(
+  hidden: ArrayLike,
+  unembedding: ArrayLike,
+  targets: ArrayLike,
+  temperature: float | Array = 1.0,
+) -> Array:
+  """``token_log_probs(hidden @ unembedding.T, targets, temperature)`` without the full logits.
+
+  Shapes: hidden [B, T, d], unembedding [V, d], targets [B, T] int -> [B, T] float32.
+  The logits are formed a chunk of positions at a time (about 16 MiB each) with an online
+  log-sum-exp; the backward pass recomputes each chunk's logits rather than keeping a
+  [B, T, V] fp32 residual, and writes the gradient of the unembedding without transposing
+  [B * T, V] gradients. Values and gradients equal the straightforward version up to float
+  rounding (tests/test_losses.py). Temperature is not differentiated.
+  """
+  hidden = jnp.asarray(hidden)
+  targets = jnp.asarray(targets, dtype=jnp.int32)
+  emb = jnp.asarray(unembedding)
+  B, T = targets.shape
+  chunk = _seq_chunk(B, T, emb.shape[0])
+  temperature = jax.lax.stop_gradient(temperature)
+  return _fused_log_probs(hidden, emb, targets, temperature, chunk)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _fused_nll(hidden, emb, targets, weights, chunk):
+  """Weighted NLL sum and per-token correctness `[B, T]` (primal only: no gradient work)."""
+  T = hidden.shape[1]
+
+  def body(_, xs):
+    h, tgt, w = xs
+    mx, lse, picked = _chunk_stats(_chunk_logits(h, emb, 1.0), tgt)
+    return None, (jnp.sum(w * (lse - picked)), (picked >= mx).astype(jnp.float32))
+
+  xs = (_to_chunks(hidden, chunk), _to_chunks(targets, chunk), _to_chunks(weights, chunk))
+  _, (nll, correct) = jax.lax.scan(body, None, xs)
+  return jnp.sum(nll), _from_chunks(correct, T)
+
+
+def _fused_nll_fwd(hidden, emb, targets, weights, chunk):
+  """Weighted NLL sum and per-token correctness; the gradients come out of the same pass.
+
+  The loss is a scalar, so d loss / d logits is the cotangent times a quantity the forward pass
+  can finish: each chunk's logits are used once, while they are in cache, for the loss and for
+  both gradient matmuls (3 LM-head matmuls in all, no [B, T, V] array in memory).
+  """
+  T = hidden.shape[1]
+
+  def body(demb, xs):
+    h, tgt, w = xs
+    logits = _chunk_logits(h, emb, 1.0)
+    mx, lse, picked = _chunk_stats(logits, tgt)
+    dh, de = _head_grads(_dlogits(logits, lse, tgt, -w), h, emb)
+    return demb + de, (jnp.sum(w * (lse - picked)), (picked >= mx).astype(jnp.float32), dh)
+
+  xs = (_to_chunks(hidden, chunk), _to_chunks(targets, chunk), _to_chunks(weights, chunk))
+  demb_t, (nll, correct, dh) = jax.lax.scan(body, jnp.zeros(emb.shape[::-1], jnp.float32), xs)
+  out = (jnp.sum(nll), _from_chunks(correct, T))
+  return out, (_from_chunks(dh, T).astype(hidden.dtype), demb_t.T.astype(emb.dtype))
+
+
+def _fused_nll_bwd(chunk, res, g):
+  dh, demb = res
+  g_nll = g[0]  # `correct` is a step function: no gradient.
+  return dh * g_nll.astype(dh.dtype), demb * g_nll.astype(demb.dtype), None, None
+
+
+_fused_nll.defvjp(_fused_nll_fwd, _fused_nll_bwd)
+
+
+def head_lm_loss(
+  hidden: ArrayLike, unembedding: ArrayLike, targets: ArrayLike, loss_mask: ArrayLike
+) -> tuple[Array, Metrics]:
+  """``lm_loss(hidden @ unembedding.T, targets, loss_mask)`` without the full logits.
+
+  Shapes: hidden [B, T, d], unembedding [V, d], targets [B, T] int, loss_mask [B, T] ->
+  (scalar, metrics), the same metrics as `lm_loss`. Chunked over positions with an online
+  log-sum-exp; under differentiation the forward pass also produces the gradients (the loss is a
+  scalar, so they are the cotangent times what the pass computes anyway), so the backward pass
+  is one multiply. The mask is not differentiated.
+  """
+  hidden = jnp.asarray(hidden)
+  targets = jnp.asarray(targets, dtype=jnp.int32)
+  emb = jnp.asarray(unembedding)
+  B, T = targets.shape
+  mask = jax.lax.stop_gradient(jnp.broadcast_to(_f32(loss_mask), (B, T)))
+  chunk = _seq_chunk(B, T, emb.shape[0])
+  nll, correct = _fused_nll(hidden, emb, targets, mask, chunk)
+  n = jnp.sum(mask)
+  loss = _safe_div(nll, n)
+  metrics = {"loss": loss, "accuracy": masked_mean(correct, mask), "tokens": n}
   return loss, metrics
 
 

@@ -226,6 +226,36 @@ def _head_norm(cfg: ModelConfig, name: str) -> nn.Module:
   )
 
 
+# Query block of the causal attention without a cache (training, scoring); 0 turns blocking off.
+ATTENTION_QUERY_BLOCK = 128
+
+
+def _causal_block(seq: int) -> int:
+  """Query block size for a causal pass over `seq` positions (0: one block, no skipping)."""
+  block = ATTENTION_QUERY_BLOCK
+  return block if block and seq >= 2 * block else 0
+
+
+def _attention_core(q: Array, k: Array, v: Array, bias: Array, kv: str, kv_heads: int) -> Array:
+  """softmax(q k^T + bias) v for q: [batch, seq, heads, head_dim] (already scaled).
+
+  k, v: [batch, keys, kv_heads, head_dim] ("bshd") or [batch, kv_heads, keys, head_dim]
+  ("bhsd"); bias: [batch, seq, keys] fp32, shared by all heads. Returns [batch, seq, heads,
+  head_dim].
+  """
+  B, T, H, D = q.shape
+  if kv_heads == H:  # Multi-head attention: 4-D einsums (no size-1 group axis) are faster.
+    scores = jnp.einsum(f"bthd,{kv}->bhts", q, k, preferred_element_type=jnp.float32)
+    probs = jax.nn.softmax(scores + bias[:, None], axis=-1).astype(v.dtype)
+    return jnp.einsum(f"bhts,{kv}->bthd", probs, v)
+  # Grouped-query attention: G = H / K query heads share each key/value head.
+  qg = q.reshape(B, T, kv_heads, H // kv_heads, D)
+  kvg = kv.replace("h", "k")
+  scores = jnp.einsum(f"btkgd,{kvg}->bkgts", qg, k, preferred_element_type=jnp.float32)
+  probs = jax.nn.softmax(scores + bias[:, None, None], axis=-1).astype(v.dtype)
+  return jnp.einsum(f"bkgts,{kvg}->btkgd", probs, v).reshape(B, T, H, D)
+
+
 class Attention(nn.Module):
   """Causal self-attention with grouped-query heads and an optional KV cache."""
 
@@ -311,21 +341,33 @@ class Attention(nn.Module):
     else:
       S = k.shape[1]
       kv = "bshd"
-    q_idx = cache_index + jnp.arange(T)
+    # Without a cache the keys are `x` itself: query t sees keys 0..t (cache_index is unused).
+    q_idx = jnp.arange(T) + (cache_index if cache is not None else 0)
     allowed = (jnp.arange(S)[None, :] <= q_idx[:, None])[None] & key_mask[:, None, :].astype(bool)
     # One additive [B, T, S] bias shared by all heads: cheaper on XLA:CPU than a select per head.
     bias = jnp.where(allowed, 0.0, _MASK_VALUE).astype(jnp.float32)
     q = q * (D**-0.5)
-    if K == H:  # Multi-head attention: 4-D einsums (no size-1 group axis) are faster.
-      scores = jnp.einsum(f"bthd,{kv}->bhts", q, k, preferred_element_type=jnp.float32)
-      probs = jax.nn.softmax(scores + bias[:, None], axis=-1).astype(v.dtype)
-      out = jnp.einsum(f"bhts,{kv}->bthd", probs, v)
-    else:  # Grouped-query attention: G = H / K query heads share each key/value head.
-      qg = q.reshape(B, T, K, H // K, D)
-      kvg = kv.replace("h", "k")
-      scores = jnp.einsum(f"btkgd,{kvg}->bkgts", qg, k, preferred_element_type=jnp.float32)
-      probs = jax.nn.softmax(scores + bias[:, None, None], axis=-1).astype(v.dtype)
-      out = jnp.einsum(f"bkgts,{kvg}->btkgd", probs, v).reshape(B, T, H, D)
+    block = _causal_block(T) if cache is None else 0
+    if block:
+      # Causal blocks: query block [i, i + block) needs only keys [0, i + block); the keys after
+      # it are masked for every query in it, so their scores and softmax terms are skipped
+      # (exactly: their weights are exp(-1e30 - max) = 0 in fp32).
+      out = jnp.concatenate(
+        [
+          _attention_core(
+            q[:, i : i + block],
+            k[:, : i + block],
+            v[:, : i + block],
+            bias[:, i : i + block, : i + block],
+            kv,
+            K,
+          )
+          for i in range(0, T, block)
+        ],
+        axis=1,
+      )
+    else:
+      out = _attention_core(q, k, v, bias, kv, K)
 
     out = nn.DenseGeneral(
       cfg.d_model,
@@ -428,6 +470,7 @@ class Transformer(nn.Module):
     deterministic: bool = True,
     return_hidden: bool = False,
     head_span: tuple[int, int] | None = None,
+    skip_head: bool = False,
   ):
     """Runs the model.
 
@@ -437,13 +480,16 @@ class Transformer(nn.Module):
         token that later positions may attend to).
       positions: [batch, seq]; defaults to `positions_from_mask(mask)` (no cache only).
       cache: KV cache from `init_cache`; `tokens` are written at `cache_index`.
-      cache_index: where `tokens` start in the cache.
+      cache_index: where `tokens` start in the cache (used only with a cache).
       deterministic: False turns dropout on (needs a "dropout" rng).
       return_hidden: also return the final hidden states [batch, seq, embed].
       head_span: (start, length), static: the head (and final norm) only on positions
         [start, start + length), so the outputs and hidden states have `length` positions. The
         LM loss needs no logits for the last position, PPO only those of the response: the
         unembedding is the largest matmul of a small model.
+      skip_head: return the final hidden states [batch, seq, embed] (after the final norm) in
+        place of the head's output, for losses that fuse the unembedding with the log-softmax
+        (`losses.head_lm_loss`, `losses.head_token_log_probs`; see `unembedding`).
 
     Returns:
       logits [batch, seq, vocab] (fp32) for head "lm", values [batch, seq] (fp32) for "scalar";
@@ -500,6 +546,22 @@ class Transformer(nn.Module):
       x = jax.lax.slice_in_dim(x, head_span[0], head_span[0] + head_span[1], axis=1)
     hidden = Norm(cfg, name="ln_final")(x)
 
+    if skip_head:
+      # The head's parameters are still created at init (they are looked up by name).
+      if self.is_initializing():
+        self._head(embed, hidden)
+      return hidden if cache is None else (hidden, cache)
+    out = self._head(embed, hidden)
+    result = (out,)
+    if cache is not None:
+      result += (cache,)
+    if return_hidden:
+      result += (hidden,)
+    return result[0] if len(result) == 1 else result
+
+  def _head(self, embed: nn.Embed, hidden: Array) -> Array:
+    """LM logits [batch, seq, vocab] (fp32) or scalar values [batch, seq] (fp32)."""
+    cfg = self.config
     if cfg.head == "lm":
       if cfg.tie_embeddings:
         out = embed.attend(hidden)
@@ -527,10 +589,15 @@ class Transformer(nn.Module):
         bias_init=_logical(nn.initializers.zeros, ("scalar",)),
         name="scalar_head",
       )(hidden.astype(jnp.float32))[..., 0]
+    return out
 
-    result = (out,)
-    if cache is not None:
-      result += (cache,)
-    if return_hidden:
-      result += (hidden,)
-    return result[0] if len(result) == 1 else result
+
+def unembedding(params: Mapping[str, Any]) -> Array:
+  """The LM head's matrix `[vocab, embed]` in an LM's params (tied or not), for the fused losses.
+
+  `Transformer(...)(..., skip_head=True)` followed by `losses.head_lm_loss(hidden,
+  unembedding(params), ...)` gives `lm_loss` of the logits without forming them all at once.
+  """
+  if "unembed" in params:
+    return jnp.asarray(params["unembed"]["kernel"]).T
+  return jnp.asarray(params["token_embed"]["embedding"])

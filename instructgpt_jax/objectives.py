@@ -37,15 +37,20 @@ def lm_loss_fn(
   """
   rngs = {} if deterministic else {"dropout": rng}
   seq = batch["tokens"].shape[1]
-  logits = apply_fn(
+  # Hidden states, not logits: the fused loss forms the logits a chunk at a time and never
+  # holds [batch, seq, vocab] of them (docs/speed.md).
+  hidden = apply_fn(
     {"params": params},
     batch["tokens"],
     batch["mask"],
     deterministic=deterministic,
     rngs=rngs,
     head_span=(0, seq - 1),
+    skip_head=True,
   )
-  return losses.lm_loss(logits, batch["tokens"][:, 1:], batch["loss_mask"][:, 1:])
+  return losses.head_lm_loss(
+    hidden, model_lib.unembedding(params), batch["tokens"][:, 1:], batch["loss_mask"][:, 1:]
+  )
 
 
 def span_logprobs(
@@ -59,16 +64,17 @@ def span_logprobs(
 ) -> jax.Array:
   """log p(tokens[:, t] | tokens[:, <t]) for t in [start, start + length): [batch, length].
 
-  One forward pass with the unembedding applied only to the positions [start - 1, start +
-  length - 1) whose logits predict those tokens (`start` >= 1, static). Zero where the token
+  One forward pass; the unembedding, fused with the log-softmax, runs only on the positions
+  [start - 1, start + length - 1) whose logits predict those tokens (`start` >= 1, static). Zero where the token
   or its predecessor is masked (e.g. the first real token of a left-padded row). The
   temperature must be the sampling one (RLHF-NOTES 3.9).
   """
-  logits = model_lib.Transformer(config).apply(
-    {"params": params}, tokens, mask, head_span=(start - 1, length)
+  hidden = model_lib.Transformer(config).apply(
+    {"params": params}, tokens, mask, head_span=(start - 1, length), skip_head=True
   )
-  targets = jax.lax.slice_in_dim(tokens, start, start + length, axis=1)
-  lp = losses.token_log_probs(logits, targets, temperature)
+  targets = jax.lax.slice_in_dim(tokens, start, start + length, axis=1).astype(jnp.int32)
+  # The unembedding fused with the log-softmax, in chunks: no [batch, length, vocab] logits.
+  lp = losses.head_token_log_probs(hidden, model_lib.unembedding(params), targets, temperature)
   valid = (jax.lax.slice_in_dim(mask, start, start + length, axis=1) != 0) & (
     jax.lax.slice_in_dim(mask, start - 1, start + length - 1, axis=1) != 0
   )

@@ -160,6 +160,72 @@ def test_lm_loss_matches_python_loop():
   assert metrics["tokens"] == n
 
 
+def _head_case(chunk_elements: int, monkeypatch):
+  """Hidden states, unembedding, targets, mask; chunks small enough to need padding."""
+  B, T, d, V = 3, 37, 16, 50
+  rng = np.random.default_rng(7)
+  hidden = jnp.asarray(rng.normal(size=(B, T, d)), jnp.float32)
+  emb = jnp.asarray(rng.normal(size=(V, d)) * 0.5, jnp.float32)
+  targets = jnp.asarray(rng.integers(0, V, size=(B, T)), jnp.int32)
+  mask = jnp.asarray(rng.random((B, T)) > 0.3, jnp.float32)
+  monkeypatch.setattr(L, "_CHUNK_ELEMENTS", chunk_elements)
+  return hidden, emb, targets, mask
+
+
+@pytest.mark.parametrize("chunk_elements", [3 * 50 * 8, 1 << 22])  # 5 padded chunks; one chunk
+def test_head_lm_loss_matches_lm_loss_values_and_gradients(chunk_elements, monkeypatch):
+  hidden, emb, targets, mask = _head_case(chunk_elements, monkeypatch)
+
+  def plain(h, e):
+    return L.lm_loss(jnp.einsum("btd,vd->btv", h, e), targets, mask)
+
+  def fused(h, e):
+    return L.head_lm_loss(h, e, targets, mask)
+
+  (a, ma), ga = jax.value_and_grad(plain, argnums=(0, 1), has_aux=True)(hidden, emb)
+  for fn in (fused, jax.jit(fused)):
+    (b, mb), gb = jax.value_and_grad(fn, argnums=(0, 1), has_aux=True)(hidden, emb)
+    np.testing.assert_allclose(b, a, rtol=1e-6)
+    for k in ("loss", "accuracy", "tokens"):
+      np.testing.assert_allclose(mb[k], ma[k], rtol=1e-6)
+    for x, y in zip(gb, ga):
+      np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
+  # Without differentiation (evaluation) the same values.
+  np.testing.assert_allclose(fused(hidden, emb)[0], a, rtol=1e-6)
+  # An empty mask gives 0 with zero gradients, like lm_loss.
+  zero = jax.grad(lambda h: L.head_lm_loss(h, emb, targets, 0 * mask)[0])(hidden)
+  assert float(L.head_lm_loss(hidden, emb, targets, 0 * mask)[0]) == 0.0
+  assert not np.any(zero)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize("chunk_elements", [3 * 50 * 8, 1 << 22])
+def test_head_token_log_probs_matches_token_log_probs(temperature, chunk_elements, monkeypatch):
+  hidden, emb, targets, _ = _head_case(chunk_elements, monkeypatch)
+  cot = jnp.asarray(np.random.default_rng(8).normal(size=targets.shape), jnp.float32)
+
+  def plain(h, e):
+    return jnp.sum(cot * L.token_log_probs(jnp.einsum("btd,vd->btv", h, e), targets, temperature))
+
+  def fused(h, e):
+    return jnp.sum(cot * L.head_token_log_probs(h, e, targets, temperature))
+
+  np.testing.assert_allclose(
+    L.head_token_log_probs(hidden, emb, targets, temperature),
+    L.token_log_probs(jnp.einsum("btd,vd->btv", hidden, emb), targets, temperature),
+    rtol=1e-5,
+    atol=1e-5,
+  )
+  a, ga = jax.value_and_grad(plain, argnums=(0, 1))(hidden, emb)
+  b, gb = jax.jit(jax.value_and_grad(fused, argnums=(0, 1)))(hidden, emb)
+  np.testing.assert_allclose(b, a, rtol=1e-5)
+  for x, y in zip(gb, ga):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
+  # A traced temperature (as in PPO) compiles and is not differentiated.
+  g = jax.jit(jax.grad(lambda h, t: jnp.sum(L.head_token_log_probs(h, emb, targets, t))))
+  assert g(hidden, jnp.float32(temperature)).shape == hidden.shape
+
+
 def test_lm_loss_perfect_prediction_is_near_zero():
   targets = jnp.array([[2, 0, 1]])
   logits = 50.0 * jax.nn.one_hot(targets, 4)
