@@ -669,3 +669,37 @@ def test_pipeline_runs_from_an_imported_checkpoint(tmp_path):
   emb = lambda p: np.asarray(p["token_embed"]["embedding"])
   assert emb(base).shape == emb(sft).shape and not np.allclose(emb(base), emb(sft))
   assert np.abs(emb(base) - emb(sft)).max() < 0.5
+
+
+def test_hf_notebook_runs_on_a_random_checkpoint(tmp_path):
+  """colabs/hf_model.ipynb imports a small random-weight Qwen2 checkpoint with its tokenizer and
+  runs SFT, labelling, the RM, PPO-ptx and the evaluation on the built-in world (issue 11,
+  item 6)."""
+  import nbformat  # pylint: disable=import-outside-toplevel
+  from nbclient import NotebookClient  # pylint: disable=import-outside-toplevel
+
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  path = str(tmp_path / "qwen2")
+  _hf_model("qwen2").save_pretrained(path)
+  _write_tokenizer(path)
+  nb = nbformat.read(os.path.join(root, "colabs", "hf_model.ipynb"), as_version=4)
+  params = nb.cells[1]
+  assert "CHECKPOINT = " in params.source
+  params.source = (
+    f"CHECKPOINT = {path!r}\nPRESET = 'tiny'\nPROMPT_LEN, RESPONSE_LEN = 160, 48\n"
+    f"PPO_ITERATIONS = 2\nWORKDIR = {str(tmp_path / 'run')!r}"
+  )
+  os.environ.pop("MPLBACKEND", None)  # The kernel's inline backend renders the figure.
+  NotebookClient(
+    nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": root}}
+  ).execute()
+  report = json.load(open(tmp_path / "run" / "report.json"))
+  assert {"base", "sft", "ppo_ptx"} <= set(report["policies"])
+  images = [
+    o
+    for c in nb.cells
+    if c.cell_type == "code"
+    for o in c.get("outputs", [])
+    if "image/png" in o.get("data", {})
+  ]
+  assert images
