@@ -133,9 +133,20 @@ def get_config(stage: str, arg: str | None) -> ml_collections.ConfigDict:
 
   c.sharding = ml_collections.ConfigDict(
     dict(
-      mesh_shape=MESH_SHAPES[preset],
-      rules=sharding.DEFAULT_RULES,  # Logical axis name -> mesh axes.
-      distributed=False,  # True: jax.distributed.initialize() before anything else (pods).
+      mesh_shape=MESH_SHAPES[preset],  # Devices per axis of mesh_axes; -1 takes the rest.
+      mesh_axes=sharding.MESH_AXES,  # ("data", "fsdp", "tensor"); the rules name these.
+      # Logical axis name -> mesh axes, for parameters, activations, the KV cache and the batch
+      # ("batch": the data-parallel axes every batch is split over). sharding.DEFAULT_RULES
+      # lists them; override one with e.g. --config.sharding.rules='(("batch", "data"), ...)'.
+      rules=sharding.DEFAULT_RULES,
+      # Several processes (every host of a TPU pod slice runs the same command): True calls
+      # jax.distributed.initialize() first. On a TPU pod leave the three keys below empty (the
+      # TPU environment gives them); elsewhere give all three, the same address on every
+      # process and its own process_id (tests/test_multiprocess.py runs 2 on one machine).
+      distributed=False,
+      coordinator_address="",  # "host:port" of process 0.
+      num_processes=-1,  # -1: from the environment.
+      process_id=-1,  # -1: from the environment.
     )
   )
 

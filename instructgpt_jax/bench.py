@@ -253,8 +253,10 @@ def bench_train(p: dict[str, Any], peak: float | None) -> dict[str, float]:
   step = train_state.jit_step(pretrain.train_step, shardings, mesh)
   rng = jax.random.key(2)
   box = {"state": state}
-  with jax.set_mesh(mesh):
-    batch = sharding.shard_batch({"tokens": tokens, "mask": ones, "loss_mask": ones}, mesh)
+  with sharding.use_rules(mesh, sharding.DEFAULT_RULES):
+    batch = sharding.shard_batch(
+      {"tokens": tokens, "mask": ones, "loss_mask": ones}, mesh, sharding.DEFAULT_RULES
+    )
 
     def run():
       box["state"], m = step(box["state"], batch, rng)
@@ -364,8 +366,8 @@ def bench_ppo(p: dict[str, Any], ptx_coef: float = 27.8) -> dict[str, float]:
   B, P, N = p["ppo_batch"], s.prompt_len, s.response_len
   info = dict(completions=B, prompt=P, new=N, ptx_coef=s.ppo.ptx_coef, minibatches=1, epochs=1)
   rng = jax.random.key(6)
-  with jax.set_mesh(mesh):
-    dev_batch = sharding.shard_batch(batch, mesh)
+  with sharding.use_rules(mesh, sharding.DEFAULT_RULES):
+    dev_batch = sharding.shard_batch(batch, mesh, sharding.DEFAULT_RULES)
     prompts, pmask = dev_batch["prompts"], dev_batch["prompt_mask"]
     ptx = {k: dev_batch[k] for k in ("tokens", "mask", "loss_mask")}
     parts: dict[str, dict[str, Any]] = {}
@@ -449,11 +451,13 @@ def _train_runner(p: dict[str, Any]) -> Callable[[], Any]:
   ones = np.ones((B, T), np.int32)
   step = train_state.jit_step(pretrain.train_step, shardings, mesh)
   box = {"state": state}
-  with jax.set_mesh(mesh):
-    batch = sharding.shard_batch({"tokens": tokens, "mask": ones, "loss_mask": ones}, mesh)
+  with sharding.use_rules(mesh, sharding.DEFAULT_RULES):
+    batch = sharding.shard_batch(
+      {"tokens": tokens, "mask": ones, "loss_mask": ones}, mesh, sharding.DEFAULT_RULES
+    )
 
   def run():
-    with jax.set_mesh(mesh):
+    with sharding.use_rules(mesh, sharding.DEFAULT_RULES):
       box["state"], m = step(box["state"], batch, jax.random.key(2))
     return m["loss"]
 

@@ -30,6 +30,8 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
+from instructgpt_jax import multihost
+
 
 class CheckpointError(RuntimeError):
   """A checkpoint could not be read or written; the message says where and why."""
@@ -278,14 +280,16 @@ class Checkpointer:
     """Moves a damaged step out of the way (kept for inspection) so it can be rewritten."""
     src = os.path.join(self.directory, str(step))
     dst_dir = self.directory + "_damaged"
-    os.makedirs(dst_dir, exist_ok=True)
     dst = os.path.join(dst_dir, f"{step}-{int(time.time())}")
-    try:
-      shutil.move(src, dst)
-    except OSError as e:
-      logging.warning("Could not move %s aside (%s); deleting it.", src, e)
-      shutil.rmtree(src, ignore_errors=True)
-      dst = "(deleted)"
+    if jax.process_index() == 0:  # Every process restores; one moves the files.
+      os.makedirs(dst_dir, exist_ok=True)
+      try:
+        shutil.move(src, dst)
+      except OSError as e:
+        logging.warning("Could not move %s aside (%s); deleting it.", src, e)
+        shutil.rmtree(src, ignore_errors=True)
+        dst = "(deleted)"
+    multihost.barrier(f"moved aside {src}")
     self._manager.reload()
     return dst
 

@@ -44,7 +44,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import grain
-import jax
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
@@ -766,19 +765,20 @@ def make_batches(
   num_epochs: int | None = None,
   drop_remainder: bool = True,
   *,
-  process_index: int = 0,
-  process_count: int = 1,
+  local_rows: slice | None = None,
   prefetch: int = 2,
 ) -> grain.DatasetIterator:
-  """A checkpointable iterator of batches {name: [batch_size // process_count, ...]}.
+  """A checkpointable iterator of batches {name: [rows, ...]}: `local_rows` of each global
+  batch of `batch_size` (default: all of them).
 
   `arrays` maps names to arrays with the same leading dimension N; entries that are
   not numpy arrays (the n_dropped_* counts of encode_*) are ignored, so an encode_*
   result can be passed as is. Shuffling is a fresh permutation per epoch, fixed by
   `seed`; `num_epochs=None` repeats forever (batches may then span epochs).
 
-  Multi-host: every process builds the same global batch order and takes its own
-  contiguous slice `process_index`, so processes never see the same example.
+  Several processes: every process builds the same global batch order and takes the rows its
+  devices hold (`multihost.local_rows`), so the global batch is the configured one on 1 or N
+  processes and no example is fed twice.
 
   Saving/restoring the position (the state is a small JSON-serialisable dict,
   e.g. {"next_index": 17}):
@@ -787,16 +787,16 @@ def make_batches(
       it.set_state(state)                 # continues with the same next batch
   """
   arrays, n = _batchable(arrays)
-  if batch_size % process_count:
-    raise ValueError(f"batch_size={batch_size} is not divisible by process_count={process_count}")
+  rows = local_rows or slice(0, batch_size)
+  if not 0 <= rows.start < rows.stop <= batch_size:
+    raise ValueError(f"local_rows={rows} is not a part of a batch of {batch_size}")
   if n == 0:
     raise ValueError("make_batches got 0 examples (did hygiene or length filtering drop them all?)")
   if drop_remainder and num_epochs is not None and n * num_epochs < batch_size:
     raise ValueError(f"{n} examples x {num_epochs} epochs make no full batch of {batch_size}")
-  local = batch_size // process_count
 
   def gather(indices: np.ndarray) -> dict[str, np.ndarray]:
-    indices = indices[process_index * local : (process_index + 1) * local]
+    indices = indices[rows]
     return {k: v[indices] for k, v in arrays.items()}
 
   # Batch indices, then gather with one fancy-index per array (faster than
@@ -826,16 +826,21 @@ def iterate_split_batches(
 
 
 def map_batches(
-  fn: Any, arrays: Mapping[str, Any], batch_size: int, mesh: Any
+  fn: Any, arrays: Mapping[str, Any], batch_size: int, mesh: Any, rules: Any
 ) -> Iterator[tuple[dict[str, np.ndarray], Any]]:
   """Applies `fn` (a jitted function of a batch dict) to every row of `arrays` on `mesh`.
 
   The batch size is rounded up to the data-parallel degree and the last batch is padded
-  (`iterate_split_batches`), so one compiled program serves every batch. Yields
-  (host batch with its "valid" [batch] entry, `fn`'s outputs fetched to the host).
+  (`iterate_split_batches`), so one compiled program serves every batch. Each process feeds
+  its rows of a batch and gets every row of the outputs. Yields (host batch with its "valid"
+  [batch] entry, `fn`'s outputs fetched to the host).
   """
-  from instructgpt_jax import sharding  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  from instructgpt_jax import multihost, sharding
 
-  with jax.set_mesh(mesh):
-    for batch in iterate_split_batches(arrays, sharding.round_batch(batch_size, mesh)):
-      yield batch, jax.device_get(fn(sharding.shard_batch(batch, mesh)))
+  size = sharding.round_batch(batch_size, mesh, rules)
+  rows = multihost.local_rows(sharding.batch_sharding(mesh, rules, 1), size)
+  with sharding.use_rules(mesh, rules):
+    for batch in iterate_split_batches(arrays, size):
+      local = {k: v[rows] for k, v in batch.items()}
+      yield batch, multihost.fetch(fn(sharding.shard_batch(local, mesh, rules, size)))

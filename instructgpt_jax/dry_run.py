@@ -42,9 +42,11 @@ STAGES = ("pretrain", "sft", "rm_base", "rm", "ppo")
 COMPILE_PARAM_LIMIT = 2_000_000_000
 
 
-def _batch_struct(shapes: dict[str, tuple[int, ...]], mesh) -> dict[str, jax.ShapeDtypeStruct]:
+def _batch_struct(
+  shapes: dict[str, tuple[int, ...]], mesh, rules
+) -> dict[str, jax.ShapeDtypeStruct]:
   return {
-    k: jax.ShapeDtypeStruct(v, jnp.int32, sharding=sharding.batch_sharding(mesh, len(v)))
+    k: jax.ShapeDtypeStruct(v, jnp.int32, sharding=sharding.batch_sharding(mesh, rules, len(v)))
     for k, v in shapes.items()
   }
 
@@ -74,7 +76,8 @@ def build(config: ml_collections.ConfigDict, mesh=None):
   stage = config.stage
   if stage not in STAGES:
     raise ValueError(f"dry_run supports the stages {list(STAGES)}, not {stage!r}.")
-  mesh = mesh if mesh is not None else sharding.make_mesh(config.sharding.mesh_shape)
+  if mesh is None:
+    mesh = sharding.make_mesh(config.sharding.mesh_shape, axes=config.sharding.mesh_axes)
   rules = sharding.normalize_rules(config.sharding.rules)
   d = config.data
   info: dict[str, Any] = {
@@ -85,7 +88,7 @@ def build(config: ml_collections.ConfigDict, mesh=None):
   }
 
   def round_up(b: int) -> int:
-    return sharding.round_batch(int(b), mesh)
+    return sharding.round_batch(int(b), mesh, rules)
 
   steps = 1000  # Only the schedule's shape depends on it; the compiled step does not.
   stage_lib = pipeline.stage_module(stage)
@@ -102,7 +105,7 @@ def build(config: ml_collections.ConfigDict, mesh=None):
       seq = d.seq_len if stage in ("pretrain", "rm_base") else seq
       shapes = {"tokens": (b, seq), "mask": (b, seq), "loss_mask": (b, seq)}
     jitted = train_state.jit_step(stage_lib.train_step, shardings, mesh)
-    args = (state, _batch_struct(shapes, mesh), _key_struct())
+    args = (state, _batch_struct(shapes, mesh, rules), _key_struct())
     info.update(params=_count(state.params), batch=b, seq=seq)
   else:
     cfg = config.ppo
@@ -120,6 +123,7 @@ def build(config: ml_collections.ConfigDict, mesh=None):
         "loss_mask": (ptx_rows, d.seq_len),
       },
       mesh,
+      rules,
     )
     jitted = train_state.jit_step(
       stage_lib.make_step(s),
@@ -137,7 +141,7 @@ def build(config: ml_collections.ConfigDict, mesh=None):
     )
   info["state_bytes_per_device"] = _bytes_per_device(args[0])
   info["args_bytes_per_device"] = _bytes_per_device(args)
-  return jitted, args, mesh, info
+  return jitted, args, mesh, rules, info
 
 
 def _first(x):
@@ -150,12 +154,12 @@ def dry_run(
   mesh=None,
 ) -> dict[str, Any]:
   """Lowers (and by default compiles) the config's train step on abstract arrays; see module doc."""
-  jitted, args, mesh, info = build(config, mesh)
+  jitted, args, mesh, rules, info = build(config, mesh)
   nparams = info["params"] if isinstance(info["params"], int) else sum(info["params"].values())
   if compile is None:
     compile = nparams <= COMPILE_PARAM_LIMIT
   t0 = time.perf_counter()
-  with jax.set_mesh(mesh):
+  with sharding.use_rules(mesh, rules):
     lowered = jitted.lower(*args)
   info["lower_s"] = round(time.perf_counter() - t0, 3)
   if not compile:

@@ -37,7 +37,7 @@ import numpy as np
 from absl import logging
 
 from instructgpt_jax import data as data_lib
-from instructgpt_jax import inputs, loop, sampling, scoring, train_state
+from instructgpt_jax import inputs, loop, multihost, sampling, scoring, train_state
 from instructgpt_jax.sim import labelers as labelers_lib
 from instructgpt_jax.workspace import Workspace
 
@@ -194,6 +194,7 @@ def _sample(
     np.repeat(enc.mask, n, axis=0),
     jax.random.key(seed),
     ws.mesh,
+    ws.rules,
     batch_size=ws.config.eval.batch_size,
     max_new_tokens=d.response_len,
     eos_id=tok.eos_id,
@@ -375,7 +376,7 @@ def _load_policy(ws: Workspace, name: str, fingerprint: str | None) -> dict[str,
 
 def _save_policy(ws: Workspace, name: str, fingerprint: str | None, saved: dict[str, Any]) -> None:
   """Saves a policy's samples and metrics atomically, so a rerun after a crash reuses them."""
-  if fingerprint is None:
+  if fingerprint is None or not multihost.is_main():
     return
   path = _policy_path(ws, name)
   os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -511,8 +512,9 @@ def run(ws: Workspace) -> dict[str, Any]:
     },
   }
   path = os.path.join(ws.workdir, "report.json")
-  with open(path, "w", encoding="utf-8") as f:
-    json.dump(report, f, indent=2)
+  if multihost.is_main():
+    with open(path, "w", encoding="utf-8") as f:
+      json.dump(report, f, indent=2)
   print(format_report(report), flush=True)
   return {
     "report": path,

@@ -28,7 +28,7 @@ import numpy as np
 from absl import logging
 
 from instructgpt_jax import data as data_lib
-from instructgpt_jax import inputs, loop, sampling
+from instructgpt_jax import inputs, loop, multihost, sampling
 from instructgpt_jax.sim import labelers as labelers_lib
 from instructgpt_jax.workspace import Workspace
 
@@ -59,6 +59,7 @@ def sample_texts(
     enc.mask,
     rng,
     ws.mesh,
+    ws.rules,
     batch_size=batch_size,
     max_new_tokens=ws.config.data.response_len,
     eos_id=tok.eos_id,
@@ -122,7 +123,8 @@ def _read_progress(out_path: str, fingerprint: str) -> tuple[int, list[dict[str,
     logging.warning("label: %s holds fewer rows than recorded; labelling from the start", partial)
     return 0, [], 0
   # Rows past the recorded count belong to a chunk that was cut off before it was recorded.
-  _write_rows(partial, rows)
+  if multihost.is_main():
+    _write_rows(partial, rows)
   logging.info("label: resumed after %d of the prompts (%s)", progress["prompts_done"], partial)
   return progress["prompts_done"], rows, progress["empty"]
 
@@ -214,9 +216,13 @@ def run(ws: Workspace) -> dict[str, Any]:
       ws.config.seed,
     ]
   )
+  # Every process samples and ranks every chunk (the same rows, from the same keys); process 0
+  # writes them.
   done, rows, empty = _read_progress(out_path, fingerprint)
+  multihost.barrier("label: progress read")
+  writes = multihost.is_main()
   os.makedirs(os.path.dirname(out_path), exist_ok=True)
-  if not done:
+  if writes and not done:
     _write_rows(out_path + ".partial", [])
     _write_progress(out_path, fingerprint, 0, 0, 0)
   policies = {p for p, _ in sources}
@@ -268,15 +274,17 @@ def run(ws: Workspace) -> dict[str, Any]:
           "sources": [names[assigned[lo + i][j]] for j in kept],
         }
       )
-    _save_rows(out_path + ".partial", new_rows, "a")
     rows.extend(new_rows)
     done = hi
-    _write_progress(out_path, fingerprint, done, len(rows), empty)
+    if writes:
+      _save_rows(out_path + ".partial", new_rows, "a")
+      _write_progress(out_path, fingerprint, done, len(rows), empty)
     logging.info(
       "label: %d of %d prompts labelled (chunk %d of %d)", done, len(recs), chunk + 1, num_chunks
     )
-  os.replace(out_path + ".partial", out_path)
-  os.remove(out_path + ".progress.json")
+  if writes:
+    os.replace(out_path + ".partial", out_path)
+    os.remove(out_path + ".progress.json")
   # Every pair of every prompt, as the RM's accuracy is scored on all C(K,2) pairs.
   pairs = [(r["prompt"], a, b) for r in rows for a, b in itertools.combinations(r["responses"], 2)]
   gold = [world.gold_score(r["prompt"], t) for r in rows for t in r["responses"]]

@@ -1,9 +1,12 @@
-"""The supervised training loop shared by pretrain, sft and rm, and the stage bookkeeping.
+"""The training loop every stage shares (pretrain, sft, rm_base, rm, ppo), and the stage
+bookkeeping.
 
 One readable loop: resume from the newest checkpoint (state + data position), run the jitted
 pure step, stop on a non-finite metric, log, checkpoint, and on SIGTERM save and exit cleanly.
 Randomness is `fold_in(seed_key, step)`, so a resumed run draws the same numbers as an
-uninterrupted one without storing an RNG.
+uninterrupted one without storing an RNG. On several processes every process runs the loop on
+its rows of each batch, all stop at the same step after a SIGTERM to any of them
+(`multihost.stop_requested`), and process 0 writes the metrics and DONE records.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from jax.sharding import Mesh
 
 from instructgpt_jax import checkpoint as ckpt_lib
 from instructgpt_jax import metrics as metrics_lib
-from instructgpt_jax import sharding, train_state
+from instructgpt_jax import multihost, sharding, train_state
 
 DONE_FILE = "DONE.json"
 
@@ -44,7 +47,9 @@ class PreemptionGuard:
 
   Process-wide: main installs one around the whole pipeline, so a SIGTERM that arrives between
   training loops (data preparation, labelling, evaluation) stops the run at the next stage or
-  step boundary too. Nested guards (the loop's own) share the outer one's flag.
+  step boundary too. Nested guards (the loop's own) share the outer one's flag. On several
+  processes no handler is installed: JAX's preemption service holds SIGTERM and tells every
+  process (`multihost.stop_requested`).
   """
 
   _active: PreemptionGuard | None = None
@@ -58,6 +63,9 @@ class PreemptionGuard:
     self._outer = PreemptionGuard._active
     if self._outer is not None:  # Share the installed handler's flag.
       return self._outer
+    if jax.process_count() > 1:  # JAX's preemption service handles SIGTERM.
+      PreemptionGuard._active = self
+      return self
     try:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     except ValueError:  # Not the main thread (e.g. a notebook worker): no handler.
@@ -86,8 +94,10 @@ class PreemptionGuard:
 
 
 def preemption_requested() -> bool:
+  """Whether to stop here: this process's SIGTERM flag, or on several processes the point that
+  all of them agree on (call it at the same places on every process)."""
   guard = PreemptionGuard._active  # pylint: disable=protected-access
-  return guard is not None and guard.requested
+  return multihost.stop_requested(guard is not None and guard.requested)
 
 
 def raise_if_preempted(where: str) -> None:
@@ -108,8 +118,14 @@ def stage_done(stage_dir: str) -> dict[str, Any] | None:
 
 
 def mark_done(stage_dir: str, summary: Mapping[str, Any]) -> None:
-  os.makedirs(stage_dir, exist_ok=True)
-  write_json(os.path.join(stage_dir, DONE_FILE), dict(summary), indent=2)
+  """Records a finished stage, once every process has finished it; process 0 writes."""
+
+  def write():
+    os.makedirs(stage_dir, exist_ok=True)
+    write_json(os.path.join(stage_dir, DONE_FILE), dict(summary), indent=2)
+
+  multihost.barrier(f"finished {stage_dir}")
+  multihost.on_main(f"marked {stage_dir}", write)
 
 
 def write_json(path: str, obj: Any, indent: int | None = None) -> None:
@@ -190,6 +206,7 @@ def train(
   batches: Iterator,
   total_steps: int,
   mesh: Mesh,
+  rules: sharding.Rules,
   seed: int,
   loop_cfg: Any,
   const_args: tuple = (),
@@ -201,7 +218,8 @@ def train(
   step reads but never changes (PPO's frozen reference and reward models); they are passed as
   arguments, not closed over, so they are not baked into the program or checkpointed.
   `batches` must have `get_state()`/`set_state()` (a grain iterator) so the data position is
-  checkpointed. Returns the final state and every logged metric row of the run (rows written
+  checkpointed; it yields this process's rows of each global batch (`Workspace.local_rows`),
+  which `rules`' "batch" entry places on the mesh. Returns the final state and every logged metric row of the run (rows written
   before a resume included, read back from metrics.jsonl), so summaries do not depend on
   whether the run was interrupted.
 
@@ -238,8 +256,9 @@ def train(
       msg = f"[{name}] resumed from {ckpt.directory}/{start} (step {start} of {total_steps})"
       logging.info(msg)
       print(msg, file=sys.stderr, flush=True)
-    writer = metrics_lib.MetricWriter(stage_dir, resume_step=start)
-    rows = metrics_lib.read_metrics(writer.path)
+    writer = metrics_lib.MetricWriter(stage_dir, resume_step=start, write=multihost.is_main())
+    # Rows of the steps before `start` (process 0 may not have cut off later ones yet).
+    rows = [r for r in metrics_lib.read_metrics(writer.path) if r.get("step", 0) <= start]
     progress = metrics_lib.Progress(name, total_steps, start)
     jitted = train_state.jit_step(step_fn, state_shardings, mesh, const_shardings=const_shardings)
     base_key = jax.random.key(seed)
@@ -254,7 +273,7 @@ def train(
 
     def save(step: int, force: bool = False) -> bool:
       # Never write a non-finite state, whatever the metrics said.
-      if not bool(jax.device_get(_all_finite(state))):
+      if not bool(multihost.fetch(_all_finite(state))):
         raise NonFiniteError(
           f"The {name} state became non-finite at step {step} (every logged metric was "
           f"finite). Stopped without saving it; the last good checkpoint is "
@@ -262,10 +281,10 @@ def train(
         )
       return ckpt.save(step, state, meta(), force=force)
 
-    with PreemptionGuard() as guard, jax.set_mesh(mesh):
+    with PreemptionGuard(), sharding.use_rules(mesh, rules):
       t0 = time.perf_counter()
       for step in range(start, total_steps):
-        if guard.requested:
+        if preemption_requested():
           if step == 0:
             raise Preempted(
               f"[{name}] preempted before its first step; nothing to save. "
@@ -278,9 +297,9 @@ def train(
             f"[{name}] preempted: checkpoint for step {step} saved in "
             f"{ckpt.directory}/{step}; re-run the same command to resume."
           )
-        batch = sharding.shard_batch(next(batches), mesh)
+        batch = sharding.shard_batch(next(batches), mesh, rules)
         state, m = jitted(state, batch, jax.random.fold_in(base_key, step), *const_args)
-        m = dict(jax.device_get(m))
+        m = dict(multihost.fetch(m))
         bad = _nonfinite(m)
         if bad and not skip:
           check_finite(step + 1, m, last_checkpoint())

@@ -32,7 +32,7 @@ def main(argv: list[str]) -> int:
   # Import JAX-heavy modules after flag parsing so `--help` is instant.
   import jax  # pylint: disable=import-outside-toplevel
 
-  from instructgpt_jax import loop, pipeline, sharding, workspace  # pylint: disable=import-outside-toplevel
+  from instructgpt_jax import loop, multihost, pipeline, workspace  # pylint: disable=import-outside-toplevel
 
   quiet_libraries()
   try:
@@ -48,7 +48,10 @@ def main(argv: list[str]) -> int:
     print(json.dumps(dry_run.dry_run(config), indent=1, default=str))
     return 0
   workdir = _WORKDIR.value or os.path.join("runs", config.preset)
-  sharding.maybe_initialize_distributed(config.sharding.distributed)
+  multihost.initialize(config.sharding)  # Before any other JAX call.
+  if not multihost.is_main():
+    # Process 0 prints the run's lines; the others print only errors and preemption.
+    sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the process's lifetime)
   if config.compilation_cache:
     # A second run of the same config reuses compiled programs instead of paying XLA again.
     jax.config.update(
@@ -58,12 +61,19 @@ def main(argv: list[str]) -> int:
   logging.info("Config:\n%s", config)
   ws = workspace.Workspace(config, workdir)
   print(config_summary(config, ws), flush=True)
-  loop.write_json(os.path.join(ws.workdir, "config.json"), json.loads(config.to_json()), indent=1)
+  multihost.on_main(
+    "config.json",
+    lambda: loop.write_json(
+      os.path.join(ws.workdir, "config.json"), json.loads(config.to_json()), indent=1
+    ),
+  )
   try:
     with loop.PreemptionGuard():  # SIGTERM: save at the next step boundary, exit 0.
       pipeline.run(ws, config.stage)
   except loop.Preempted as e:
-    print(str(e), flush=True)
+    if jax.process_count() > 1:  # Every process says where it stopped (the others on stderr).
+      e = f"process {jax.process_index()}: {e}"
+    print(e, file=sys.stdout if multihost.is_main() else sys.stderr, flush=True)
     return 0
   print(f"Done. Stage summaries: {ws.workdir}/<stage>/DONE.json", flush=True)
   return 0

@@ -10,6 +10,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 import numpy as np
 
 
@@ -24,12 +25,16 @@ class MetricWriter:
   """Appends metrics to JSONL and TensorBoard event files under `logdir`.
 
   With `resume_step`, lines for later steps (written before a preemption, then redone) are
-  dropped first, so the file reads like one uninterrupted run.
+  dropped first, so the file reads like one uninterrupted run. With `write=False` (every process
+  but the first of a multi-process run) nothing is written; `write` still returns the row.
   """
 
-  def __init__(self, logdir: str, resume_step: int | None = None):
-    os.makedirs(logdir, exist_ok=True)
+  def __init__(self, logdir: str, resume_step: int | None = None, write: bool = True):
     self.path = os.path.join(logdir, "metrics.jsonl")
+    self._file = self._tb = None
+    if not write:
+      return
+    os.makedirs(logdir, exist_ok=True)
     if resume_step is not None and os.path.exists(self.path):
       _truncate_after(self.path, resume_step)
     self._file = open(self.path, "a", encoding="utf-8")
@@ -43,6 +48,8 @@ class MetricWriter:
   def write(self, step: int, metrics: Mapping[str, Any]) -> dict[str, Any]:
     row = {"step": int(step)}
     row.update({k: _to_python(v) for k, v in metrics.items()})
+    if self._file is None:
+      return row
     self._file.write(json.dumps(row) + "\n")
     self._file.flush()
     if self._tb is not None:
@@ -52,7 +59,8 @@ class MetricWriter:
     return row
 
   def close(self) -> None:
-    self._file.close()
+    if self._file is not None:
+      self._file.close()
     if self._tb is not None:
       self._tb.close()
 
@@ -66,7 +74,9 @@ def _truncate_after(path: str, step: int) -> None:
 
 
 def read_metrics(path: str) -> list[dict[str, Any]]:
-  """All rows of a metrics.jsonl file."""
+  """All rows of a metrics.jsonl file ([] when there is none yet)."""
+  if not os.path.exists(path):
+    return []
   with open(path, encoding="utf-8") as f:
     return [json.loads(line) for line in f if line.strip()]
 
@@ -75,7 +85,8 @@ _HEADLINE = ["loss", "score", "kl", "accuracy", "ptx_loss", "eos_rate"]
 
 
 class Progress:
-  """A periodic log line: stage, step/total, steps per second, ETA and a few metrics."""
+  """A periodic log line: stage, step/total, steps per second, ETA and a few metrics (process 0
+  prints it; the other processes of a multi-process run stay quiet)."""
 
   def __init__(
     self, name: str, total: int, start: int = 0, every_s: float = 10.0, unit: str = "step"
@@ -90,6 +101,8 @@ class Progress:
   ) -> None:
     now = time.perf_counter()
     if not force and now - self._last < self.every_s and step < self.total:
+      return
+    if jax.process_index() != 0:
       return
     self._last = now
     done = step - self.start

@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from instructgpt_jax import sharding
+
 Array = jax.Array
 Cache = dict[str, Array]
 
@@ -147,10 +149,22 @@ def positions_from_mask(mask: Array) -> Array:
   return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
 
 
+# The KV cache's logical axes; `config.sharding.rules` places them (batch over the data axes,
+# heads over "tensor", as the activations they hold).
+CACHE_AXES = (
+  "layers",
+  "activation_batch",
+  "activation_kv_heads",
+  "activation_length",
+  "activation_kv",
+)
+
+
 def init_cache(config: ModelConfig, batch: int, length: int) -> Cache:
-  """An empty KV cache `{"k", "v"}: [layers, batch, kv_heads, length, head_dim]`."""
+  """An empty KV cache `{"k", "v"}: [layers, batch, kv_heads, length, head_dim]`, placed by the
+  active logical rules (`sharding.use_rules`; unplaced without them)."""
   shape = (config.num_layers, batch, config.kv_heads, length, config.head_dim)
-  zeros = jnp.zeros(shape, jnp.dtype(config.dtype))
+  zeros = sharding.constrain(jnp.zeros(shape, jnp.dtype(config.dtype)), CACHE_AXES)
   return {"k": zeros, "v": zeros}
 
 
@@ -310,7 +324,7 @@ class Attention(nn.Module):
       freqs = rope_frequencies(cfg)
       q = _apply_rope(q, positions, freqs)
       k = _apply_rope(k, positions, freqs)
-    q = nn.with_logical_constraint(
+    q = sharding.constrain(
       q, ("activation_batch", "activation_length", "activation_heads", "activation_kv")
     )
 
@@ -405,7 +419,7 @@ class Mlp(nn.Module):
       h = nn.silu(dense(cfg.d_ff, kernel_init=up, name="wi_gate")(x)) * dense(
         cfg.d_ff, kernel_init=up, name="wi_up"
       )(x)
-    h = nn.with_logical_constraint(h, ("activation_batch", "activation_length", "activation_mlp"))
+    h = sharding.constrain(h, ("activation_batch", "activation_length", "activation_mlp"))
     return nn.Dense(
       cfg.d_model,
       use_bias=use_bias,
@@ -440,7 +454,7 @@ class Block(nn.Module):
     )
     x = x + drop(h)
     x = x + drop(Mlp(cfg, name="mlp")(Norm(cfg, name="ln_mlp")(x)))
-    x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
+    x = sharding.constrain(x, ("activation_batch", "activation_length", "activation_embed"))
     return x, cache
 
 
@@ -524,7 +538,7 @@ class Transformer(nn.Module):
       )
       x = x + jnp.take(pos_table, positions, axis=0).astype(x.dtype)
     x = nn.Dropout(cfg.dropout, deterministic=deterministic)(x)
-    x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
+    x = sharding.constrain(x, ("activation_batch", "activation_length", "activation_embed"))
 
     block_cls = _block_class(cfg)
     if cfg.scan_layers:
@@ -574,7 +588,7 @@ class Transformer(nn.Module):
           kernel_init=_logical(_dense_init(), ("embed", "vocab")),
           name="unembed",
         )(hidden)
-      out = nn.with_logical_constraint(
+      out = sharding.constrain(
         out.astype(jnp.float32), ("activation_batch", "activation_length", "activation_vocab")
       )
     else:

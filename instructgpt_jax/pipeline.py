@@ -8,6 +8,7 @@ reusing whatever a previous (possibly preempted) run already finished.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import shutil
 import time
@@ -18,7 +19,7 @@ from typing import Any
 
 from absl import logging
 
-from instructgpt_jax import loop
+from instructgpt_jax import loop, multihost
 from instructgpt_jax.workspace import Workspace
 
 # Stage name -> the module that holds its state, its pure step and its `run(ws)`, in order.
@@ -132,7 +133,7 @@ def run(ws: Workspace, stage: str) -> dict[str, Any]:
         logging.warning("[%s] redone: %s changed since it was made", name, ", ".join(stale))
       else:
         logging.warning("[%s] overwrite: removing the finished stage in %s", name, stage_dir)
-      shutil.rmtree(stage_dir)
+      multihost.on_main(f"redo {stage_dir}", functools.partial(shutil.rmtree, stage_dir))
     print(f"[{name}] running ({STAGE_DOC[name]})", flush=True)
     t0 = time.perf_counter()
     summary = dict(runners[name](ws))

@@ -358,8 +358,18 @@ def train_variant(
   state, shardings = init_state(ws.config, s, ws.mesh, ws.rules, sft_params, rm_params)
   updates = cfg.epochs * s.num_minibatches
   batches = PPOBatches(
-    data_lib.make_batches(prompts, cfg.rollout_batch_size, seed=seed + 1),
-    data_lib.make_batches(ptx_arrays, updates * cfg.ptx_batch_size, seed=seed + 2),
+    data_lib.make_batches(
+      prompts,
+      cfg.rollout_batch_size,
+      seed=seed + 1,
+      local_rows=ws.local_rows(cfg.rollout_batch_size),
+    ),
+    data_lib.make_batches(
+      ptx_arrays,
+      updates * cfg.ptx_batch_size,
+      seed=seed + 2,
+      local_rows=ws.local_rows(updates * cfg.ptx_batch_size),
+    ),
   )
   state, rows = loop.train(
     name=variant,
@@ -370,12 +380,13 @@ def train_variant(
     batches=batches,
     total_steps=cfg.iterations,
     mesh=ws.mesh,
+    rules=ws.rules,
     seed=seed + 3,
     loop_cfg=cfg,
     const_args=(sft_params, rm_params),
     const_shardings=(shardings.policy.params, shardings.value.params),
   )
-  ws.save_params(f"ppo/{variant}", jax.device_get(state.policy.params), s.policy_cfg)
+  ws.save_params(f"ppo/{variant}", state.policy.params, s.policy_cfg)
   summary = {"iterations": cfg.iterations, "ptx_coef": s.ppo.ptx_coef}
   if rows:
     summary.update({k: rows[-1][k] for k in ("score", "kl", "eos_rate", "response_length")})

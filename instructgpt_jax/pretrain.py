@@ -63,7 +63,9 @@ def run(ws: Workspace) -> dict[str, Any]:
   cfg = ws.config.pretrain
   arrays = inputs.lm_arrays(ws, "train")
   state, shardings = init_state(ws.config, ws.mesh, ws.rules, cfg.steps)
-  batches = data_lib.make_batches(arrays, cfg.batch_size, seed=ws.config.seed)
+  batches = data_lib.make_batches(
+    arrays, cfg.batch_size, seed=ws.config.seed, local_rows=ws.local_rows(cfg.batch_size)
+  )
   state, rows = loop.train(
     name="pretrain",
     stage_dir=ws.stage_dir("pretrain"),
@@ -73,6 +75,7 @@ def run(ws: Workspace) -> dict[str, Any]:
     batches=batches,
     total_steps=cfg.steps,
     mesh=ws.mesh,
+    rules=ws.rules,
     seed=ws.config.seed + 1,
     loop_cfg=cfg,
   )

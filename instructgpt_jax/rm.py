@@ -20,7 +20,7 @@ import optax
 from jax.sharding import Mesh
 
 from instructgpt_jax import data as data_lib
-from instructgpt_jax import inputs, loop, losses, objectives, scoring, train_state
+from instructgpt_jax import inputs, loop, losses, multihost, objectives, scoring, train_state
 from instructgpt_jax.workspace import Workspace
 
 SCALAR_HEAD = "scalar_head"
@@ -71,7 +71,9 @@ def init_state(
   params = None
   if lm_params is not None:
     fresh = train_state.boxed_params(rm_cfg, jax.random.key(config.seed + 20))
-    params = trunk_with_scalar_head(jax.device_get(lm_params), jax.device_get(nn.meta.unbox(fresh)))
+    params = trunk_with_scalar_head(
+      multihost.fetch(lm_params), multihost.fetch(nn.meta.unbox(fresh))
+    )
   tx = train_state.make_optimizer(cfg.optim, total_steps, cfg.on_nonfinite == "skip")
   return train_state.create_train_state(
     rm_cfg, tx, mesh, rules, jax.random.key(config.seed), params, abstract=abstract
@@ -100,7 +102,9 @@ def run(ws: Workspace) -> dict[str, Any]:
     ws.config, ws.mesh, ws.rules, steps, ws.load_params(cfg.init_from, init_cfg)
   )
   train = {k: arrays[k] for k in ("tokens", "mask", "ranks")}
-  batches = data_lib.make_batches(train, cfg.batch_size, seed=ws.config.seed + 21)
+  batches = data_lib.make_batches(
+    train, cfg.batch_size, seed=ws.config.seed + 21, local_rows=ws.local_rows(cfg.batch_size)
+  )
   state, rows = loop.train(
     name="rm",
     stage_dir=ws.stage_dir("rm"),
@@ -110,6 +114,7 @@ def run(ws: Workspace) -> dict[str, Any]:
     batches=batches,
     total_steps=steps,
     mesh=ws.mesh,
+    rules=ws.rules,
     seed=ws.config.seed + 22,
     loop_cfg=cfg,
   )
@@ -120,7 +125,7 @@ def run(ws: Workspace) -> dict[str, Any]:
     ws, scoring.reward_fn(state.params, rm_cfg), demos["tokens"], demos["mask"]
   )
   bias = float(losses.rm_normalization_bias(demo_rewards))
-  params = jax.device_get(state.params)
+  params = multihost.fetch(state.params)
   params[SCALAR_HEAD]["bias"] = params[SCALAR_HEAD]["bias"] + bias
   ws.save_params("rm", params, rm_cfg)
 

@@ -129,9 +129,12 @@ def run(ws: Workspace) -> dict[str, Any]:
     state=state,
     state_shardings=shardings,
     step_fn=train_step,
-    batches=data_lib.make_batches(text, cfg.batch_size, seed=ws.config.seed + 61),
+    batches=data_lib.make_batches(
+      text, cfg.batch_size, seed=ws.config.seed + 61, local_rows=ws.local_rows(cfg.batch_size)
+    ),
     total_steps=cfg.steps,
     mesh=ws.mesh,
+    rules=ws.rules,
     seed=ws.config.seed + 62,
     loop_cfg=cfg,
   )
@@ -162,9 +165,15 @@ def run(ws: Workspace) -> dict[str, Any]:
       state=state,
       state_shardings=shardings,
       step_fn=train_step,
-      batches=data_lib.make_batches(train, ncfg.batch_size, seed=ws.config.seed + 63),
+      batches=data_lib.make_batches(
+        train,
+        ncfg.batch_size,
+        seed=ws.config.seed + 63,
+        local_rows=ws.local_rows(ncfg.batch_size),
+      ),
       total_steps=steps,
       mesh=ws.mesh,
+      rules=ws.rules,
       seed=ws.config.seed + 64,
       loop_cfg=ncfg,
     )

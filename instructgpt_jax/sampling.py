@@ -278,6 +278,7 @@ def generate_batched(
   prompt_mask,
   rng: Array,
   mesh,
+  rules,
   *,
   batch_size: int,
   max_new_tokens: int,
@@ -287,7 +288,8 @@ def generate_batched(
   greedy: bool = False,
   progress_name: str = "sample",
 ) -> dict[str, Any]:
-  """Host-side helper: `generate` over many prompts in fixed-size batches on `mesh`.
+  """Host-side helper: `generate` over many prompts in fixed-size batches on `mesh`, placed by
+  the logical `rules` (batch rows and KV cache); every process gets every sample.
 
   prompt_tokens/prompt_mask: numpy [N, P]. The last batch is padded (so one program serves
   every batch) and the padding rows are dropped. Returns numpy arrays of `SampleOutput`'s fields.
@@ -302,10 +304,10 @@ def generate_batched(
     jnp.float32(temperature),
   )
   arrays = {"tokens": np.asarray(prompt_tokens), "mask": np.asarray(prompt_mask)}
-  num_batches = -(-len(prompt_tokens) // sharding.round_batch(batch_size, mesh))
+  num_batches = -(-len(prompt_tokens) // sharding.round_batch(batch_size, mesh, rules))
   progress = metrics_lib.Progress(progress_name, num_batches, unit="batch")
   outs = []
-  for i, (batch, out) in enumerate(data_lib.map_batches(fn, arrays, batch_size, mesh)):
+  for i, (batch, out) in enumerate(data_lib.map_batches(fn, arrays, batch_size, mesh, rules)):
     valid = batch["valid"] > 0
     outs.append({f.name: np.asarray(getattr(out, f.name))[valid] for f in dataclasses.fields(out)})
     progress.update(i + 1)

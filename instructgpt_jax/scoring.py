@@ -40,7 +40,7 @@ def lm_loss(
     return loss * metrics["tokens"], metrics["tokens"]
 
   total = count = 0.0
-  for _, (s, n) in data_lib.map_batches(loss_sum, arrays, batch_size, ws.mesh):
+  for _, (s, n) in data_lib.map_batches(loss_sum, arrays, batch_size, ws.mesh, ws.rules):
     total, count = total + float(s), count + float(n)
   return total / max(count, 1.0)
 
@@ -73,7 +73,9 @@ def score_with(
   fn = jax.jit(lambda b: score_fn(b["tokens"], b["mask"]))
   out = [
     np.asarray(r)[batch["valid"] > 0]
-    for batch, r in data_lib.map_batches(fn, {"tokens": tokens, "mask": mask}, batch_size, ws.mesh)
+    for batch, r in data_lib.map_batches(
+      fn, {"tokens": tokens, "mask": mask}, batch_size, ws.mesh, ws.rules
+    )
   ]
   return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
@@ -102,7 +104,7 @@ def pairwise_accuracy(
     )
 
   totals = np.zeros(4)
-  for _, out in data_lib.map_batches(stats, arrays, batch_size, ws.mesh):
+  for _, out in data_lib.map_batches(stats, arrays, batch_size, ws.mesh, ws.rules):
     totals += np.asarray(out)
   return {
     "accuracy": totals[0] / max(totals[2], 1),

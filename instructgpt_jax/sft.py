@@ -95,7 +95,9 @@ def run(ws: Workspace) -> dict[str, Any]:
   model_cfg = model_config(ws.config)
   params = ws.load_params("pretrain", model_cfg)
   state, shardings = init_state(ws.config, ws.mesh, ws.rules, steps, params)
-  batches = data_lib.make_batches(arrays, cfg.batch_size, seed=ws.config.seed + 10)
+  batches = data_lib.make_batches(
+    arrays, cfg.batch_size, seed=ws.config.seed + 10, local_rows=ws.local_rows(cfg.batch_size)
+  )
   state, rows = loop.train(
     name="sft",
     stage_dir=ws.stage_dir("sft"),
@@ -105,6 +107,7 @@ def run(ws: Workspace) -> dict[str, Any]:
     batches=batches,
     total_steps=steps,
     mesh=ws.mesh,
+    rules=ws.rules,
     seed=ws.config.seed + 11,
     loop_cfg=cfg,
   )

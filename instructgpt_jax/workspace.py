@@ -19,7 +19,7 @@ import ml_collections
 from absl import logging
 from jax.sharding import Mesh
 
-from instructgpt_jax import checkpoint, hf, hf_tokenizer, sharding, train_state
+from instructgpt_jax import checkpoint, hf, hf_tokenizer, multihost, sharding, train_state
 from instructgpt_jax import data as data_lib
 from instructgpt_jax import model as model_lib
 from instructgpt_jax import tokenizer as tokenizer_lib
@@ -72,7 +72,13 @@ class Workspace:
     self.config = with_imported_base(config)
     self.workdir = os.path.abspath(workdir)
     os.makedirs(self.workdir, exist_ok=True)
-    self.mesh = mesh if mesh is not None else sharding.make_mesh(config.sharding.mesh_shape)
+    self.mesh = (
+      mesh
+      if mesh is not None
+      else sharding.make_mesh(
+        config.sharding.mesh_shape, axes=config.sharding.get("mesh_axes", sharding.MESH_AXES)
+      )
+    )
     self.rules = sharding.normalize_rules(config.sharding.rules)
     self._tokenizer: tokenizer_lib.Tokenizer | hf_tokenizer.HfTokenizer | None = None
     self._records: dict[tuple[str, str], list[dict]] = {}
@@ -126,9 +132,9 @@ class Workspace:
       )
     world_dir = os.path.join(self.workdir, "world")
     path = os.path.join(world_dir, filename)
-    if not os.path.exists(path):
+    if multihost.agree(not os.path.exists(path)):
       logging.info("Writing the built-in task world to %s", world_dir)
-      sim_files.write_world(world_dir, self.world())
+      multihost.on_main("world", lambda: sim_files.write_world(world_dir, self.world()))
     return path
 
   # Data ----------------------------------------------------------------------------------------
@@ -153,8 +159,14 @@ class Workspace:
         # Message lists in the data render through the checkpoint's own chat template.
         tok = self.tokenizer()
         chat = data_lib.ChatTemplate(tok.chat_template or "", tok.eos_token)
+      data_dir = os.path.join(self.workdir, "data")
+      # Process 0 prepares the array_record files (once per workdir); every process reads them.
+      multihost.on_main(
+        f"data {path}",
+        lambda: data_lib.prepare(data_kind, path, data_dir, self.hygiene(), chat),
+      )
       self._records[key] = data_lib.load_split(
-        data_kind, path, os.path.join(self.workdir, "data"), split, self.hygiene(), chat
+        data_kind, path, data_dir, split, self.hygiene(), chat
       )
     return self._records[key]
 
@@ -172,15 +184,23 @@ class Workspace:
       self._tokenizer.check_vocab(self.model_config().vocab_size)
     if self._tokenizer is None:
       path = self.config.data.tokenizer_path or os.path.join(self.workdir, "tokenizer.model")
-      if not self.config.data.tokenizer_path and not os.path.exists(path):
+      if not self.config.data.tokenizer_path and multihost.agree(not os.path.exists(path)):
         texts = [r["text"] for r in self.records("pretraining", "train")]
         texts += [
           r["prompt"] + " " + r["response"] for r in self.records("demonstrations", "train")
         ]
-        tokenizer_lib.train_tokenizer(texts, path, self.config.model.vocab_size)
+        multihost.on_main(
+          "tokenizer",
+          lambda: tokenizer_lib.train_tokenizer(texts, path, self.config.model.vocab_size),
+        )
       self._tokenizer = tokenizer_lib.Tokenizer.load(path)
       self._tokenizer.check_vocab(self.config.model.vocab_size)
     return self._tokenizer
+
+  def local_rows(self, batch_size: int) -> slice:
+    """The rows of each global batch of `batch_size` that this process feeds (all of them on
+    one process); pass to `data.make_batches(..., local_rows=...)`."""
+    return multihost.local_rows(sharding.batch_sharding(self.mesh, self.rules, 1), batch_size)
 
   # Models --------------------------------------------------------------------------------------
 
@@ -211,7 +231,8 @@ class Workspace:
     """Writes a stage's final parameters to `<stage>/final` (read back by `load_params`)."""
     placed = train_state.place_params(params, model_cfg, self.mesh, self.rules)
     # A run killed after writing `final` but before DONE.json redoes this write.
-    shutil.rmtree(os.path.join(self.stage_dir(stage), "final"), ignore_errors=True)
+    final = os.path.join(self.stage_dir(stage), "final")
+    multihost.on_main(f"clear {final}", lambda: shutil.rmtree(final, ignore_errors=True))
     ckpt = checkpoint.Checkpointer(os.path.join(self.stage_dir(stage), "final"), keep=1)
     ckpt.save(0, {"params": placed}, {"stage": stage}, force=True)
     ckpt.close()

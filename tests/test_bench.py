@@ -33,7 +33,7 @@ def test_ppo_iteration_compiles_once():
   step = bench.jit_ppo_iteration(s, shardings, mesh)
   compiles = []
   with jax.set_mesh(mesh):
-    dev_batch = sharding.shard_batch(batch, mesh)
+    dev_batch = sharding.shard_batch(batch, mesh, sharding.DEFAULT_RULES)
     for i in range(3):
       _COUNTER.count, _COUNTER.active = 0, True
       try:

@@ -23,7 +23,9 @@ def _train(state, step, mesh, batches, start):
   losses = []
   with jax.set_mesh(mesh):
     for i, b in enumerate(batches):
-      state, m = step(state, sharding.shard_batch(b, mesh), jax.random.key(start + i))
+      state, m = step(
+        state, sharding.shard_batch(b, mesh, sharding.DEFAULT_RULES), jax.random.key(start + i)
+      )
       losses.append(float(m["loss"]))
   return state, losses
 
@@ -101,7 +103,9 @@ def test_lm_learns_a_small_corpus():
       idx = rng.integers(0, 64, 16)
       batch = {"tokens": rows[idx].astype(np.int32), "mask": np.ones((16, 32), np.int32)}
       batch["loss_mask"] = batch["mask"]
-      state, m = step(state, sharding.shard_batch(batch, mesh), jax.random.key(i))
+      state, m = step(
+        state, sharding.shard_batch(batch, mesh, sharding.DEFAULT_RULES), jax.random.key(i)
+      )
       losses.append(float(m["loss"]))
   assert losses[0] > 3.5  # ~ln(64) at initialisation
   assert np.mean(losses[-5:]) < 0.5 * losses[0]

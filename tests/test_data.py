@@ -395,12 +395,18 @@ def test_finite_epochs_unshuffled_and_remainder():
 
 def test_process_slices_partition_the_global_batch():
   parts = [
-    take(data.make_batches(arrays(), 4, seed=3, process_index=i, process_count=2), 3)
-    for i in range(2)
+    take(data.make_batches(arrays(), 4, seed=3, local_rows=rows), 5)
+    for rows in (slice(0, 2), slice(2, 4))
   ]
-  whole = take(data.make_batches(arrays(), 4, seed=3), 3)
+  whole = take(data.make_batches(arrays(), 4, seed=3), 5)
   for b0, b1, w in zip(*parts, whole):
     assert np.concatenate([b0["x"], b1["x"]]).tolist() == w["x"].tolist()
+  # One epoch (10 examples, 2 batches of 4 and a cut remainder): no example is fed twice,
+  # by the same process or by both.
+  fed = [x for part in parts for b in part[:2] for x in b["x"].tolist()]
+  assert len(fed) == len(set(fed)) == 8
+  with pytest.raises(ValueError, match="not a part"):
+    data.make_batches(arrays(), 4, seed=3, local_rows=slice(2, 6))
 
 
 def test_iterate_split_batches_covers_each_example_once():

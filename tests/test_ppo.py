@@ -3,6 +3,7 @@
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.sharding import PartitionSpec
 
 from instructgpt_jax import ppo, sharding, train_state
 from tests import helpers
@@ -79,3 +80,38 @@ def test_rollout_logprobs_from_the_sampler_equal_a_forward_pass():
   assert np.asarray(outs[0]["rmask"]).sum() > 0
   np.testing.assert_allclose(np.asarray(outs[0]["logp"]), np.asarray(outs[1]["logp"]), atol=2e-5)
   np.testing.assert_array_equal(np.asarray(outs[0]["tokens"]), np.asarray(outs[1]["tokens"]))
+
+
+def test_ppo_iteration_on_a_2x2x2_mesh_equals_one_device():
+  """Data x fsdp x tensor all > 1 (8 simulated devices): the rollout (KV cache placed by the
+  rules), scoring, GAE and both updates give one device's metrics and parameters."""
+  config = _config(ptx_coef=1.0)
+  config.model.update(num_heads=4, d_model=32)
+  s = ppo.make_settings(config, EOS, PAD, variant="ppo_ptx")
+  policy_params = nn.meta.unbox(train_state.boxed_params(s.policy_cfg, jax.random.key(0)))
+  rm_params = nn.meta.unbox(train_state.boxed_params(s.value_cfg, jax.random.key(1)))
+  _, batch, _, _, _, _ = _setup(ptx_coef=1.0)
+  rules = sharding.DEFAULT_RULES
+  results = []
+  for shape in ((1, 1, 1), (2, 2, 2)):
+    mesh = sharding.make_mesh(shape)
+    state, sh = ppo.init_state(config, s, mesh, rules, policy_params, rm_params)
+    step = train_state.jit_step(
+      ppo.make_step(s), sh, mesh, const_shardings=(sh.policy.params, sh.value.params)
+    )
+    ref = train_state.place_params(policy_params, s.policy_cfg, mesh, rules)
+    rm = train_state.place_params(rm_params, s.value_cfg, mesh, rules)
+    with sharding.use_rules(mesh, rules):
+      for i in range(2):
+        state, m = step(state, sharding.shard_batch(batch, mesh, rules), jax.random.key(i), ref, rm)
+    if shape == (2, 2, 2):  # Really split over every axis.
+      emb = state.policy.params["token_embed"]["embedding"]
+      assert emb.sharding.spec == PartitionSpec("tensor", "fsdp") and len(emb.sharding.device_set) == 8
+    results.append((jax.device_get(m), jax.device_get(state.policy.params)))
+  (m1, p1), (m8, p8) = results
+  assert set(m1) == set(m8)
+  for k in m1:
+    # A clip fraction counts tokens past a threshold; float rounding may move one of ~250.
+    atol = 1e-2 if k.endswith("clipfrac") else 2e-5
+    np.testing.assert_allclose(m8[k], m1[k], rtol=2e-4, atol=atol, err_msg=k)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), p8, p1)

@@ -553,6 +553,7 @@ def _small_run(
     batches=batches,
     total_steps=steps,
     mesh=mesh,
+    rules=sharding.DEFAULT_RULES,
     seed=1,
     loop_cfg=_loop_cfg(on_nonfinite="skip" if skip else "stop", **cfg_kw),
   )

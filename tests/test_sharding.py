@@ -24,12 +24,14 @@ def _run(cfg, params, mesh, batches):
   )
   step = train_state.jit_step(pretrain.train_step, shardings, mesh)
   losses = []
-  with jax.set_mesh(mesh):
+  with sharding.use_rules(mesh, sharding.DEFAULT_RULES):
     logits = jax.jit(lambda p, b: state.apply_fn({"params": p}, b["tokens"], b["mask"]))(
-      state.params, sharding.shard_batch(batches[0], mesh)
+      state.params, sharding.shard_batch(batches[0], mesh, sharding.DEFAULT_RULES)
     )
     for i, b in enumerate(batches):
-      state, m = step(state, sharding.shard_batch(b, mesh), jax.random.key(i))
+      state, m = step(
+        state, sharding.shard_batch(b, mesh, sharding.DEFAULT_RULES), jax.random.key(i)
+      )
       losses.append(float(m["loss"]))
   return np.asarray(logits), losses, state
 
