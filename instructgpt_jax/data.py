@@ -826,9 +826,10 @@ def iterate_split_batches(
 
 
 def map_batches(
-  fn: Any, arrays: Mapping[str, Any], batch_size: int, mesh: Any, rules: Any
+  fn: Any, arrays: Mapping[str, Any], batch_size: int, mesh: Any, rules: Any, *args: Any
 ) -> Iterator[tuple[dict[str, np.ndarray], Any]]:
-  """Applies `fn` (a jitted function of a batch dict) to every row of `arrays` on `mesh`.
+  """Applies `fn(batch, *args)` (jitted; `args` are arrays such as parameters, passed rather
+  than closed over) to every row of `arrays` on `mesh`.
 
   The batch size is rounded up to the data-parallel degree and the last batch is padded
   (`iterate_split_batches`), so one compiled program serves every batch. Each process feeds
@@ -843,4 +844,4 @@ def map_batches(
   with sharding.use_rules(mesh, rules):
     for batch in iterate_split_batches(arrays, size):
       local = {k: v[rows] for k, v in batch.items()}
-      yield batch, multihost.fetch(fn(sharding.shard_batch(local, mesh, rules, size)))
+      yield batch, multihost.fetch(fn(sharding.shard_batch(local, mesh, rules, size), *args))

@@ -223,7 +223,8 @@ def _sft_logprob(
   tokens, mask = _with_prompts(prompt_enc, response)
   return scoring.score_with(
     ws,
-    scoring.loglik_fn(ws, sft_params, ws.model_config(), ws.config.eval.temperature),
+    scoring.loglik_fn(ws, ws.model_config(), ws.config.eval.temperature),
+    sft_params,
     tokens,
     mask,
     ws.config.eval.batch_size,
@@ -283,8 +284,11 @@ def _best_of_n_pool(
   if _has_params(ws, "rm"):
     rm_cfg = train_state.rm_model_config(ws.config)
     tokens, mask = _with_prompts(prompt_enc, response, n)
-    rm_fn = scoring.reward_fn(ws.load_params("rm", rm_cfg), rm_cfg)
-    rm_scores = scoring.score_with(ws, rm_fn, tokens, mask, cfg.batch_size).reshape(-1, n).tolist()
+    rm_params = ws.load_params("rm", rm_cfg)
+    rm_scores = scoring.score_with(
+      ws, scoring.reward_fn(rm_cfg), rm_params, tokens, mask, cfg.batch_size
+    )
+    rm_scores = rm_scores.reshape(-1, n).tolist()
   rows = lambda x: np.asarray(x).reshape(len(prompts), n).tolist()
   return {
     "texts": [texts[i * n : (i + 1) * n] for i in range(len(prompts))],

@@ -122,7 +122,7 @@ def run(ws: Workspace) -> dict[str, Any]:
   # later user of the RM (PPO reward, value init) sees the normalised scale.
   demos = inputs.sft_arrays(ws, "train")
   demo_rewards = scoring.score_with(
-    ws, scoring.reward_fn(state.params, rm_cfg), demos["tokens"], demos["mask"]
+    ws, scoring.reward_fn(rm_cfg), state.params, demos["tokens"], demos["mask"]
   )
   bias = float(losses.rm_normalization_bias(demo_rewards))
   params = multihost.fetch(state.params)
@@ -149,22 +149,22 @@ def run(ws: Workspace) -> dict[str, Any]:
     has_sft_pairs = ((sft_ranks >= 0).sum(axis=1) >= 2) & (sft_ranks.max(axis=1) > sft_ranks.min(1))
     sft_pairs = {**{k: pairs[k][has_sft_pairs] for k in pairs}, "ranks": sft_ranks[has_sft_pairs]}
     placed = train_state.place_params(params, rm_cfg, ws.mesh, ws.rules)
-    reward = scoring.reward_fn(placed, rm_cfg)
-    summary["heldout"] = scoring.pairwise_accuracy(ws, reward, pairs)
+    reward = scoring.reward_fn(rm_cfg)
+    summary["heldout"] = scoring.pairwise_accuracy(ws, reward, placed, pairs)
     if has_sft_pairs.any():
-      summary["heldout_sft_only"] = scoring.pairwise_accuracy(ws, reward, sft_pairs)
+      summary["heldout_sft_only"] = scoring.pairwise_accuracy(ws, reward, placed, sft_pairs)
     # The baseline an RM should beat: ranking by the log-likelihood under the model it starts
     # from. Reloaded here rather than kept through training: one model in memory at a time.
     init_params = ws.load_params(cfg.init_from, init_cfg)
     summary["heldout"]["likelihood_baseline"] = scoring.pairwise_accuracy(
-      ws, scoring.loglik_fn(ws, init_params, init_cfg), pairs
+      ws, scoring.loglik_fn(ws, init_cfg), init_params, pairs
     )["accuracy"]
     if cfg.init_from != "sft":
       # The SFT policy's own likelihood, the judge the RM failed to beat before (notes of
       # 2026-11-30), reported whatever the RM starts from.
       sft_cfg = ws.model_config()
       summary["heldout"]["sft_likelihood_baseline"] = scoring.pairwise_accuracy(
-        ws, scoring.loglik_fn(ws, ws.load_params("sft", sft_cfg), sft_cfg), pairs
+        ws, scoring.loglik_fn(ws, sft_cfg), ws.load_params("sft", sft_cfg), pairs
       )["accuracy"]
   summary["train"] = {"accuracy": rows[-1]["accuracy"]} if rows else {}
   return summary

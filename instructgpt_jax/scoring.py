@@ -20,7 +20,9 @@ from instructgpt_jax import losses, objectives
 from instructgpt_jax import model as model_lib
 from instructgpt_jax.workspace import Workspace
 
-ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]  # (tokens, mask) [N, seq] -> [N]
+# (params, tokens [N, seq], mask [N, seq]) -> scores [N]. Parameters are an argument, not
+# closed over, so they are not baked into the compiled program (and may span processes).
+ScoreFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
 
 
 def lm_loss(
@@ -34,66 +36,66 @@ def lm_loss(
   apply_fn = model_lib.Transformer(model_cfg.replace(dropout=0.0)).apply
 
   @jax.jit
-  def loss_sum(batch):
+  def loss_sum(batch, params):
     batch = dict(batch, loss_mask=batch["loss_mask"] * batch["valid"][:, None])
     loss, metrics = objectives.lm_loss_fn(params, apply_fn, batch)
     return loss * metrics["tokens"], metrics["tokens"]
 
   total = count = 0.0
-  for _, (s, n) in data_lib.map_batches(loss_sum, arrays, batch_size, ws.mesh, ws.rules):
+  for _, (s, n) in data_lib.map_batches(loss_sum, arrays, batch_size, ws.mesh, ws.rules, params):
     total, count = total + float(s), count + float(n)
   return total / max(count, 1.0)
 
 
-def reward_fn(params: Any, model_cfg: model_lib.ModelConfig) -> ScoreFn:
+def reward_fn(model_cfg: model_lib.ModelConfig) -> ScoreFn:
   """A scalar-head model's reward at each sequence's last real token."""
   apply_fn = model_lib.Transformer(model_cfg).apply
-  return lambda tokens, mask: objectives.sequence_rewards(params, apply_fn, tokens, mask)
+  return lambda params, tokens, mask: objectives.sequence_rewards(params, apply_fn, tokens, mask)
 
 
-def loglik_fn(
-  ws: Workspace, lm_params: Any, lm_cfg: model_lib.ModelConfig, temperature: float = 1.0
-) -> ScoreFn:
+def loglik_fn(ws: Workspace, lm_cfg: model_lib.ModelConfig, temperature: float = 1.0) -> ScoreFn:
   """log p(response | prompt) under a language model, where the response occupies positions
   [prompt_len, prompt_len + response_len) of the project layout."""
   P, R = ws.config.data.prompt_len, ws.config.data.response_len
-  return lambda tokens, mask: objectives.span_logprobs(
-    lm_params, lm_cfg, tokens, mask, P, R, temperature
+  return lambda params, tokens, mask: objectives.span_logprobs(
+    params, lm_cfg, tokens, mask, P, R, temperature
   ).sum(axis=1)
 
 
 def score_with(
   ws: Workspace,
   score_fn: ScoreFn,
+  params: Any,
   tokens: np.ndarray,
   mask: np.ndarray,
   batch_size: int = 64,
 ) -> np.ndarray:
-  """`score_fn` (traced under jit) over sequences tokens/mask [N, seq]; returns [N]."""
-  fn = jax.jit(lambda b: score_fn(b["tokens"], b["mask"]))
+  """`score_fn` with `params` (traced under jit) over sequences tokens/mask [N, seq]; returns
+  [N]."""
+  fn = jax.jit(lambda b, p: score_fn(p, b["tokens"], b["mask"]))
   out = [
     np.asarray(r)[batch["valid"] > 0]
     for batch, r in data_lib.map_batches(
-      fn, {"tokens": tokens, "mask": mask}, batch_size, ws.mesh, ws.rules
+      fn, {"tokens": tokens, "mask": mask}, batch_size, ws.mesh, ws.rules, params
     )
   ]
   return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
 
 def pairwise_accuracy(
-  ws: Workspace, score_fn: ScoreFn, arrays: dict[str, Any], batch_size: int = 16
+  ws: Workspace, score_fn: ScoreFn, params: Any, arrays: dict[str, Any], batch_size: int = 16
 ) -> dict[str, float]:
-  """Pair-weighted accuracy and loss of a score over every comparison of `arrays`.
+  """Pair-weighted accuracy and loss of a score (`score_fn` with `params`) over every comparison
+  of `arrays`.
 
   arrays: tokens/mask [N, K, seq], ranks [N, K] (-1 absent), as `inputs.comparison_arrays`.
   """
 
   @jax.jit
-  def stats(batch):
+  def stats(batch, params):
     b, k, t = batch["tokens"].shape
-    rewards = score_fn(batch["tokens"].reshape(b * k, t), batch["mask"].reshape(b * k, t)).reshape(
-      b, k
-    )
+    tokens, mask = batch["tokens"].reshape(b * k, t), batch["mask"].reshape(b * k, t)
+    rewards = score_fn(params, tokens, mask).reshape(b, k)
     ranks = jnp.where(batch["valid"][:, None] > 0, batch["ranks"], -1)
     _, m = losses.pairwise_rm_loss(rewards, ranks)
     return (
@@ -104,7 +106,7 @@ def pairwise_accuracy(
     )
 
   totals = np.zeros(4)
-  for _, out in data_lib.map_batches(stats, arrays, batch_size, ws.mesh, ws.rules):
+  for _, out in data_lib.map_batches(stats, arrays, batch_size, ws.mesh, ws.rules, params):
     totals += np.asarray(out)
   return {
     "accuracy": totals[0] / max(totals[2], 1),

@@ -106,7 +106,9 @@ def test_ppo_iteration_on_a_2x2x2_mesh_equals_one_device():
         state, m = step(state, sharding.shard_batch(batch, mesh, rules), jax.random.key(i), ref, rm)
     if shape == (2, 2, 2):  # Really split over every axis.
       emb = state.policy.params["token_embed"]["embedding"]
-      assert emb.sharding.spec == PartitionSpec("tensor", "fsdp") and len(emb.sharding.device_set) == 8
+      assert (
+        emb.sharding.spec == PartitionSpec("tensor", "fsdp") and len(emb.sharding.device_set) == 8
+      )
     results.append((jax.device_get(m), jax.device_get(state.policy.params)))
   (m1, p1), (m8, p8) = results
   assert set(m1) == set(m8)

@@ -197,7 +197,7 @@ def test_likelihood_baseline_matches_an_independent_count(tiny_run):
           right += row_ll[i] > row_ll[j]
           total += 1
   assert total > 0
-  accuracy = scoring.pairwise_accuracy(ws, scoring.loglik_fn(ws, params, cfg), arrays)["accuracy"]
+  accuracy = scoring.pairwise_accuracy(ws, scoring.loglik_fn(ws, cfg), params, arrays)["accuracy"]
   assert accuracy == pytest.approx(right / total, abs=1e-6)
 
 
@@ -208,7 +208,7 @@ def test_rm_demonstrations_score_mean_zero(tiny_run):
   cfg = train_state.rm_model_config(ws.config)
   params = ws.load_params("rm", cfg)
   demos = inputs.sft_arrays(ws, "train")
-  rewards = scoring.score_with(ws, scoring.reward_fn(params, cfg), demos["tokens"], demos["mask"])
+  rewards = scoring.score_with(ws, scoring.reward_fn(cfg), params, demos["tokens"], demos["mask"])
   assert abs(float(np.mean(rewards))) < 1e-3
 
 

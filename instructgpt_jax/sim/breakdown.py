@@ -141,11 +141,16 @@ def breakdown(
   rm_cfg, lm_cfg = train_state.rm_model_config(ws.config), train_state.rm_init_config(ws.config)
   judges = {
     "reward_model": lambda: scoring.score_with(
-      ws, scoring.reward_fn(ws.load_params("rm", rm_cfg), rm_cfg), enc["tokens"], enc["mask"]
+      ws,
+      scoring.reward_fn(rm_cfg),
+      ws.load_params("rm", rm_cfg),
+      enc["tokens"],
+      enc["mask"],
     ),
     "likelihood": lambda: scoring.score_with(
       ws,
-      scoring.loglik_fn(ws, ws.load_params(ws.config.rm.init_from, lm_cfg), lm_cfg),
+      scoring.loglik_fn(ws, lm_cfg),
+      ws.load_params(ws.config.rm.init_from, lm_cfg),
       enc["tokens"],
       enc["mask"],
     ),
