@@ -11,8 +11,9 @@ activations carry logical axis names; `sharding.py` maps them onto the mesh.
 
 Sequences use one layout everywhere: left-padded prompt then right-padded response, a `mask` that
 is 1 on real tokens, and positions `cumsum(mask) - 1` (so a prompt starts at position 0 whatever
-its padding). Decoding uses an explicit KV cache `{"k", "v"}: [layers, batch,
-kv_heads, cache_len, head_dim]` that is passed in and returned, so generation is a pure function.
+its padding). Decoding uses an explicit KV cache that is passed in and returned, so generation is
+a pure function: one `{"k", "v"}: [batch, kv_heads, cache_len, head_dim]` per layer (a tuple),
+or, with scanned layers, one such dict stacked over a leading [layers] axis.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ import numpy as np
 from instructgpt_jax import sharding
 
 Array = jax.Array
-Cache = dict[str, Array]
+# One layer's {"k", "v"} (or, with scanned layers, all layers' stacked); a model's cache is a
+# tuple of per-layer dicts or one stacked dict (`init_cache`).
+Cache = dict[str, Array] | tuple[dict[str, Array], ...]
 
 FAMILIES = ("gpt", "llama")
 HEADS = ("lm", "scalar")
@@ -161,11 +164,21 @@ CACHE_AXES = (
 
 
 def init_cache(config: ModelConfig, batch: int, length: int) -> Cache:
-  """An empty KV cache `{"k", "v"}: [layers, batch, kv_heads, length, head_dim]`, placed by the
-  active logical rules (`sharding.use_rules`; unplaced without them)."""
-  shape = (config.num_layers, batch, config.kv_heads, length, config.head_dim)
-  zeros = sharding.constrain(jnp.zeros(shape, jnp.dtype(config.dtype)), CACHE_AXES)
-  return {"k": zeros, "v": zeros}
+  """An empty KV cache, placed by the active logical rules (`sharding.use_rules`; unplaced
+  without them): per layer `{"k", "v"}: [batch, kv_heads, length, head_dim]`, a tuple of them,
+  or with `scan_layers` one dict stacked to `[layers, batch, kv_heads, length, head_dim]`.
+
+  Separate per-layer buffers let each decoding step update and read a layer's keys in place;
+  slices of one stacked buffer were copied out for the attention matmuls at every token.
+  """
+  shape = (batch, config.kv_heads, length, config.head_dim)
+  dtype = jnp.dtype(config.dtype)
+  if config.scan_layers:
+    zeros = jnp.zeros((config.num_layers, *shape), dtype)
+    zeros = sharding.constrain(zeros, CACHE_AXES)
+    return {"k": zeros, "v": zeros}
+  zeros = sharding.constrain(jnp.zeros(shape, dtype), CACHE_AXES[1:])
+  return tuple({"k": zeros, "v": zeros} for _ in range(config.num_layers))
 
 
 def _dense_init(scale: float = 1.0):
@@ -283,12 +296,11 @@ class Attention(nn.Module):
     key_mask: Array,
     cache: Cache | None,
     cache_index: Array,
-    layer: int | None = None,
   ) -> tuple[Array, Cache | None]:
     """x: [batch, seq, embed]; key_mask: [batch, keys] (keys = seq, or the cache length).
 
-    `cache` is this layer's `[batch, kv_heads, len, head_dim]` arrays (under `nn.scan`), or with
-    `layer` set the whole `[layers, ...]` cache, of which only this layer's new slots are written.
+    `cache` is this layer's `{"k", "v"}: [batch, kv_heads, len, head_dim]`; the new keys and
+    values are written at `cache_index` (in place: the buffers are carried by the decode loop).
     """
     cfg = self.config
     H, K, D = cfg.num_heads, cfg.kv_heads, cfg.head_dim
@@ -334,22 +346,12 @@ class Attention(nn.Module):
       # attention matmuls read without first copying the whole cache into it at every step.
       k = k.transpose(0, 2, 1, 3).astype(cache["k"].dtype)
       v = v.transpose(0, 2, 1, 3).astype(cache["v"].dtype)
-      if layer is None:  # This layer's cache (under nn.scan).
-        start = (0, 0, cache_index, 0)
-        cache = {
-          "k": jax.lax.dynamic_update_slice(cache["k"], k, start),
-          "v": jax.lax.dynamic_update_slice(cache["v"], v, start),
-        }
-        k, v = cache["k"], cache["v"]
-      else:
-        # Written into the stacked cache (not sliced out and stacked back) so that XLA updates
-        # it in place: no copy of the whole cache per token.
-        start = (layer, 0, 0, cache_index, 0)
-        cache = {
-          "k": jax.lax.dynamic_update_slice(cache["k"], k[None], start),
-          "v": jax.lax.dynamic_update_slice(cache["v"], v[None], start),
-        }
-        k, v = cache["k"][layer], cache["v"][layer]
+      start = (0, 0, cache_index, 0)
+      cache = {
+        "k": jax.lax.dynamic_update_slice(cache["k"], k, start),
+        "v": jax.lax.dynamic_update_slice(cache["v"], v, start),
+      }
+      k, v = cache["k"], cache["v"]
       S = k.shape[2]
       kv = "bhsd"
     else:
@@ -445,12 +447,11 @@ class Block(nn.Module):
     positions: Array,
     key_mask: Array,
     cache_index: Array,
-    layer: int | None = None,
   ) -> tuple[Array, Cache | None]:
     cfg = self.config
     drop = nn.Dropout(cfg.dropout, deterministic=self.deterministic)
     h, cache = Attention(cfg, name="attn")(
-      Norm(cfg, name="ln_attn")(x), positions, key_mask, cache, cache_index, layer
+      Norm(cfg, name="ln_attn")(x), positions, key_mask, cache, cache_index
     )
     x = x + drop(h)
     x = x + drop(Mlp(cfg, name="mlp")(Norm(cfg, name="ln_mlp")(x)))
@@ -463,8 +464,7 @@ def _block_class(cfg: ModelConfig) -> type[nn.Module]:
     return Block
   policy = None if cfg.remat == "full" else jax.checkpoint_policies.checkpoint_dots
   # prevent_cse is only needed outside scan (scan already stops CSE across iterations).
-  # `layer` (argument 6, counting self) is a Python int: static.
-  return nn.remat(Block, policy=policy, prevent_cse=not cfg.scan_layers, static_argnums=(6,))
+  return nn.remat(Block, policy=policy, prevent_cse=not cfg.scan_layers)
 
 
 class Transformer(nn.Module):
@@ -552,10 +552,13 @@ class Transformer(nn.Module):
       )
       x, cache = scanned(cfg, deterministic, name="layers")(x, cache, positions, mask, cache_index)
     else:
+      layer_caches = []
       for i in range(cfg.num_layers):
-        x, cache = block_cls(cfg, deterministic, name=f"layer_{i}")(
-          x, cache, positions, mask, cache_index, i
+        x, layer_cache = block_cls(cfg, deterministic, name=f"layer_{i}")(
+          x, None if cache is None else cache[i], positions, mask, cache_index
         )
+        layer_caches.append(layer_cache)
+      cache = None if cache is None else tuple(layer_caches)
     if head_span is not None:
       x = jax.lax.slice_in_dim(x, head_span[0], head_span[0] + head_span[1], axis=1)
     hidden = Norm(cfg, name="ln_final")(x)
