@@ -19,9 +19,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       epochs=1,  # Paper: 1 epoch; more over-fit.
       # Paper: lr 9e-6 at batch 64 for the 6B RM; our small model from scratch needs more.
       optim=common.optim(1e-3),
-      # The trunk the scalar head is put on. rm_base: the RM-sized model pretrained and tuned
-      # on the NLP tasks (paper C.2); sft | pretrain: the policy's own models, which need
-      # `rm.model` to give the policy's shape (e.g. `--config.rm.model.d_model=128`).
+      # The trunk the scalar head is put on. rm_base: the RM-sized model pretrained, tuned on
+      # the NLP tasks (paper C.2) and on the demonstrations (paper 3.5); sft | pretrain: the
+      # policy's own models, which need `rm.model` to give the policy's shape (e.g.
+      # `--config.rm.model.d_model=128`).
       init_from="rm_base",
       **common.loop(batch_size=16, log_every=10, checkpoint_every=100),  # Prompts per batch.
     )

@@ -1,11 +1,13 @@
-"""Stage "rm_base": the reward model's own base model (paper C.2), and the RM's model shape.
+"""Stage "rm_base": the reward model's own base model (paper C.2, 3.5), and the RM's model shape.
 
 The paper's one 6B reward model served policies of 1.3B, 6B and 175B parameters; it started from
 GPT-3 pretrained on the same web text and then fine-tuned on public NLP data sets (ARC, BoolQ,
 DROP, MultiNLI, RACE, ...). Here the RM-sized model is pretrained on the world's pretraining text
 and then fine-tuned (response-only LM loss) on the world's "public NLP tasks"
-(`nlp_tasks.jsonl`: true/false statements, does the passage support this, short QA). It depends
-on nothing but the data and the tokenizer, so one `rm_base` serves every policy.
+(`nlp_tasks.jsonl`: true/false statements, does the passage support this, short QA), and last
+on the demonstrations with the policy's SFT recipe (the paper's RM started from the SFT model,
+Sec. 3.5). It depends on nothing but the data and the tokenizer, so one `rm_base` serves every
+policy.
 
 The RM's model shape lives in `rm.model` (overrides on top of `config.model`); it is made here,
 before `configs/rm.py` adds the RM's training settings, because this stage trains that model
@@ -62,6 +64,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
           **common.loop(batch_size=32, log_every=25, checkpoint_every=200),
         )
       ),
+      # Then the demonstrations: paper Sec. 3.5 starts the RM "from the SFT model with the
+      # final unembedding layer removed". The recipe of configs/sft.py on the RM's shape, so the
+      # RM starts from an SFT model of its own size. epochs=0 skips this phase.
+      sft=ml_collections.ConfigDict(
+        dict(
+          epochs=8,  # As the policy's SFT (configs/sft.py): 1,115 demonstrations, 310 steps.
+          dropout=0.1,  # Residual dropout in this phase only, as the policy's SFT.
+          pretrain_mix=0.1,  # Paper C.3: 10 % pretraining rows, as the policy's SFT.
+          optim=common.optim(1e-3),  # Cosine to 10 %, no warmup (paper C.1), as SFT.
+          **common.loop(batch_size=32, log_every=25, checkpoint_every=200),
+        )
+      ),
     )
   )
   if c.preset == "tiny":
@@ -71,4 +85,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.rm_base.update(common.loop(batch_size=16, log_every=10, checkpoint_every=30))
     c.rm_base.nlp.epochs = 1
     c.rm_base.nlp.update(common.loop(batch_size=16, log_every=10, checkpoint_every=20))
+    c.rm_base.sft.epochs = 1  # As tiny's policy SFT.
+    c.rm_base.sft.dropout = 0.0
+    c.rm_base.sft.update(common.loop(batch_size=16, log_every=10, checkpoint_every=20))
   return c

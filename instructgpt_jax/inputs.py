@@ -53,6 +53,57 @@ def sft_arrays(ws: Workspace, split: str) -> dict[str, Any]:
   return arrays
 
 
+def mix_pretraining(
+  demos: dict[str, Any],
+  text: dict[str, np.ndarray],
+  fraction: float,
+  seed: int,
+  name: str = "sft",
+) -> tuple[dict[str, np.ndarray], int]:
+  """Demonstrations with pretraining rows appended so that they make `fraction` of the rows
+  (paper C.3: 10 %); batching shuffles them together. Returns (arrays, pretraining rows).
+
+  demos: tokens/mask/loss_mask [N, L]; text: tokens/mask/loss_mask [M, L] (packed text, the
+  loss on every token). The pretraining rows are a fixed random subset of `text`, reused every
+  epoch, as the demonstrations are; fewer are taken when `text` holds too few. `name` is the
+  config section that sets `fraction` (its `pretrain_mix`), for the messages.
+  """
+  if not 0.0 <= fraction < 1.0:
+    raise ValueError(f"{name}.pretrain_mix={fraction} must be in [0, 1).")
+  keys = ("tokens", "mask", "loss_mask")
+  n = int(demos["tokens"].shape[0])
+  want = int(round(n * fraction / (1.0 - fraction)))
+  m = min(want, int(text["tokens"].shape[0]))
+  if want > m:
+    logging.warning("%s: pretrain_mix wants %d pretraining rows; the text has %d", name, want, m)
+  rows = np.random.default_rng(seed).choice(text["tokens"].shape[0], size=m, replace=False)
+  return {k: np.concatenate([demos[k], text[k][rows]]) for k in keys}, m
+
+
+def sft_train_rows(
+  ws: Workspace, fraction: float, seed: int, name: str = "sft"
+) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+  """The rows an SFT run trains on: the train demonstrations plus pretraining text packed to
+  their length (`mix_pretraining`; none when `fraction` is 0). Shared by the policy's SFT and
+  the RM base model's demonstration phase (stage rm_base), so both follow one recipe.
+
+  Returns (tokens/mask/loss_mask [N + M, prompt_len + response_len], counts: examples N,
+  pretrain_rows M, dropped demonstrations).
+  """
+  demos = sft_arrays(ws, "train")
+  arrays, n_text = {k: demos[k] for k in ("tokens", "mask", "loss_mask")}, 0
+  if fraction > 0:
+    d = ws.config.data
+    text = lm_arrays(ws, "train", seq_len=d.prompt_len + d.response_len)
+    arrays, n_text = mix_pretraining(arrays, text, fraction, seed, name)
+  counts = {
+    "examples": int(demos["tokens"].shape[0]),
+    "pretrain_rows": n_text,
+    "dropped": demos["n_dropped_prompt"] + demos["n_dropped_response"],
+  }
+  return arrays, counts
+
+
 # Policies the label stage can sample comparisons from (`label.sources`, "policy:temperature").
 SOURCE_POLICIES = ("sft", "base", "base_fewshot")
 

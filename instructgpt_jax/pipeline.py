@@ -53,7 +53,7 @@ STAGE_DOC = {
   "pretrain": "the base model on the plain-text corpus",
   "sft": "fine-tuning on demonstrations",
   "label": "sampling K responses per prompt, ranked by the training labelers",
-  "rm_base": "the RM-sized base model: pretraining, then the NLP tasks",
+  "rm_base": "the RM-sized base model: pretraining, the NLP tasks, then the demonstrations",
   "rm": "the reward model on the rankings",
   "ppo": "PPO and PPO-ptx against the reward model",
   "eval": "every policy, judged by held-out labelers",

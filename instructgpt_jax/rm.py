@@ -1,11 +1,11 @@
 """Stage "rm": the reward model, trained on rankings of K = 4..9 responses per prompt.
 
-Initialised from the trunk of `rm.init_from` (default "rm_base": the RM-sized model pretrained
-and tuned on the NLP tasks, paper C.2; or the policy's "sft" / "pretrain") with the unembedding
-replaced by a scalar head. The reward of a
-sequence is the head's output at its last real token (the EOS). All C(K,2) comparisons of one
-prompt are one batch element (`losses.pairwise_rm_loss`), one epoch, cosine decay to 10 %
-(paper C.2). Afterwards a bias is folded into the head so the demonstrations score mean 0.
+Initialised from the trunk of `rm.init_from` (default "rm_base": the RM-sized model pretrained,
+tuned on the NLP tasks, paper C.2, and on the demonstrations, paper 3.5; or the policy's "sft" /
+"pretrain") with the unembedding replaced by a scalar head. The reward of a sequence is the
+head's output at its last real token (the EOS). All C(K,2) comparisons of one prompt are one
+batch element (`losses.pairwise_rm_loss`), one epoch, cosine decay to 10 % (paper C.2).
+Afterwards a bias is folded into the head so the demonstrations score mean 0.
 """
 
 from __future__ import annotations

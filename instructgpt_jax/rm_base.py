@@ -1,17 +1,22 @@
-"""Stage "rm_base": the reward model's base model, pretrained, then tuned on NLP tasks (paper C.2).
+"""Stage "rm_base": the reward model's base model: pretrained, tuned on NLP tasks (paper C.2),
+then on the demonstrations (paper 3.5).
 
-The paper's RM started from a 6B GPT-3 fine-tuned on public NLP data sets, larger than the 1.3B
-policy and shared by every policy size. This stage trains that model for the RM's shape
-(`rm.model`, `train_state.rm_lm_config`) in two phases:
+The paper's RM started "from the SFT model with the final unembedding layer removed" (Sec. 3.5);
+its 6B RM was GPT-3 fine-tuned on public NLP data sets (C.2), larger than the 1.3B policy and
+shared by every policy size. This stage trains that model for the RM's shape
+(`rm.model`, `train_state.rm_lm_config`) in three phases:
 
 1. pretraining: the LM loss over every token of the policy's pretraining text (packed rows of
    `data.seq_len`), `rm_base.steps` steps;
 2. NLP tasks: the response-only LM loss on `nlp_tasks.jsonl` (true/false statements, does the
    passage support this claim, short QA), `rm_base.nlp.epochs` epochs. Without an NLP file (your
    own data and no `data.nlp_tasks_jsonl`, or the "knowledge" world) this phase is skipped and
-   the summary says so.
+   the summary says so;
+3. demonstrations: the policy's SFT recipe (`sft.run`: response-only LM loss, residual dropout,
+   a share of pretraining rows) on the RM's shape, `rm_base.sft.epochs` epochs (0 skips it), so
+   the RM starts from an SFT model of its own size, as the paper's did.
 
-It reads only the data and the tokenizer, so it is independent of the policy and reusable
+It reads only the data and the tokenizer (not the policy's SFT stage), so it is independent of the policy and reusable
 across policies. The result is `<workdir>/rm_base/final` (an LM; `rm` replaces its unembedding
 with the scalar head). When `rm.init_from` is not "rm_base", nothing is trained.
 """
@@ -19,6 +24,7 @@ with the scalar head). When `rm.init_from` is not "rm_base", nothing is trained.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import jax
@@ -32,7 +38,7 @@ from instructgpt_jax import inputs, loop, objectives, scoring, train_state
 from instructgpt_jax.workspace import Workspace
 
 Batch = dict[str, jax.Array]
-PHASES = ("pretrain", "nlp")
+PHASES = ("pretrain", "nlp", "sft")
 
 
 def init_state(
@@ -46,13 +52,17 @@ def init_state(
   phase: str = "pretrain",
 ) -> tuple[train_state.TrainState, Any]:
   """The RM-sized LM (fresh, or around `params`) with the optimizer of `phase` ("pretrain":
-  `rm_base.optim`, "nlp": `rm_base.nlp.optim`) on the mesh; returns (state, shardings)."""
+  `rm_base.optim`, "nlp": `rm_base.nlp.optim`, "sft": `rm_base.sft.optim` and its residual
+  dropout) on the mesh; returns (state, shardings)."""
   if phase not in PHASES:
     raise ValueError(f"rm_base phase {phase!r} is not one of {list(PHASES)}.")
-  cfg = config.rm_base if phase == "pretrain" else config.rm_base.nlp
+  cfg = config.rm_base if phase == "pretrain" else config.rm_base[phase]
+  model_cfg = train_state.rm_lm_config(config)
+  if phase == "sft":
+    model_cfg = model_cfg.replace(dropout=cfg.dropout)
   tx = train_state.make_optimizer(cfg.optim, total_steps, cfg.on_nonfinite == "skip")
   return train_state.create_train_state(
-    train_state.rm_lm_config(config),
+    model_cfg,
     tx,
     mesh,
     rules,
@@ -66,7 +76,8 @@ def train_step(
   state: train_state.TrainState, batch: Batch, rng: jax.Array
 ) -> tuple[train_state.TrainState, dict[str, jax.Array]]:
   """One optimizer step on the LM loss over `batch["loss_mask"]` (every token of packed text in
-  pretraining; the response tokens of an NLP task).
+  pretraining; the response tokens of an NLP task or a demonstration). Dropout is the state's
+  model's (on in the demonstrations phase only).
 
   batch: tokens/mask/loss_mask [batch, seq].
   """
@@ -107,7 +118,8 @@ def nlp_arrays(ws: Workspace, split: str) -> dict[str, Any] | None:
 
 
 def run(ws: Workspace) -> dict[str, Any]:
-  """Pretrains the RM-sized model, then tunes it on the NLP tasks; returns the stage summary."""
+  """Pretrains the RM-sized model, tunes it on the NLP tasks, then on the demonstrations;
+  returns the stage summary."""
   init_from = (ws.config.get("rm") or {}).get("init_from", "rm_base")
   if init_from != "rm_base":
     # The stage runs in every pipeline; an RM started from the policy's models needs none of it.
@@ -121,6 +133,7 @@ def run(ws: Workspace) -> dict[str, Any]:
     "d_model": lm_cfg.d_model,
   }
 
+  t0 = time.perf_counter()
   text = inputs.lm_arrays(ws, "train")
   state, shardings = init_state(ws.config, ws.mesh, ws.rules, cfg.steps)
   state, rows = loop.train(
@@ -142,6 +155,8 @@ def run(ws: Workspace) -> dict[str, Any]:
   if rows:
     summary["pretrain_final_loss"] = rows[-1]["loss"]
   params = state.params
+  summary["pretrain_seconds"] = round(time.perf_counter() - t0, 1)
+  t0 = time.perf_counter()
 
   train = nlp_arrays(ws, "train")
   if train is None or not train["tokens"].shape[0]:
@@ -184,5 +199,41 @@ def run(ws: Workspace) -> dict[str, Any]:
     val = nlp_arrays(ws, "validation")
     if val is not None and val["tokens"].shape[0]:
       summary["nlp_validation_loss"] = scoring.lm_loss(ws, params, lm_cfg, val)
+    summary["nlp_seconds"] = round(time.perf_counter() - t0, 1)
+
+  if cfg.sft.epochs > 0:
+    t0 = time.perf_counter()
+    params = _tune_on_demonstrations(ws, params, summary)
+    summary["sft_seconds"] = round(time.perf_counter() - t0, 1)
   ws.save_params("rm_base", params, lm_cfg)
   return summary
+
+
+def _tune_on_demonstrations(ws: Workspace, params: Any, summary: dict[str, Any]) -> Any:
+  """Phase 3: the policy's SFT recipe on the RM-sized model (`rm_base.sft`); returns the new
+  parameters and adds `sft_*` entries to `summary`."""
+  scfg, lm_cfg = ws.config.rm_base.sft, train_state.rm_lm_config(ws.config)
+  arrays, counts = inputs.sft_train_rows(ws, scfg.pretrain_mix, ws.config.seed + 12, "rm_base.sft")
+  steps = loop.steps_for_epochs(int(arrays["tokens"].shape[0]), scfg.batch_size, scfg.epochs)
+  state, shardings = init_state(ws.config, ws.mesh, ws.rules, steps, params, phase="sft")
+  del params  # One copy of the parameters: the state holds them.
+  state, rows = loop.train(
+    name="rm_base/sft",
+    stage_dir=os.path.join(ws.stage_dir("rm_base"), "sft"),
+    state=state,
+    state_shardings=shardings,
+    step_fn=train_step,
+    batches=data_lib.make_batches(arrays, scfg.batch_size, seed=ws.config.seed + 66),
+    total_steps=steps,
+    mesh=ws.mesh,
+    seed=ws.config.seed + 67,
+    loop_cfg=scfg,
+  )
+  summary.update(sft_steps=steps, sft_examples=counts["examples"])
+  summary["sft_pretrain_rows"] = counts["pretrain_rows"]
+  if rows:
+    summary["sft_final_loss"] = rows[-1]["loss"]
+  val = inputs.sft_arrays(ws, "validation")
+  if val["tokens"].shape[0]:
+    summary["sft_validation_loss"] = scoring.lm_loss(ws, state.params, lm_cfg, val)
+  return state.params

@@ -1,10 +1,12 @@
 """The reward model's own shape and base model, the label sources and SFT's pretraining mix,
-without running a pipeline (tests/test_stages.py runs them on tiny)."""
+without running a pipeline (tests/test_stages.py runs them on tiny); the rm_base stage alone."""
+
+import os
 
 import numpy as np
 import pytest
 
-from instructgpt_jax import inputs, label, pipeline, sft, train_state
+from instructgpt_jax import inputs, label, loop, pipeline, rm_base, scoring, train_state
 from instructgpt_jax.workspace import Workspace
 from tests import helpers
 
@@ -75,12 +77,12 @@ def test_ranks_among_keeps_only_one_source():
 def test_mix_pretraining_fraction():
   demos = {k: np.zeros((90, 6), np.int32) for k in ("tokens", "mask", "loss_mask")}
   text = {k: np.ones((50, 6), np.int32) for k in ("tokens", "mask", "loss_mask")}
-  mixed, n_text = sft.mix_pretraining(demos, text, 0.1, seed=0)
+  mixed, n_text = inputs.mix_pretraining(demos, text, 0.1, seed=0)
   assert n_text == 10 and mixed["tokens"].shape == (100, 6)
   assert mixed["loss_mask"][90:].all() and not mixed["loss_mask"][:90].any()
-  assert sft.mix_pretraining(demos, text, 0.0, seed=0)[1] == 0
+  assert inputs.mix_pretraining(demos, text, 0.0, seed=0)[1] == 0
   with pytest.raises(ValueError, match="pretrain_mix"):
-    sft.mix_pretraining(demos, text, 1.0, seed=0)
+    inputs.mix_pretraining(demos, text, 1.0, seed=0)
 
 
 def test_nlp_tasks_are_optional(tmp_path):
@@ -98,3 +100,36 @@ def test_nlp_tasks_are_optional(tmp_path):
   with pytest.raises(ValueError, match="give every file") as e:
     ws.jsonl("rm_prompts")
   assert "nlp_tasks_jsonl" not in str(e.value)
+
+
+def test_rm_base_ends_with_the_sft_recipe_on_the_rm_shape(tmp_path):
+  """Phase 3 (paper 3.5: the RM starts from the SFT model) runs the policy's SFT recipe on the
+  RM-sized model, after pretraining and the NLP tasks, reading only data; epochs=0 skips it."""
+  config = helpers.config("rm_base")
+  scfg = config.rm_base.sft
+  assert (scfg.epochs, scfg.pretrain_mix) == (1, 0.1)
+  ws = Workspace(config, str(tmp_path / "sft"))
+  summary = rm_base.run(ws)
+  mix = summary["sft_pretrain_rows"]
+  assert summary["sft_examples"] > 0 and mix == round(summary["sft_examples"] * 0.1 / 0.9)
+  rows = summary["sft_examples"] + mix
+  assert summary["sft_steps"] == loop.steps_for_epochs(rows, scfg.batch_size, scfg.epochs)
+  assert summary["nlp_steps"] > 0 and summary["sft_seconds"] > 0
+  assert np.isfinite(summary["sft_final_loss"]) and np.isfinite(summary["sft_validation_loss"])
+  assert os.path.exists(os.path.join(ws.stage_dir("rm_base"), "sft", "metrics.jsonl"))
+  assert not os.path.exists(ws.stage_dir("sft"))  # The policy's SFT is not needed.
+
+  skipped_cfg = helpers.config("rm_base")
+  skipped_cfg.rm_base.sft.epochs = 0
+  skipped_ws = Workspace(skipped_cfg, str(tmp_path / "no_sft"))
+  skipped = rm_base.run(skipped_ws)
+  assert "sft_steps" not in skipped and not os.path.exists(
+    os.path.join(skipped_ws.stage_dir("rm_base"), "sft")
+  )
+  # Same seeds up to phase 3, so the tuned model fits the demonstrations better than the other.
+  lm_cfg = train_state.rm_lm_config(config)
+  val = inputs.sft_arrays(ws, "validation")
+  assert val["tokens"].shape[0]
+  tuned = scoring.lm_loss(ws, ws.load_params("rm_base", lm_cfg), lm_cfg, val)
+  untuned = scoring.lm_loss(skipped_ws, skipped_ws.load_params("rm_base", lm_cfg), lm_cfg, val)
+  assert tuned == pytest.approx(summary["sft_validation_loss"]) and tuned < untuned

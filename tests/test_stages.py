@@ -43,6 +43,7 @@ def test_every_stage_finishes_and_records(tiny_run):
     "sft",
     "rm_base/pretrain",
     "rm_base/nlp",
+    "rm_base/sft",
     "rm",
     "ppo/ppo",
     "ppo/ppo_ptx",
@@ -149,6 +150,7 @@ def test_rm_starts_from_rm_base_with_the_rm_shape(tiny_run):
   base = summaries["rm_base"]
   assert base["pretrain_steps"] == ws.config.rm_base.steps and base["nlp_steps"] > 0
   assert np.isfinite(base["nlp_final_loss"]) and "nlp_skipped" not in base
+  assert base["sft_steps"] > 0 and np.isfinite(base["sft_validation_loss"])  # Paper 3.5.
   rm_params = ws.load_params("rm", train_state.rm_model_config(ws.config))
   assert len([k for k in rm_params if k.startswith("layer")]) == rm_lm.num_layers, list(rm_params)
   # The value function is the RM's model (it starts from the RM's parameters).
