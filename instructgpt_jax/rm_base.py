@@ -16,8 +16,8 @@ shared by every policy size. This stage trains that model for the RM's shape
    a share of pretraining rows) on the RM's shape, `rm_base.sft.epochs` epochs (0 skips it), so
    the RM starts from an SFT model of its own size, as the paper's did.
 
-It reads only the data and the tokenizer (not the policy's SFT stage), so it is independent of the policy and reusable
-across policies. The result is `<workdir>/rm_base/final` (an LM; `rm` replaces its unembedding
+It reads only the data and the tokenizer (not the policy's SFT stage), so it is independent of
+the policy and reusable across policies. The result is `<workdir>/rm_base/final` (an LM; `rm` replaces its unembedding
 with the scalar head). When `rm.init_from` is not "rm_base", nothing is trained.
 """
 
@@ -223,9 +223,15 @@ def _tune_on_demonstrations(ws: Workspace, params: Any, summary: dict[str, Any])
     state=state,
     state_shardings=shardings,
     step_fn=train_step,
-    batches=data_lib.make_batches(arrays, scfg.batch_size, seed=ws.config.seed + 66),
+    batches=data_lib.make_batches(
+      arrays,
+      scfg.batch_size,
+      seed=ws.config.seed + 66,
+      local_rows=ws.local_rows(scfg.batch_size),
+    ),
     total_steps=steps,
     mesh=ws.mesh,
+    rules=ws.rules,
     seed=ws.config.seed + 67,
     loop_cfg=scfg,
   )
