@@ -281,7 +281,7 @@ class Checkpointer:
     src = os.path.join(self.directory, str(step))
     dst_dir = self.directory + "_damaged"
     dst = os.path.join(dst_dir, f"{step}-{int(time.time())}")
-    if jax.process_index() == 0:  # Every process restores; one moves the files.
+    if multihost.is_main():  # Every process restores; one moves the files.
       os.makedirs(dst_dir, exist_ok=True)
       try:
         shutil.move(src, dst)

@@ -219,9 +219,9 @@ def train(
   arguments, not closed over, so they are not baked into the program or checkpointed.
   `batches` must have `get_state()`/`set_state()` (a grain iterator) so the data position is
   checkpointed; it yields this process's rows of each global batch (`Workspace.local_rows`),
-  which `rules`' "batch" entry places on the mesh. Returns the final state and every logged metric row of the run (rows written
-  before a resume included, read back from metrics.jsonl), so summaries do not depend on
-  whether the run was interrupted.
+  which `rules`' "batch" entry places on the mesh. Returns the final state and every logged
+  metric row of the run (rows written before a resume included, read back from metrics.jsonl),
+  so summaries do not depend on whether the run was interrupted.
 
   Faults: a non-finite metric stops the stage before the state can be saved
   (`NonFiniteError`), unless `loop_cfg.on_nonfinite == "skip"`, where the optimizer drops the

@@ -10,8 +10,9 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-import jax
 import numpy as np
+
+from instructgpt_jax import multihost
 
 
 def _to_python(v: Any) -> Any:
@@ -102,7 +103,7 @@ class Progress:
     now = time.perf_counter()
     if not force and now - self._last < self.every_s and step < self.total:
       return
-    if jax.process_index() != 0:
+    if not multihost.is_main():
       return
     self._last = now
     done = step - self.start

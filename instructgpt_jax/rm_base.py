@@ -39,6 +39,15 @@ from instructgpt_jax.workspace import Workspace
 
 Batch = dict[str, jax.Array]
 PHASES = ("pretrain", "nlp", "sft")
+# Per phase, the seed offsets of its batch order and of its steps' randomness.
+PHASE_SEEDS = {"pretrain": (61, 62), "nlp": (63, 64), "sft": (66, 67)}
+
+
+def phase_config(config: ml_collections.ConfigDict, phase: str) -> ml_collections.ConfigDict:
+  """The config section of `phase`: `rm_base` for pretraining, `rm_base.<phase>` otherwise."""
+  if phase not in PHASES:
+    raise ValueError(f"rm_base phase {phase!r} is not one of {list(PHASES)}.")
+  return config.rm_base if phase == "pretrain" else config.rm_base[phase]
 
 
 def init_state(
@@ -54,9 +63,7 @@ def init_state(
   """The RM-sized LM (fresh, or around `params`) with the optimizer of `phase` ("pretrain":
   `rm_base.optim`, "nlp": `rm_base.nlp.optim`, "sft": `rm_base.sft.optim` and its residual
   dropout) on the mesh; returns (state, shardings)."""
-  if phase not in PHASES:
-    raise ValueError(f"rm_base phase {phase!r} is not one of {list(PHASES)}.")
-  cfg = config.rm_base if phase == "pretrain" else config.rm_base[phase]
+  cfg = phase_config(config, phase)
   model_cfg = train_state.rm_lm_config(config)
   if phase == "sft":
     model_cfg = model_cfg.replace(dropout=cfg.dropout)
@@ -126,7 +133,6 @@ def run(ws: Workspace) -> dict[str, Any]:
     return {"skipped": f"rm.init_from={init_from!r}: the RM does not start from rm_base"}
   cfg = ws.config.rm_base
   lm_cfg = train_state.rm_lm_config(ws.config)
-  stage_dir = ws.stage_dir("rm_base")
   summary: dict[str, Any] = {
     "params": lm_cfg.num_params(),
     "layers": lm_cfg.num_layers,
@@ -134,27 +140,10 @@ def run(ws: Workspace) -> dict[str, Any]:
   }
 
   t0 = time.perf_counter()
-  text = inputs.lm_arrays(ws, "train")
-  state, shardings = init_state(ws.config, ws.mesh, ws.rules, cfg.steps)
-  state, rows = loop.train(
-    name="rm_base/pretrain",
-    stage_dir=os.path.join(stage_dir, "pretrain"),
-    state=state,
-    state_shardings=shardings,
-    step_fn=train_step,
-    batches=data_lib.make_batches(
-      text, cfg.batch_size, seed=ws.config.seed + 61, local_rows=ws.local_rows(cfg.batch_size)
-    ),
-    total_steps=cfg.steps,
-    mesh=ws.mesh,
-    rules=ws.rules,
-    seed=ws.config.seed + 62,
-    loop_cfg=cfg,
-  )
+  params, rows = _train_phase(ws, "pretrain", inputs.lm_arrays(ws, "train"), cfg.steps)
   summary["pretrain_steps"] = cfg.steps
   if rows:
     summary["pretrain_final_loss"] = rows[-1]["loss"]
-  params = state.params
   summary["pretrain_seconds"] = round(time.perf_counter() - t0, 1)
   t0 = time.perf_counter()
 
@@ -169,30 +158,9 @@ def run(ws: Workspace) -> dict[str, Any]:
     print(f"[rm_base] NLP-task fine-tuning skipped: {reason}", flush=True)
     summary["nlp_skipped"] = reason
   else:
-    ncfg = cfg.nlp
     n = int(train["tokens"].shape[0])
-    steps = loop.steps_for_epochs(n, ncfg.batch_size, ncfg.epochs)
-    del state  # One copy of the parameters: the next state is built around them.
-    state, shardings = init_state(ws.config, ws.mesh, ws.rules, steps, params, phase="nlp")
-    state, rows = loop.train(
-      name="rm_base/nlp",
-      stage_dir=os.path.join(stage_dir, "nlp"),
-      state=state,
-      state_shardings=shardings,
-      step_fn=train_step,
-      batches=data_lib.make_batches(
-        train,
-        ncfg.batch_size,
-        seed=ws.config.seed + 63,
-        local_rows=ws.local_rows(ncfg.batch_size),
-      ),
-      total_steps=steps,
-      mesh=ws.mesh,
-      rules=ws.rules,
-      seed=ws.config.seed + 64,
-      loop_cfg=ncfg,
-    )
-    params = state.params
+    steps = loop.steps_for_epochs(n, cfg.nlp.batch_size, cfg.nlp.epochs)
+    params, rows = _train_phase(ws, "nlp", train, steps, params)
     summary.update(nlp_steps=steps, nlp_examples=n)
     if rows:
       summary["nlp_final_loss"] = rows[-1]["loss"]
@@ -215,31 +183,42 @@ def _tune_on_demonstrations(ws: Workspace, params: Any, summary: dict[str, Any])
   scfg, lm_cfg = ws.config.rm_base.sft, train_state.rm_lm_config(ws.config)
   arrays, counts = inputs.sft_train_rows(ws, scfg.pretrain_mix, ws.config.seed + 12, "rm_base.sft")
   steps = loop.steps_for_epochs(int(arrays["tokens"].shape[0]), scfg.batch_size, scfg.epochs)
-  state, shardings = init_state(ws.config, ws.mesh, ws.rules, steps, params, phase="sft")
-  del params  # One copy of the parameters: the state holds them.
-  state, rows = loop.train(
-    name="rm_base/sft",
-    stage_dir=os.path.join(ws.stage_dir("rm_base"), "sft"),
-    state=state,
-    state_shardings=shardings,
-    step_fn=train_step,
-    batches=data_lib.make_batches(
-      arrays,
-      scfg.batch_size,
-      seed=ws.config.seed + 66,
-      local_rows=ws.local_rows(scfg.batch_size),
-    ),
-    total_steps=steps,
-    mesh=ws.mesh,
-    rules=ws.rules,
-    seed=ws.config.seed + 67,
-    loop_cfg=scfg,
-  )
+  params, rows = _train_phase(ws, "sft", arrays, steps, params)
   summary.update(sft_steps=steps, sft_examples=counts["examples"])
   summary["sft_pretrain_rows"] = counts["pretrain_rows"]
   if rows:
     summary["sft_final_loss"] = rows[-1]["loss"]
   val = inputs.sft_arrays(ws, "validation")
   if val["tokens"].shape[0]:
-    summary["sft_validation_loss"] = scoring.lm_loss(ws, state.params, lm_cfg, val)
-  return state.params
+    summary["sft_validation_loss"] = scoring.lm_loss(ws, params, lm_cfg, val)
+  return params
+
+
+def _train_phase(
+  ws: Workspace, phase: str, arrays: dict[str, Any], steps: int, params: Any | None = None
+) -> tuple[Any, list[dict[str, Any]]]:
+  """Trains the RM-sized LM (around `params`, fresh when None) for `steps` steps of `phase` on
+  `arrays` (tokens/mask/loss_mask [N, seq]) in `<workdir>/rm_base/<phase>`; returns the new
+  parameters and the logged metric rows."""
+  cfg, (data_seed, step_seed) = phase_config(ws.config, phase), PHASE_SEEDS[phase]
+  state, shardings = init_state(ws.config, ws.mesh, ws.rules, steps, params, phase=phase)
+  del params  # One copy of the parameters: the state holds them.
+  state, rows = loop.train(
+    name=f"rm_base/{phase}",
+    stage_dir=os.path.join(ws.stage_dir("rm_base"), phase),
+    state=state,
+    state_shardings=shardings,
+    step_fn=train_step,
+    batches=data_lib.make_batches(
+      arrays,
+      cfg.batch_size,
+      seed=ws.config.seed + data_seed,
+      local_rows=ws.local_rows(cfg.batch_size),
+    ),
+    total_steps=steps,
+    mesh=ws.mesh,
+    rules=ws.rules,
+    seed=ws.config.seed + step_seed,
+    loop_cfg=cfg,
+  )
+  return state.params, rows

@@ -75,9 +75,7 @@ class Workspace:
     self.mesh = (
       mesh
       if mesh is not None
-      else sharding.make_mesh(
-        config.sharding.mesh_shape, axes=config.sharding.get("mesh_axes", sharding.MESH_AXES)
-      )
+      else sharding.make_mesh(config.sharding.mesh_shape, axes=config.sharding.mesh_axes)
     )
     self.rules = sharding.normalize_rules(config.sharding.rules)
     self._tokenizer: tokenizer_lib.Tokenizer | hf_tokenizer.HfTokenizer | None = None
@@ -233,6 +231,6 @@ class Workspace:
     # A run killed after writing `final` but before DONE.json redoes this write.
     final = os.path.join(self.stage_dir(stage), "final")
     multihost.on_main(f"clear {final}", lambda: shutil.rmtree(final, ignore_errors=True))
-    ckpt = checkpoint.Checkpointer(os.path.join(self.stage_dir(stage), "final"), keep=1)
+    ckpt = checkpoint.Checkpointer(final, keep=1)
     ckpt.save(0, {"params": placed}, {"stage": stage}, force=True)
     ckpt.close()
