@@ -113,6 +113,13 @@ def sample_categorical(rng: Array, logits: Array) -> Array:
   return jnp.minimum(jnp.sum(cdf < u, axis=-1), logits.shape[-1] - 1).astype(jnp.int32)
 
 
+def _lm_logits(hidden: Array, head: Array) -> Array:
+  """`[B, embed] x [embed, vocab] -> [B, vocab]` fp32 logits, formed as the fused losses form
+  them (`losses.head_token_log_probs`), so the sampler's log-probs match a forward pass."""
+  logits = jnp.dot(hidden, head.astype(hidden.dtype), preferred_element_type=jnp.float32)
+  return sharding.constrain(logits, ("activation_batch", "activation_vocab"))
+
+
 def _choose(logits: Array, rng: Array, *, temperature, top_k: int, top_p, greedy: bool):
   """Picks one token per row from `[B, V]` fp32 logits; returns (tokens [B], logprobs [B])."""
   scaled = logits.astype(jnp.float32) / temperature
@@ -177,6 +184,9 @@ def generate(
 
   model = model_lib.Transformer(config)
   variables = {"params": params}
+  # The head as [embed, vocab], transposed once before the loop: XLA:CPU's small-batch decode
+  # matmul reads this layout about 20 % faster than the tied embedding's [vocab, embed].
+  head = model_lib.unembedding(params).T
   choose = lambda lg, key: _choose(
     lg, key, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy
   )
@@ -190,16 +200,18 @@ def generate(
 
   # Prefill: the whole prompt in one pass; `mask` (over the whole cache) has no response keys yet.
   cache = model_lib.init_cache(config, B, S)
-  logits, cache = model.apply(
+  hidden, cache = model.apply(
     variables,
     prompt_tokens,
     mask,
     positions=model_lib.positions_from_mask(prompt_mask),
     cache=cache,
     cache_index=0,
+    skip_head=True,
   )
   last_real = P - 1 - jnp.argmax(prompt_mask[:, ::-1], axis=-1)  # P - 1 for left padding
-  logits = jnp.take_along_axis(logits, last_real[:, None, None], axis=1)[:, 0]
+  # Only the last real position's logits are needed: the head runs on one row per prompt.
+  logits = _lm_logits(jnp.take_along_axis(hidden, last_real[:, None, None], axis=1)[:, 0], head)
 
   def emit(i, logits, tokens, mask, logprobs, done):
     """Chooses response token i (slot P + i) for every row that has not ended."""
@@ -223,10 +235,17 @@ def generate(
     i, prev, cache, tokens, mask, logprobs, done = state
     slot = P + i - 1  # where `prev` (response token i - 1) sits; its key validity is in `mask`
     positions = (prompt_len + i - 1)[:, None]
-    logits, cache = model.apply(
-      variables, prev[:, None], mask, positions=positions, cache=cache, cache_index=slot
+    hidden, cache = model.apply(
+      variables,
+      prev[:, None],
+      mask,
+      positions=positions,
+      cache=cache,
+      cache_index=slot,
+      skip_head=True,
     )
-    tok, tokens, mask, logprobs, done = emit(i, logits[:, 0], tokens, mask, logprobs, done)
+    logits = _lm_logits(hidden[:, 0], head)
+    tok, tokens, mask, logprobs, done = emit(i, logits, tokens, mask, logprobs, done)
     return i + 1, tok, cache, tokens, mask, logprobs, done
 
   state = (jnp.asarray(1, jnp.int32), tok, cache, tokens, mask, logprobs, done)
