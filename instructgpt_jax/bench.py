@@ -235,6 +235,51 @@ def flops_per_token(cfg: model_lib.ModelConfig, seq: int) -> tuple[int, int]:
   return 6 * n_nonemb + attn, 6 * n_nonemb + attn + lmhead
 
 
+def _forward_flops(cfg: model_lib.ModelConfig, rows: int, seq: int, head_positions: int) -> float:
+  """Matmul FLOPs of a forward pass over [rows, seq] (2N + attention per token, the accounting
+  of `flops_per_token`) with the LM head on `head_positions` positions of each row."""
+  per_token = 2 * cfg.num_params(include_embeddings=False) + 4 * cfg.num_layers * seq * cfg.d_model
+  return rows * (seq * per_token + head_positions * 2 * cfg.vocab_size * cfg.d_model)
+
+
+def _sampling_flops(cfg: model_lib.ModelConfig, rows: int, prompt: int, new: int) -> float:
+  """A prefill with the head at the last position, then one decode step per further token."""
+  decode = sum(
+    _forward_flops(cfg, rows, 1, 1) + rows * 4 * cfg.num_layers * (prompt + i) * cfg.d_model
+    for i in range(new - 1)
+  )
+  return _forward_flops(cfg, rows, prompt, 1) + decode
+
+
+def rl_step_gflop(p: dict[str, Any]) -> tuple[float, float]:
+  """(ours, peer's lower bound): matmul GFLOP of one bench PPO-ptx iteration and of the TRL RLOO
+  step with the same completions (`ppo_batch` is the peer's `trl_batch`).
+
+  Ours: sampling; reference (LM head on the response), value and reward forwards; the policy,
+  ptx and value updates at 3x their forwards, plus the fused head's recomputed response logits.
+  The peer's lower bound: sampling, one reference forward and the policy's forward + backward
+  (head on the response only; TRL forms every position's logits, so it does at least this).
+  """
+  cfg = model_config(p)
+  B, P, R, ptx_rows = p["ppo_batch"], p["ppo_prompt"], p["ppo_new"], 8  # 8: bench_config's
+  S = P + R
+  policy_fwd = _forward_flops(cfg, B, S, R)
+  scalar_fwd = _forward_flops(cfg, B, S, 0)  # value and reward models: the policy's shape
+  sample = _sampling_flops(cfg, B, P, R)
+  head_recompute = B * R * 2 * cfg.vocab_size * cfg.d_model
+  ours = (
+    sample
+    + policy_fwd
+    + 2 * scalar_fwd
+    + 3 * policy_fwd
+    + head_recompute
+    + 3 * _forward_flops(cfg, ptx_rows, S, S)
+    + 3 * scalar_fwd
+  )
+  peer = sample + policy_fwd + 3 * policy_fwd
+  return ours / 1e9, peer / 1e9
+
+
 def bench_train(p: dict[str, Any], peak: float | None) -> dict[str, float]:
   config, pretrain = bench_config(p), pipeline.stage_module("pretrain")
   cfg = train_state.model_config(config)
@@ -433,6 +478,15 @@ def bench_ppo(p: dict[str, Any], ptx_coef: float = 27.8) -> dict[str, float]:
   )
   emit("ppo_iteration_compile_time", total["compile"], "s")
   emit("ppo_completion_tokens_per_s", B * N / total["median"], "tokens/s", **info)
+  ours_gflop, peer_gflop = rl_step_gflop(p)
+  emit("ppo_iteration_gflop", ours_gflop, "GFLOP", note="rl_step_gflop: matmul work, computed")
+  emit("ppo_iteration_gflops", ours_gflop / total["median"], "GFLOP/s")
+  emit(
+    "trl_rloo_step_gflop_lower_bound",
+    peer_gflop,
+    "GFLOP",
+    note="rl_step_gflop: the peer step's sampling, reference forward, policy fwd+bwd",
+  )
   return {"iteration_s": total["median"]}
 
 
@@ -528,6 +582,21 @@ def compare(ours: list[dict], peer: list[dict]) -> None:
         peer_metric=theirs,
         better="higher" if direction == "higher" else "lower",
       )
+  if {"ppo_iteration_gflops", "trl_rloo_step_gflop_lower_bound"} <= o.keys() and pr.get(
+    "trl_rloo_step_time"
+  ):
+    # Our iteration does more work than the RLOO step (value model, reward model, ptx): this
+    # compares work per second; the peer's work is counted at its lower bound, so the ratio is
+    # an upper bound.
+    peer_rate = o["trl_rloo_step_gflop_lower_bound"] / pr["trl_rloo_step_time"]
+    emit(
+      "ratio_rl_gflops",
+      o["ppo_iteration_gflops"] / peer_rate,
+      "ours/peer",
+      ours=o["ppo_iteration_gflops"],
+      peer_at_least=peer_rate,
+      better="higher",
+    )
 
 
 # ---------------------------------------------------------------------------------------------

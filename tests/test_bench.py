@@ -3,6 +3,7 @@ shrinks with FSDP, and a quick smoke run of bench.py. Nothing here asserts on a 
 
 import jax
 import numpy as np
+import pytest
 
 from instructgpt_jax import bench, dry_run, sharding, train_state
 from tests import helpers
@@ -100,3 +101,24 @@ def test_bench_quick_smoke(capsys):
     assert set(r) >= {"preset", "metric", "value", "unit"} and r["preset"] == "tiny"
   out = capsys.readouterr().out.strip().splitlines()
   assert len(out) == len(records)  # one JSON object per line per figure
+
+
+def test_forward_flops_agree_with_xla_cost_analysis():
+  """The FLOP accounting behind the MFU and the RL work figures, against XLA's own count of the
+  compiled forward pass (which also counts the elementwise ops, hence the tolerance)."""
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+  from instructgpt_jax import model as model_lib  # pylint: disable=import-outside-toplevel
+
+  p = dict(bench.PRESETS["tiny"], **bench.QUICK)
+  cfg = bench.model_config(p)
+  params = jax.jit(lambda r: nn.meta.unbox(train_state.boxed_params(cfg, r)))(jax.random.key(0))
+  tokens = jnp.zeros((4, p["seq"]), jnp.int32)
+  fwd = jax.jit(lambda pr, t: model_lib.Transformer(cfg).apply({"params": pr}, t, jnp.ones_like(t)))
+  cost = fwd.lower(params, tokens).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  ours = bench._forward_flops(cfg, 4, p["seq"], p["seq"])  # pylint: disable=protected-access
+  assert cost["flops"] == pytest.approx(ours, rel=0.05)
+  ours_gflop, peer_gflop = bench.rl_step_gflop(p)
+  assert ours_gflop > peer_gflop > 0  # ours adds the value, reward and ptx work to the RLOO step's
