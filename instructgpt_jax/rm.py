@@ -127,7 +127,7 @@ def run(ws: Workspace) -> dict[str, Any]:
   bias = float(losses.rm_normalization_bias(demo_rewards))
   params = multihost.fetch(state.params)
   params[SCALAR_HEAD]["bias"] = params[SCALAR_HEAD]["bias"] + bias
-  ws.save_params("rm", params, rm_cfg)
+  placed = ws.save_params("rm", params, rm_cfg)
 
   summary: dict[str, Any] = {
     "init_from": cfg.init_from,
@@ -148,7 +148,6 @@ def run(ws: Workspace) -> dict[str, Any]:
     sft_ranks = inputs.ranks_among(merged, inputs.SFT_SOURCE)
     has_sft_pairs = ((sft_ranks >= 0).sum(axis=1) >= 2) & (sft_ranks.max(axis=1) > sft_ranks.min(1))
     sft_pairs = {**{k: pairs[k][has_sft_pairs] for k in pairs}, "ranks": sft_ranks[has_sft_pairs]}
-    placed = train_state.place_params(params, rm_cfg, ws.mesh, ws.rules)
     reward = scoring.reward_fn(rm_cfg)
     summary["heldout"] = scoring.pairwise_accuracy(ws, reward, placed, pairs)
     if has_sft_pairs.any():

@@ -225,8 +225,9 @@ class Workspace:
     )
     return checkpoint.restore_params(directory, checkpoint.abstract_like(abstract, shardings))
 
-  def save_params(self, stage: str, params: Any, model_cfg: model_lib.ModelConfig) -> None:
-    """Writes a stage's final parameters to `<stage>/final` (read back by `load_params`)."""
+  def save_params(self, stage: str, params: Any, model_cfg: model_lib.ModelConfig) -> Any:
+    """Writes a stage's final parameters to `<stage>/final` (read back by `load_params`) and
+    returns them as placed on this run's mesh."""
     placed = train_state.place_params(params, model_cfg, self.mesh, self.rules)
     # A run killed after writing `final` but before DONE.json redoes this write.
     final = os.path.join(self.stage_dir(stage), "final")
@@ -234,3 +235,4 @@ class Workspace:
     ckpt = checkpoint.Checkpointer(final, keep=1)
     ckpt.save(0, {"params": placed}, {"stage": stage}, force=True)
     ckpt.close()
+    return placed
