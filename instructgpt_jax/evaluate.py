@@ -1,7 +1,10 @@
 """Stage "eval": what the paper measured, on held-out prompts judged by held-out labelers.
 
 Policies: the base model (alone and few-shot), SFT, PPO and PPO-ptx, each answering every eval
-prompt once at `eval.temperature`; two controls a skeptical reader asks for:
+prompt once at `eval.temperature`; the RM's own base model (`rm_base`, the pretraining phase of
+stage rm_base: larger than the policy by default), alone and few-shot, as the paper's Figure 1
+sets a small InstructGPT against a larger GPT-3 (absent when the RM starts from the policy's
+models); two controls a skeptical reader asks for:
 
 - SFT sampled at `eval.control_temperature` (`sft_t0.7`): part of an RL policy's gain may be
   nothing but lower randomness, which a cooler SFT gets for free;
@@ -50,10 +53,16 @@ POLICY_STAGES = {
   "ppo": "ppo/ppo",
   "ppo_ptx": "ppo/ppo_ptx",
 }
+# The RM-sized base model, prompted and few-shot (the paper's Figure 1 compares with GPT-3 both
+# ways); its parameters are those of rm_base's first phase, before the NLP tasks.
+RM_BASE_POLICIES = ("rm_base", "rm_base_fewshot")
+RM_BASE_STAGE = "rm_base/pretrain"
+FEWSHOT = ("base_fewshot", "rm_base_fewshot")
 # Sampling seeds are `config.seed + SEED_OFFSET + k` with a fixed k per sampled set, so adding a
 # control never changes the samples of the policies that were there before it.
 SEED_OFFSET = 40
 CONTROL_SEED, BEST_OF_N_SEED = 5, 6  # After the five policies' 0..4.
+RM_BASE_SEEDS = (7, 8)
 JUDGE_SEED_OFFSET = 50
 BEST_OF_N_BY = ("rm", "gold")
 
@@ -69,6 +78,13 @@ class Sampled:
   seed: int  # Offset from config.seed + SEED_OFFSET.
 
 
+def model_config_of(ws: Workspace, stage: str) -> Any:
+  """The LM shape of a stage's parameters: the RM's for rm_base's phases, else the policy's."""
+  if stage.split("/")[0] == "rm_base":
+    return train_state.rm_lm_config(ws.config)
+  return ws.model_config()
+
+
 def control_name(temperature: float) -> str:
   """The SFT-at-a-lower-temperature control's row name, e.g. "sft_t0.7"."""
   return f"sft_t{temperature:g}"
@@ -81,7 +97,7 @@ def best_of_n_name(n: int, by: str) -> str:
 def sampled_policies(cfg: Any) -> list[Sampled]:
   """Every one-sample-per-prompt policy, in report order (eval config `cfg`)."""
   out = [
-    Sampled(name, POLICY_STAGES[name], cfg.temperature, name == "base_fewshot", k)
+    Sampled(name, POLICY_STAGES[name], cfg.temperature, name in FEWSHOT, k)
     for k, name in enumerate(POLICIES)
   ]
   if cfg.control_temperature is not None:
@@ -89,6 +105,11 @@ def sampled_policies(cfg: Any) -> list[Sampled]:
       control_name(cfg.control_temperature), "sft", cfg.control_temperature, False, CONTROL_SEED
     )
     out.insert(POLICIES.index("sft") + 1, control)
+  after_base = POLICIES.index("base_fewshot") + 1
+  out[after_base:after_base] = [
+    Sampled(name, RM_BASE_STAGE, cfg.temperature, name in FEWSHOT, seed)
+    for name, seed in zip(RM_BASE_POLICIES, RM_BASE_SEEDS)
+  ]
   return out
 
 
@@ -169,6 +190,7 @@ def _has_params(ws: Workspace, stage: str) -> bool:
 def _sample(
   ws: Workspace,
   params: Any,
+  model_cfg: Any,
   prompts: list[str],
   prefix: str,
   seed: int,
@@ -189,7 +211,7 @@ def _sample(
     )
   out = sampling.generate_batched(
     params,
-    ws.model_config(),
+    model_cfg,
     np.repeat(enc.tokens, n, axis=0),
     np.repeat(enc.mask, n, axis=0),
     jax.random.key(seed),
@@ -243,9 +265,12 @@ def _evaluate_policy(
 ) -> dict[str, Any]:
   """Samples the policy's responses; returns them ("texts"), their gold scores ("gold") and its
   report row ("metrics"). pretrain_loss(stage) -> the stage's held-out LM loss."""
-  params = sft_params if policy.stage == "sft" else ws.load_params(policy.stage, ws.model_config())
+  model_cfg = model_config_of(ws, policy.stage)
+  params = sft_params if policy.stage == "sft" else ws.load_params(policy.stage, model_cfg)
   seed = ws.config.seed + SEED_OFFSET + policy.seed
-  texts, response, logp, ended = _sample(ws, params, prompts, prefix, seed, policy.temperature)
+  texts, response, logp, ended = _sample(
+    ws, params, model_cfg, prompts, prefix, seed, policy.temperature
+  )
   same_as_sft = policy.stage == "sft" and policy.temperature == ws.config.eval.temperature
   kl = (
     0.0
@@ -276,7 +301,9 @@ def _best_of_n_pool(
   scores, the RM's scores (None without an RM) and EOS flags, each [N][n]."""
   cfg = ws.config.eval
   seed = ws.config.seed + SEED_OFFSET + BEST_OF_N_SEED
-  texts, response, _, ended = _sample(ws, sft_params, prompts, "", seed, cfg.temperature, n)
+  texts, response, _, ended = _sample(
+    ws, sft_params, ws.model_config(), prompts, "", seed, cfg.temperature, n
+  )
   gold = [
     world.analyze(p, t)["score"] for p, t in zip([p for p in prompts for _ in range(n)], texts)
   ]
@@ -443,8 +470,9 @@ def run(ws: Workspace) -> dict[str, Any]:
     if stage not in lm_losses:
       if lm_eval is None:
         lm_eval = inputs.lm_arrays(ws, "validation")
-      params = sft_params if stage == "sft" else ws.load_params(stage, ws.model_config())
-      lm_losses[stage] = scoring.lm_loss(ws, params, ws.model_config(), lm_eval)
+      model_cfg = model_config_of(ws, stage)
+      params = sft_params if stage == "sft" else ws.load_params(stage, model_cfg)
+      lm_losses[stage] = scoring.lm_loss(ws, params, model_cfg, lm_eval)
     return lm_losses[stage]
 
   results: dict[str, dict[str, Any]] = {}

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from configs import ppo as ppo_config
-from instructgpt_jax import evaluate
+from instructgpt_jax import evaluate, train_state
 from instructgpt_jax.sim import files as sim_files
+from instructgpt_jax.workspace import Workspace
 
 
 def test_win_rate_standard_error_matches_a_hand_computation():
@@ -71,6 +72,22 @@ def test_control_policy_samples_sft_at_the_control_temperature():
   # Fixed seeds: the control never shifts another policy's samples.
   assert len({p.seed for p in policies.values()}) == len(policies)
   assert [policies[n].seed for n in evaluate.POLICIES] == list(range(len(evaluate.POLICIES)))
+
+
+def test_rm_sized_base_rows_follow_the_base_rows():
+  """The paper's Figure 1 rows: the RM-sized base model prompted and few-shot, read from
+  rm_base's pretraining phase at the RM's shape, with seeds of their own."""
+  cfg = ppo_config.get_config("tiny")
+  policies = evaluate.sampled_policies(cfg.eval)
+  names = [p.name for p in policies]
+  i = names.index("base_fewshot")
+  assert names[i + 1 : i + 3] == ["rm_base", "rm_base_fewshot"]
+  rows = {p.name: p for p in policies}
+  assert {rows[n].stage for n in evaluate.RM_BASE_POLICIES} == {"rm_base/pretrain"}
+  assert (rows["rm_base"].fewshot, rows["rm_base_fewshot"].fewshot) == (False, True)
+  ws = Workspace(cfg, "/nonexistent")
+  assert evaluate.model_config_of(ws, "rm_base/pretrain") == train_state.rm_lm_config(cfg)
+  assert evaluate.model_config_of(ws, "pretrain") == ws.model_config()
 
 
 @pytest.mark.parametrize("world_name", ["paper", "knowledge"])

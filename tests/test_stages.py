@@ -66,6 +66,8 @@ def test_report_has_every_policy_and_metric(tiny_run):
   assert set(report["policies"]) == {
     "base",
     "base_fewshot",
+    "rm_base",
+    "rm_base_fewshot",
     "sft",
     "sft_t0.7",
     "ppo",
