@@ -74,7 +74,7 @@ def test_control_policy_samples_sft_at_the_control_temperature():
   assert [policies[n].seed for n in evaluate.POLICIES] == list(range(len(evaluate.POLICIES)))
 
 
-def test_rm_sized_base_rows_follow_the_base_rows():
+def test_rm_sized_base_rows_follow_the_base_rows(tmp_path):
   """The paper's Figure 1 rows: the RM-sized base model prompted and few-shot, read from
   rm_base's pretraining phase at the RM's shape, with seeds of their own."""
   cfg = ppo_config.get_config("tiny")
@@ -85,7 +85,7 @@ def test_rm_sized_base_rows_follow_the_base_rows():
   rows = {p.name: p for p in policies}
   assert {rows[n].stage for n in evaluate.RM_BASE_POLICIES} == {"rm_base/pretrain"}
   assert (rows["rm_base"].fewshot, rows["rm_base_fewshot"].fewshot) == (False, True)
-  ws = Workspace(cfg, "/nonexistent")
+  ws = Workspace(cfg, str(tmp_path))
   assert evaluate.model_config_of(ws, "rm_base/pretrain") == train_state.rm_lm_config(cfg)
   assert evaluate.model_config_of(ws, "pretrain") == ws.model_config()
 
