@@ -584,11 +584,12 @@ def format_report(
     ("inappropriate_rate", "inappr"),
     ("eos_rate", "eos"),
   )
-  lines = [f"{'policy':<14}{'win vs sft':>16}" + "".join(f"{h:>9}" for _, h in cols)]
+  width = max([14, *(len(name) + 1 for name in report["policies"])])
+  lines = [f"{'policy':<{width}}{'win vs sft':>16}" + "".join(f"{h:>9}" for _, h in cols)]
   for name, row in report["policies"].items():
     cells = "".join(_cell(row.get(c), 9) for c, _ in cols)
     win = _win_cell(row.get("win_rate_vs_sft"), row.get("win_rate_vs_sft_se"), 16)
-    lines.append(f"{name:<14}{win}{cells}")
+    lines.append(f"{name:<{width}}{win}{cells}")
   if any(row.get("kl_is_bound") for row in report["policies"].values()):
     lines.append("best-of-n rows (bon<n>_<selector>): KL is the bound log n - (n - 1) / n")
 
