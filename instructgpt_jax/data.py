@@ -840,7 +840,7 @@ def map_batches(
   from instructgpt_jax import multihost, sharding
 
   size = sharding.round_batch(batch_size, mesh, rules)
-  rows = multihost.local_rows(sharding.batch_sharding(mesh, rules, 1), size)
+  rows = sharding.process_rows(mesh, rules, size)
   with sharding.use_rules(mesh, rules):
     for batch in iterate_split_batches(arrays, size):
       local = {k: v[rows] for k, v in batch.items()}

@@ -218,7 +218,7 @@ def train(
   step reads but never changes (PPO's frozen reference and reward models); they are passed as
   arguments, not closed over, so they are not baked into the program or checkpointed.
   `batches` must have `get_state()`/`set_state()` (a grain iterator) so the data position is
-  checkpointed; it yields this process's rows of each global batch (`Workspace.local_rows`),
+  checkpointed; it yields this process's rows of each global batch (`Workspace.batches`),
   which `rules`' "batch" entry places on the mesh. Returns the final state and every logged
   metric row of the run (rows written before a resume included, read back from metrics.jsonl),
   so summaries do not depend on whether the run was interrupted.

@@ -27,7 +27,6 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from instructgpt_jax import data as data_lib
 from instructgpt_jax import inputs, loop, losses, objectives, sampling, sharding, train_state
 from instructgpt_jax import model as model_lib
 from instructgpt_jax.workspace import Workspace
@@ -358,18 +357,8 @@ def train_variant(
   state, shardings = init_state(ws.config, s, ws.mesh, ws.rules, sft_params, rm_params)
   updates = cfg.epochs * s.num_minibatches
   batches = PPOBatches(
-    data_lib.make_batches(
-      prompts,
-      cfg.rollout_batch_size,
-      seed=seed + 1,
-      local_rows=ws.local_rows(cfg.rollout_batch_size),
-    ),
-    data_lib.make_batches(
-      ptx_arrays,
-      updates * cfg.ptx_batch_size,
-      seed=seed + 2,
-      local_rows=ws.local_rows(updates * cfg.ptx_batch_size),
-    ),
+    ws.batches(prompts, cfg.rollout_batch_size, seed=seed + 1),
+    ws.batches(ptx_arrays, updates * cfg.ptx_batch_size, seed=seed + 2),
   )
   state, rows = loop.train(
     name=variant,

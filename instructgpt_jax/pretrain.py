@@ -13,7 +13,6 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
-from instructgpt_jax import data as data_lib
 from instructgpt_jax import inputs, loop, objectives, train_state
 from instructgpt_jax.workspace import Workspace
 
@@ -63,9 +62,7 @@ def run(ws: Workspace) -> dict[str, Any]:
   cfg = ws.config.pretrain
   arrays = inputs.lm_arrays(ws, "train")
   state, shardings = init_state(ws.config, ws.mesh, ws.rules, cfg.steps)
-  batches = data_lib.make_batches(
-    arrays, cfg.batch_size, seed=ws.config.seed, local_rows=ws.local_rows(cfg.batch_size)
-  )
+  batches = ws.batches(arrays, cfg.batch_size, seed=ws.config.seed)
   state, rows = loop.train(
     name="pretrain",
     stage_dir=ws.stage_dir("pretrain"),

@@ -19,7 +19,6 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from instructgpt_jax import data as data_lib
 from instructgpt_jax import inputs, loop, losses, multihost, objectives, scoring, train_state
 from instructgpt_jax.workspace import Workspace
 
@@ -102,9 +101,7 @@ def run(ws: Workspace) -> dict[str, Any]:
     ws.config, ws.mesh, ws.rules, steps, ws.load_params(cfg.init_from, init_cfg)
   )
   train = {k: arrays[k] for k in ("tokens", "mask", "ranks")}
-  batches = data_lib.make_batches(
-    train, cfg.batch_size, seed=ws.config.seed + 21, local_rows=ws.local_rows(cfg.batch_size)
-  )
+  batches = ws.batches(train, cfg.batch_size, seed=ws.config.seed + 21)
   state, rows = loop.train(
     name="rm",
     stage_dir=ws.stage_dir("rm"),

@@ -209,12 +209,7 @@ def _train_phase(
     state=state,
     state_shardings=shardings,
     step_fn=train_step,
-    batches=data_lib.make_batches(
-      arrays,
-      cfg.batch_size,
-      seed=ws.config.seed + data_seed,
-      local_rows=ws.local_rows(cfg.batch_size),
-    ),
+    batches=ws.batches(arrays, cfg.batch_size, seed=ws.config.seed + data_seed),
     total_steps=steps,
     mesh=ws.mesh,
     rules=ws.rules,

@@ -15,7 +15,6 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
-from instructgpt_jax import data as data_lib
 from instructgpt_jax import inputs, loop, objectives, scoring, train_state
 from instructgpt_jax.workspace import Workspace
 
@@ -65,9 +64,7 @@ def run(ws: Workspace) -> dict[str, Any]:
   model_cfg = model_config(ws.config)
   params = ws.load_params("pretrain", model_cfg)
   state, shardings = init_state(ws.config, ws.mesh, ws.rules, steps, params)
-  batches = data_lib.make_batches(
-    arrays, cfg.batch_size, seed=ws.config.seed + 10, local_rows=ws.local_rows(cfg.batch_size)
-  )
+  batches = ws.batches(arrays, cfg.batch_size, seed=ws.config.seed + 10)
   state, rows = loop.train(
     name="sft",
     stage_dir=ws.stage_dir("sft"),

@@ -22,6 +22,8 @@ import numpy as np
 from absl import logging
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from instructgpt_jax import multihost
+
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 BATCH = "batch"  # The logical name of a batch's leading axis (data-parallel placement).
@@ -180,6 +182,12 @@ def batch_sharding(mesh: Mesh, rules: Rules, ndim: int = 2) -> NamedSharding:
   """Leading axis placed by the "batch" rule, the rest replicated."""
   axes = batch_axes(rules)
   return NamedSharding(mesh, PartitionSpec(axes or None, *([None] * (ndim - 1))))
+
+
+def process_rows(mesh: Mesh, rules: Rules, global_rows: int) -> slice:
+  """The rows of a global batch of `global_rows`, placed by the "batch" rule, that this process
+  feeds (all of them on one process)."""
+  return multihost.local_rows(batch_sharding(mesh, rules, 1), global_rows)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -195,10 +195,11 @@ class Workspace:
       self._tokenizer.check_vocab(self.config.model.vocab_size)
     return self._tokenizer
 
-  def local_rows(self, batch_size: int) -> slice:
-    """The rows of each global batch of `batch_size` that this process feeds (all of them on
-    one process); pass to `data.make_batches(..., local_rows=...)`."""
-    return multihost.local_rows(sharding.batch_sharding(self.mesh, self.rules, 1), batch_size)
+  def batches(self, arrays: Any, batch_size: int, seed: int) -> Any:
+    """`data.make_batches` of global batches of `batch_size`, yielding the rows this process
+    feeds (`sharding.process_rows`; all of them on one process)."""
+    rows = sharding.process_rows(self.mesh, self.rules, batch_size)
+    return data_lib.make_batches(arrays, batch_size, seed=seed, local_rows=rows)
 
   # Models --------------------------------------------------------------------------------------
 
