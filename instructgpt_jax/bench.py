@@ -235,19 +235,21 @@ def flops_per_token(cfg: model_lib.ModelConfig, seq: int) -> tuple[int, int]:
   return 6 * n_nonemb + attn, 6 * n_nonemb + attn + lmhead
 
 
-def _forward_flops(cfg: model_lib.ModelConfig, rows: int, seq: int, head_positions: int) -> float:
-  """Matmul FLOPs of a forward pass over [rows, seq] (2N + attention per token, the accounting
-  of `flops_per_token`) with the LM head on `head_positions` positions of each row."""
-  per_token = 2 * cfg.num_params(include_embeddings=False) + 4 * cfg.num_layers * seq * cfg.d_model
+def _forward_flops(
+  cfg: model_lib.ModelConfig, rows: int, seq: int, head_positions: int, keys: int | None = None
+) -> float:
+  """Matmul FLOPs of a forward pass over [rows, seq] (2N + attention over `keys` positions per
+  token, default `seq`: the accounting of `flops_per_token`) with the LM head on
+  `head_positions` positions of each row."""
+  keys = seq if keys is None else keys
+  per_token = 2 * cfg.num_params(include_embeddings=False) + 4 * cfg.num_layers * keys * cfg.d_model
   return rows * (seq * per_token + head_positions * 2 * cfg.vocab_size * cfg.d_model)
 
 
 def _sampling_flops(cfg: model_lib.ModelConfig, rows: int, prompt: int, new: int) -> float:
-  """A prefill with the head at the last position, then one decode step per further token."""
-  decode = sum(
-    _forward_flops(cfg, rows, 1, 1) + rows * 4 * cfg.num_layers * (prompt + i) * cfg.d_model
-    for i in range(new - 1)
-  )
+  """A prefill with the head at the last position, then one decode step per further token
+  (one query attending to the cache so far)."""
+  decode = sum(_forward_flops(cfg, rows, 1, 1, keys=prompt + i) for i in range(new - 1))
   return _forward_flops(cfg, rows, prompt, 1) + decode
 
 
