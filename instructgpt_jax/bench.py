@@ -383,7 +383,7 @@ def ppo_setup(p: dict[str, Any], ptx_coef: float = 27.8):
   mesh = one_device_mesh()
   state, shardings = ppo.init_state(config, s, mesh, sharding.DEFAULT_RULES)
   ref_params = jax.tree.map(jnp.copy, state.policy.params)
-  rm_params = jax.tree.map(jnp.copy, state.value.params)
+  rm_params = (jax.tree.map(jnp.copy, state.value.params),)  # A one-member RM ensemble.
   ptx_rows, ptx_len = config.ppo.ptx_batch_size, P + N
   g = np.random.default_rng(5)
   batch = {
@@ -402,7 +402,7 @@ def jit_ppo_iteration(s: Any, shardings: Any, mesh) -> Callable:
     pipeline.stage_module("ppo").make_step(s),
     shardings,
     mesh,
-    const_shardings=(shardings.policy.params, shardings.value.params),
+    const_shardings=(shardings.policy.params, (shardings.value.params,)),  # One RM member.
   )
 
 
@@ -440,7 +440,7 @@ def bench_ppo(p: dict[str, Any], ptx_coef: float = 27.8) -> dict[str, float]:
     logp_fn = jax.jit(lambda params, t, m: ppo.policy_logprobs(params, s, t, m))
     value_fn = jax.jit(lambda params, t, m: ppo.value_estimates(params, s, t, m))
     apply_v = model_lib.Transformer(s.value_cfg).apply
-    reward_fn = jax.jit(lambda params, t, m: objectives.sequence_rewards(params, apply_v, t, m))
+    reward_fn = jax.jit(lambda params, t, m: objectives.ensemble_rewards(params, apply_v, t, m))
     if s.ppo.recompute_logprobs:  # Otherwise the rollout uses the sampler's log-probs.
       parts["score_policy_logprobs"] = time_calls(lambda: logp_fn(pp, tok, msk), warm, iters)
     parts["score_reference"] = time_calls(lambda: logp_fn(ref_params, tok, msk), warm, iters)

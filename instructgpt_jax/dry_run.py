@@ -125,15 +125,17 @@ def build(config: ml_collections.ConfigDict, mesh=None):
       mesh,
       rules,
     )
+    members = config.rm.ensemble  # The reward model's members, each the value's shape.
     jitted = train_state.jit_step(
       stage_lib.make_step(s),
       shardings,
       mesh,
-      const_shardings=(shardings.policy.params, shardings.value.params),
+      const_shardings=(shardings.policy.params, (shardings.value.params,) * members),
     )
-    args = (state, batch, _key_struct(), state.policy.params, state.value.params)
+    args = (state, batch, _key_struct(), state.policy.params, (state.value.params,) * members)
     info.update(
       params={"policy": _count(state.policy.params), "value": _count(state.value.params)},
+      rm_members=members,
       rollout_batch=b,
       prompt_len=d.prompt_len,
       response_len=d.response_len,

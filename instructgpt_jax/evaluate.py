@@ -311,9 +311,8 @@ def _best_of_n_pool(
   if _has_params(ws, "rm"):
     rm_cfg = train_state.rm_model_config(ws.config)
     tokens, mask = _with_prompts(prompt_enc, response, n)
-    rm_params = ws.load_params("rm", rm_cfg)
     rm_scores = scoring.score_with(
-      ws, scoring.reward_fn(rm_cfg), rm_params, tokens, mask, cfg.batch_size
+      ws, scoring.ensemble_reward_fn(rm_cfg), ws.load_reward_model(), tokens, mask, cfg.batch_size
     )
     rm_scores = rm_scores.reshape(-1, n).tolist()
   rows = lambda x: np.asarray(x).reshape(len(prompts), n).tolist()
@@ -530,6 +529,10 @@ def run(ws: Workspace) -> dict[str, Any]:
       # The SFT policy's own likelihood as a judge, when the RM starts from another model.
       "sft_likelihood_baseline": rm_done.get("heldout", {}).get("sft_likelihood_baseline"),
       "init_from": rm_done.get("init_from"),
+      # With `rm.ensemble` > 1 the accuracies above are the members' mean reward's; each
+      # member's own held-out accuracy is listed here.
+      "ensemble": rm_done.get("ensemble", 1),
+      "member_accuracies": [m["heldout"]["accuracy"] for m in rm_done.get("members", [])],
     },
     "policies": policies,
     "num_prompts": len(prompts),
@@ -617,4 +620,7 @@ def format_report(
     f"{fmt('labeler_agreement')}; ranking by the RM's initial model's likelihood: "
     f"{fmt('likelihood_baseline')}"
   )
+  if rm_.get("member_accuracies"):
+    members = ", ".join(f"{a:.3f}" for a in rm_["member_accuracies"])
+    lines.append(f"  (the mean of {rm_['ensemble']} reward models; each alone: {members})")
   return "\n".join(lines)

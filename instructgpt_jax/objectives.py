@@ -10,7 +10,7 @@ here, so a forked SFT loss never changes PPO-ptx.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -105,6 +105,17 @@ def sequence_rewards(
   values = apply_fn({"params": params}, tokens, mask)
   idx, _ = losses.last_valid_index(mask)
   return jnp.take_along_axis(values, idx[:, None], axis=1)[:, 0]
+
+
+def ensemble_rewards(
+  members: Sequence[Any], apply_fn: Callable, tokens: jax.Array, mask: jax.Array
+) -> jax.Array:
+  """The mean of `sequence_rewards` over the parameter trees of an RM ensemble (each member's
+  demonstrations already score mean 0, so the mean does too). [batch, seq] -> [batch]."""
+  if not members:
+    raise ValueError("An RM ensemble needs at least one member.")
+  rewards = [sequence_rewards(p, apply_fn, tokens, mask) for p in members]
+  return sum(rewards[1:], rewards[0]) / len(rewards)
 
 
 def span_values(

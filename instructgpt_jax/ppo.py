@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import flax.struct
@@ -169,13 +170,14 @@ def value_estimates(params: Any, s: PPOSettings, tokens: jax.Array, mask: jax.Ar
 def rollout(
   state: PPOState,
   ref_params: Any,
-  rm_params: Any,
+  rm_params: Sequence[Any],
   prompts: jax.Array,
   prompt_mask: jax.Array,
   rng: jax.Array,
   s: PPOSettings,
 ) -> dict[str, jax.Array]:
-  """Samples responses and scores them. Every per-token entry is [batch, R]."""
+  """Samples responses and scores them; the score is the mean reward of the RM ensemble's
+  members `rm_params` (one tree unless `rm.ensemble` > 1). Every per-token entry is [batch, R]."""
   out = sampling.generate(
     state.policy.params,
     s.policy_cfg,
@@ -195,7 +197,7 @@ def rollout(
     logp = _response_slice(out.logprobs, s)
   ref_logp = policy_logprobs(ref_params, s, tokens, mask)
   values = value_estimates(state.value.params, s, tokens, mask)
-  raw_score = objectives.sequence_rewards(
+  raw_score = objectives.ensemble_rewards(
     rm_params, model_lib.Transformer(s.value_cfg).apply, tokens, mask
   )
   score = raw_score
@@ -289,7 +291,7 @@ def ppo_iteration(
   batch: dict[str, jax.Array],
   rng: jax.Array,
   ref_params: Any,
-  rm_params: Any,
+  rm_params: Sequence[Any],
   s: PPOSettings,
 ) -> tuple[PPOState, dict[str, jax.Array]]:
   """One PPO iteration: `new_state, metrics = ppo_iteration(state, batch, rng, ref, rm, s)`.
@@ -353,8 +355,8 @@ def train_variant(
   s = make_settings(ws.config, tok.eos_id, tok.pad_id, variant)
   seed = ws.config.seed + 100
   sft_params = ws.load_params("sft", s.policy_cfg)
-  rm_params = ws.load_params("rm", s.value_cfg)
-  state, shardings = init_state(ws.config, s, ws.mesh, ws.rules, sft_params, rm_params)
+  rm_params = ws.load_reward_model()  # The ensemble's members; the value starts from the first.
+  state, shardings = init_state(ws.config, s, ws.mesh, ws.rules, sft_params, rm_params[0])
   updates = cfg.epochs * s.num_minibatches
   batches = PPOBatches(
     ws.batches(prompts, cfg.rollout_batch_size, seed=seed + 1),
@@ -373,7 +375,7 @@ def train_variant(
     seed=seed + 3,
     loop_cfg=cfg,
     const_args=(sft_params, rm_params),
-    const_shardings=(shardings.policy.params, shardings.value.params),
+    const_shardings=(shardings.policy.params, (shardings.value.params,) * len(rm_params)),
   )
   ws.save_params(f"ppo/{variant}", state.policy.params, s.policy_cfg)
   summary = {"iterations": cfg.iterations, "ptx_coef": s.ppo.ptx_coef}

@@ -19,11 +19,21 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from instructgpt_jax import inputs, loop, losses, multihost, objectives, scoring, train_state
+from instructgpt_jax import (
+  inputs,
+  loop,
+  losses,
+  multihost,
+  objectives,
+  scoring,
+  train_state,
+  workspace,
+)
 from instructgpt_jax.workspace import Workspace
 
 SCALAR_HEAD = "scalar_head"
 HELD_OUT_KEYS = ("tokens", "mask", "ranks", "slots")
+MEMBER_SEED_STRIDE = 1000  # Members' seeds lie this far apart, clear of the stages' offsets.
 
 
 def loss_fn(
@@ -55,6 +65,12 @@ def trunk_with_scalar_head(lm_params: dict[str, Any], fresh_scalar: dict[str, An
   return params
 
 
+def member_seed(config: ml_collections.ConfigDict, member: int) -> int:
+  """The seed of ensemble member `member`: its head's initialisation and its batch order.
+  Member 0 uses `config.seed` itself, so a one-member RM is the RM without an ensemble."""
+  return config.seed + MEMBER_SEED_STRIDE * member
+
+
 def init_state(
   config: ml_collections.ConfigDict,
   mesh: Mesh,
@@ -62,14 +78,16 @@ def init_state(
   total_steps: int,
   lm_params: Any | None = None,
   *,
+  member: int = 0,
   abstract: bool = False,
 ) -> tuple[train_state.TrainState, Any]:
   """The reward model on the mesh: `lm_params`' trunk (host or device arrays) and a fresh scalar
-  head (N(0, 1/sqrt(d+1)), RLHF-NOTES 3.5); returns (state, shardings)."""
+  head (N(0, 1/sqrt(d+1)), RLHF-NOTES 3.5), drawn from ensemble member `member`'s seed; returns
+  (state, shardings)."""
   cfg, rm_cfg = config.rm, train_state.rm_model_config(config)
   params = None
   if lm_params is not None:
-    fresh = train_state.boxed_params(rm_cfg, jax.random.key(config.seed + 20))
+    fresh = train_state.boxed_params(rm_cfg, jax.random.key(member_seed(config, member) + 20))
     params = trunk_with_scalar_head(
       multihost.fetch(lm_params), multihost.fetch(nn.meta.unbox(fresh))
     )
@@ -89,30 +107,33 @@ def _check_rm_base_trained(ws: Workspace) -> None:
     )
 
 
-def run(ws: Workspace) -> dict[str, Any]:
-  cfg = ws.config.rm
-  init_cfg, rm_cfg = train_state.rm_init_config(ws.config), train_state.rm_model_config(ws.config)
-  if cfg.init_from == "rm_base":
-    _check_rm_base_trained(ws)
-  arrays = inputs.comparison_arrays(ws, "train")
-  n = int(arrays["tokens"].shape[0])
-  steps = loop.steps_for_epochs(n, cfg.batch_size, cfg.epochs)
+def train_member(
+  ws: Workspace, member: int, train: dict[str, np.ndarray], steps: int
+) -> tuple[Any, dict[str, Any]]:
+  """Trains ensemble member `member` into its stage directory (`rm_member_stage`) and folds in
+  the bias that makes the demonstrations score mean 0; returns (params on the mesh, summary)."""
+  cfg, rm_cfg = ws.config.rm, train_state.rm_model_config(ws.config)
+  stage = workspace.rm_member_stage(member)
+  seed = member_seed(ws.config, member)
   state, shardings = init_state(
-    ws.config, ws.mesh, ws.rules, steps, ws.load_params(cfg.init_from, init_cfg)
+    ws.config,
+    ws.mesh,
+    ws.rules,
+    steps,
+    ws.load_params(cfg.init_from, train_state.rm_init_config(ws.config)),
+    member=member,
   )
-  train = {k: arrays[k] for k in ("tokens", "mask", "ranks")}
-  batches = ws.batches(train, cfg.batch_size, seed=ws.config.seed + 21)
   state, rows = loop.train(
-    name="rm",
-    stage_dir=ws.stage_dir("rm"),
+    name="rm" if member == 0 else f"rm member {member}",
+    stage_dir=ws.stage_dir(stage),
     state=state,
     state_shardings=shardings,
     step_fn=train_step,
-    batches=batches,
+    batches=ws.batches(train, cfg.batch_size, seed=seed + 21),
     total_steps=steps,
     mesh=ws.mesh,
     rules=ws.rules,
-    seed=ws.config.seed + 22,
+    seed=seed + 22,
     loop_cfg=cfg,
   )
   # Normalise: demonstrations score mean 0 (paper C.2), folded into the head's bias so every
@@ -124,43 +145,104 @@ def run(ws: Workspace) -> dict[str, Any]:
   bias = float(losses.rm_normalization_bias(demo_rewards))
   params = multihost.fetch(state.params)
   params[SCALAR_HEAD]["bias"] = params[SCALAR_HEAD]["bias"] + bias
-  placed = ws.save_params("rm", params, rm_cfg)
-
-  summary: dict[str, Any] = {
-    "init_from": cfg.init_from,
-    "params": rm_cfg.num_params(),
-    "steps": steps,
-    "comparisons": n,
+  summary = {
+    "seed": seed,
     "demo_bias": bias,
     "demo_reward_std": float(np.std(demo_rewards)),
+    "train_accuracy": rows[-1]["accuracy"] if rows else None,
   }
-  held_out = [inputs.comparison_arrays(ws, s) for s in ("validation", "test")]
+  return ws.save_params(stage, params, rm_cfg), summary
+
+
+def load_or_train_member(
+  ws: Workspace, member: int, train: dict[str, np.ndarray], steps: int
+) -> tuple[Any, dict[str, Any]]:
+  """A member finished by an earlier (preempted) run of this stage is read back, not retrained.
+  Member 0's record is the stage's own DONE file, so it is always trained here."""
+  member_dir = ws.stage_dir(workspace.rm_member_stage(member))
+  done = loop.stage_done(member_dir) if member else None
+  if done is not None:
+    return ws.load_params(
+      workspace.rm_member_stage(member), train_state.rm_model_config(ws.config)
+    ), done
+  params, summary = train_member(ws, member, train, steps)
+  if member:
+    loop.mark_done(member_dir, summary)
+  return params, summary
+
+
+def held_out_accuracy(
+  ws: Workspace, members: tuple[Any, ...], splits: tuple[str, ...] = ("validation", "test")
+) -> dict[str, Any]:
+  """The RM's accuracy on the held-out users' comparisons (`splits`), on all pairs ("heldout")
+  and on SFT-only pairs ("heldout_sft_only"), for the ensemble (the mean reward) and, with more
+  than one member, for each member alone ("members"); {} without held-out comparisons."""
+  held_out = [inputs.comparison_arrays(ws, s) for s in splits]
   held_out = [a for a in held_out if a["tokens"].shape[0]]
-  if held_out:
-    merged = {k: np.concatenate([a[k] for a in held_out]) for k in HELD_OUT_KEYS}
-    merged["sources"] = [s for a in held_out for s in a["sources"]]
-    pairs = {k: merged[k] for k in ("tokens", "mask", "ranks")}
-    # The paper's SFT-only accuracy: pairs whose two responses were both sampled from SFT at
-    # temperature 1 (as PPO's first samples are). Absent when the file does not record sources.
-    sft_ranks = inputs.ranks_among(merged, inputs.SFT_SOURCE)
-    has_sft_pairs = ((sft_ranks >= 0).sum(axis=1) >= 2) & (sft_ranks.max(axis=1) > sft_ranks.min(1))
-    sft_pairs = {**{k: pairs[k][has_sft_pairs] for k in pairs}, "ranks": sft_ranks[has_sft_pairs]}
-    reward = scoring.reward_fn(rm_cfg)
-    summary["heldout"] = scoring.pairwise_accuracy(ws, reward, placed, pairs)
+  if not held_out:
+    return {}
+  merged = {k: np.concatenate([a[k] for a in held_out]) for k in HELD_OUT_KEYS}
+  merged["sources"] = [s for a in held_out for s in a["sources"]]
+  # The paper's SFT-only accuracy: pairs whose two responses were both sampled from SFT at
+  # temperature 1 (as PPO's first samples are). Absent when the file does not record sources.
+  sft_ranks = inputs.ranks_among(merged, inputs.SFT_SOURCE)
+  has_sft_pairs = ((sft_ranks >= 0).sum(axis=1) >= 2) & (sft_ranks.max(axis=1) > sft_ranks.min(1))
+  reward = scoring.reward_fn(train_state.rm_model_config(ws.config))
+  # One pass per member; the ensemble's scores are their mean, as `ensemble_rewards` computes.
+  scores = [scoring.comparison_scores(ws, reward, p, merged) for p in members]
+
+  def accuracies(s: np.ndarray) -> dict[str, Any]:
+    out = {"heldout": scoring.ranking_accuracy(s, merged["ranks"])}
     if has_sft_pairs.any():
-      summary["heldout_sft_only"] = scoring.pairwise_accuracy(ws, reward, placed, sft_pairs)
-    # The baseline an RM should beat: ranking by the log-likelihood under the model it starts
-    # from. Reloaded here rather than kept through training: one model in memory at a time.
-    init_params = ws.load_params(cfg.init_from, init_cfg)
-    summary["heldout"]["likelihood_baseline"] = scoring.pairwise_accuracy(
-      ws, scoring.loglik_fn(ws, init_cfg), init_params, pairs
+      out["heldout_sft_only"] = scoring.ranking_accuracy(s[has_sft_pairs], sft_ranks[has_sft_pairs])
+    return out
+
+  summary = accuracies(np.mean(scores, axis=0))
+  if len(members) > 1:
+    summary["members"] = [accuracies(s) for s in scores]
+  pairs = {k: merged[k] for k in ("tokens", "mask", "ranks")}
+  cfg, init_cfg = ws.config.rm, train_state.rm_init_config(ws.config)
+  # The baseline an RM should beat: ranking by the log-likelihood under the model it starts
+  # from. Reloaded here rather than kept through training: one model in memory at a time.
+  summary["heldout"]["likelihood_baseline"] = scoring.pairwise_accuracy(
+    ws, scoring.loglik_fn(ws, init_cfg), ws.load_params(cfg.init_from, init_cfg), pairs
+  )["accuracy"]
+  if cfg.init_from != "sft":
+    # The SFT policy's own likelihood, the judge the RM failed to beat before (notes of
+    # 2026-11-30), reported whatever the RM starts from.
+    sft_cfg = ws.model_config()
+    summary["heldout"]["sft_likelihood_baseline"] = scoring.pairwise_accuracy(
+      ws, scoring.loglik_fn(ws, sft_cfg), ws.load_params("sft", sft_cfg), pairs
     )["accuracy"]
-    if cfg.init_from != "sft":
-      # The SFT policy's own likelihood, the judge the RM failed to beat before (notes of
-      # 2026-11-30), reported whatever the RM starts from.
-      sft_cfg = ws.model_config()
-      summary["heldout"]["sft_likelihood_baseline"] = scoring.pairwise_accuracy(
-        ws, scoring.loglik_fn(ws, sft_cfg), ws.load_params("sft", sft_cfg), pairs
-      )["accuracy"]
-  summary["train"] = {"accuracy": rows[-1]["accuracy"]} if rows else {}
+  return summary
+
+
+def run(ws: Workspace) -> dict[str, Any]:
+  cfg = ws.config.rm
+  if cfg.ensemble < 1:
+    raise ValueError(f"rm.ensemble={cfg.ensemble}: the reward model needs at least one member.")
+  if cfg.init_from == "rm_base":
+    _check_rm_base_trained(ws)
+  arrays = inputs.comparison_arrays(ws, "train")
+  n = int(arrays["tokens"].shape[0])
+  steps = loop.steps_for_epochs(n, cfg.batch_size, cfg.epochs)
+  train = {k: arrays[k] for k in ("tokens", "mask", "ranks")}
+  trained = [load_or_train_member(ws, i, train, steps) for i in range(cfg.ensemble)]
+  first = trained[0][1]
+  summary: dict[str, Any] = {
+    "init_from": cfg.init_from,
+    "params": train_state.rm_model_config(ws.config).num_params(),
+    "ensemble": cfg.ensemble,
+    "steps": steps,
+    "comparisons": n,
+    "demo_bias": first["demo_bias"],
+    "demo_reward_std": first["demo_reward_std"],
+  }
+  summary.update(held_out_accuracy(ws, tuple(params for params, _ in trained)))
+  if cfg.ensemble > 1:  # Each member's seed, bias and own accuracy (when there are held-out pairs).
+    accuracies = summary.get("members") or [{} for _ in trained]
+    summary["members"] = [{**acc, **member} for acc, (_, member) in zip(accuracies, trained)]
+  summary["train"] = (
+    {"accuracy": first["train_accuracy"]} if first["train_accuracy"] is not None else {}
+  )
   return summary

@@ -53,6 +53,13 @@ def reward_fn(model_cfg: model_lib.ModelConfig) -> ScoreFn:
   return lambda params, tokens, mask: objectives.sequence_rewards(params, apply_fn, tokens, mask)
 
 
+def ensemble_reward_fn(model_cfg: model_lib.ModelConfig) -> ScoreFn:
+  """An RM ensemble's mean reward; its `params` argument is the sequence of members'
+  parameter trees (`Workspace.load_reward_model`)."""
+  apply_fn = model_lib.Transformer(model_cfg).apply
+  return lambda members, tokens, mask: objectives.ensemble_rewards(members, apply_fn, tokens, mask)
+
+
 def loglik_fn(ws: Workspace, lm_cfg: model_lib.ModelConfig, temperature: float = 1.0) -> ScoreFn:
   """log p(response | prompt) under a language model, where the response occupies positions
   [prompt_len, prompt_len + response_len) of the project layout."""
@@ -80,6 +87,24 @@ def score_with(
     )
   ]
   return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+
+def comparison_scores(
+  ws: Workspace, score_fn: ScoreFn, params: Any, arrays: dict[str, Any], batch_size: int = 64
+) -> np.ndarray:
+  """`score_fn` with `params` on every response slot of comparisons tokens/mask [N, K, seq]
+  (absent slots too, which `ranks` -1 leaves out of any accuracy); returns [N, K]."""
+  n, k, t = arrays["tokens"].shape
+  flat = [arrays[key].reshape(n * k, t) for key in ("tokens", "mask")]
+  return score_with(ws, score_fn, params, *flat, batch_size).reshape(n, k)
+
+
+def ranking_accuracy(scores: np.ndarray, ranks: np.ndarray) -> dict[str, float]:
+  """How well scores [N, K] order the comparisons ranks [N, K] (-1 absent): pair-weighted
+  accuracy (a score tie counts as wrong), the prompt-mean pairwise loss and the pair count, as
+  `pairwise_accuracy` gives them."""
+  _, m = losses.pairwise_rm_loss(scores, ranks)
+  return {"accuracy": float(m["accuracy"]), "loss": float(m["loss"]), "pairs": int(m["num_pairs"])}
 
 
 def pairwise_accuracy(

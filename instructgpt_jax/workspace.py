@@ -41,6 +41,13 @@ OPTIONAL_KINDS = ("nlp_tasks",)  # Kinds a data set of your own may leave out.
 DATA_KINDS = {"eval_prompts": "prompts", "rm_prompts": "prompts", "nlp_tasks": "demonstrations"}
 
 
+def rm_member_stage(member: int) -> str:
+  """The stage directory of reward-model ensemble member `member` (`rm.ensemble`): member 0 is
+  "rm" itself (what the value function starts from and `export_hf` writes), member i > 0 lives
+  in "rm/member_<i>", so redoing the rm stage removes every member."""
+  return "rm" if member == 0 else f"rm/member_{member}"
+
+
 def with_imported_base(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """`config` itself, or, with `model.init = "hf:/dir"`, a copy whose `config.model` holds the
   checkpoint's shape, so every model config built from it (policy, reward model, value) agrees
@@ -225,6 +232,13 @@ class Workspace:
       jax.eval_shape(lambda r: train_state.boxed_params(model_cfg, r), jax.random.key(0))
     )
     return checkpoint.restore_params(directory, checkpoint.abstract_like(abstract, shardings))
+
+  def load_reward_model(self) -> tuple[Any, ...]:
+    """The reward model's `rm.ensemble` members (one by default), each a parameter tree placed
+    on this run's mesh; the reward is their mean (`objectives.ensemble_rewards`)."""
+    cfg = train_state.rm_model_config(self.config)
+    members = int((self.config.get("rm") or {}).get("ensemble", 1))
+    return tuple(self.load_params(rm_member_stage(i), cfg) for i in range(members))
 
   def save_params(self, stage: str, params: Any, model_cfg: model_lib.ModelConfig) -> Any:
     """Writes a stage's final parameters to `<stage>/final` (read back by `load_params`) and

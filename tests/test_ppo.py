@@ -40,7 +40,7 @@ def _setup(ptx_coef=0.0, lr=3e-3, **ppo_overrides):
     "mask": np.ones_like(ptx),
     "loss_mask": np.ones_like(ptx),
   }
-  return state, batch, jax.jit(ppo.make_step(s)), policy_params, rm_params, s
+  return state, batch, jax.jit(ppo.make_step(s)), policy_params, (rm_params,), s
 
 
 def test_ppo_raises_the_reward_model_score():
@@ -97,10 +97,10 @@ def test_ppo_iteration_on_a_2x2x2_mesh_equals_one_device():
     mesh = sharding.make_mesh(shape)
     state, sh = ppo.init_state(config, s, mesh, rules, policy_params, rm_params)
     step = train_state.jit_step(
-      ppo.make_step(s), sh, mesh, const_shardings=(sh.policy.params, sh.value.params)
+      ppo.make_step(s), sh, mesh, const_shardings=(sh.policy.params, (sh.value.params,))
     )
     ref = train_state.place_params(policy_params, s.policy_cfg, mesh, rules)
-    rm = train_state.place_params(rm_params, s.value_cfg, mesh, rules)
+    rm = (train_state.place_params(rm_params, s.value_cfg, mesh, rules),)
     with sharding.use_rules(mesh, rules):
       for i in range(2):
         state, m = step(state, sharding.shard_batch(batch, mesh, rules), jax.random.key(i), ref, rm)
@@ -117,3 +117,24 @@ def test_ppo_iteration_on_a_2x2x2_mesh_equals_one_device():
     atol = 1e-2 if k.endswith("clipfrac") else 2e-5
     np.testing.assert_allclose(m8[k], m1[k], rtol=2e-4, atol=atol, err_msg=k)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), p8, p1)
+
+
+def test_rollout_score_is_the_mean_of_the_rm_ensemble():
+  """With two RM members the rollout's score is the mean of each member's score alone; the
+  samples (same key, same policy) are the same."""
+  state, batch, _, ref, (rm_a,), s = _setup()
+  rm_b = nn.meta.unbox(train_state.boxed_params(s.value_cfg, jax.random.key(7)))
+  roll = jax.jit(
+    lambda st, members: ppo.rollout(
+      st, ref, members, batch["prompts"], batch["prompt_mask"], jax.random.key(3), s
+    )
+  )
+  a, b, both = roll(state, (rm_a,)), roll(state, (rm_b,)), roll(state, (rm_a, rm_b))
+  np.testing.assert_array_equal(np.asarray(both["tokens"]), np.asarray(a["tokens"]))
+  assert not np.allclose(np.asarray(a["raw_score"]), np.asarray(b["raw_score"]))
+  np.testing.assert_allclose(
+    np.asarray(both["raw_score"]),
+    (np.asarray(a["raw_score"]) + np.asarray(b["raw_score"])) / 2,
+    rtol=1e-5,
+    atol=1e-6,
+  )

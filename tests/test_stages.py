@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -282,3 +283,56 @@ def test_rm_breakdown_covers_every_pair_with_a_gold_difference(tiny_run):
 def test_unknown_stage_lists_valid_ones():
   with pytest.raises(ValueError, match="valid stages"):
     pipeline.stages_to_run("rlhf")
+
+
+def test_rm_ensemble_trains_each_member_resumes_and_scores_the_mean(tiny_run, tmp_path):
+  """`rm.ensemble=2`: two members from their own seeds, each centred on the demonstrations; a
+  rerun after a crash reuses the finished member; the ensemble's accuracy is the mean reward's,
+  checked against the batched on-device pairwise accuracy."""
+  from instructgpt_jax import rm, scoring  # pylint: disable=import-outside-toplevel
+
+  ref, _ = tiny_run
+  workdir = str(tmp_path / "ensemble")
+  shutil.copytree(ref.workdir, workdir, ignore=shutil.ignore_patterns("rm", "ppo", "eval"))
+  ws = Workspace(tiny_config(**{"rm.ensemble": 2}), workdir)
+  summary = pipeline.run(ws, "rm")["rm"]
+  assert summary["ensemble"] == 2
+  member_dir = ws.stage_dir("rm/member_1")
+  record = loop.stage_done(member_dir)
+  assert record["seed"] == ws.config.seed + rm.MEMBER_SEED_STRIDE
+  assert [m["seed"] for m in summary["members"]] == [ws.config.seed, record["seed"]]
+  members = ws.load_reward_model()
+  assert len(members) == 2
+  cfg = train_state.rm_model_config(ws.config)
+  reward = scoring.reward_fn(cfg)
+  demos = inputs.sft_arrays(ws, "train")
+  for params in members:
+    assert (
+      abs(float(np.mean(scoring.score_with(ws, reward, params, demos["tokens"], demos["mask"]))))
+      < 1e-3
+    )
+  heads = [np.asarray(p[rm.SCALAR_HEAD]["kernel"]) for p in members]
+  assert not np.allclose(heads[0], heads[1])  # Different seeds, different models.
+
+  # Accuracy of the mean reward and of each member, on the train split (tiny has no held-out).
+  acc = rm.held_out_accuracy(ws, members, splits=("train",))
+  pairs = {
+    k: v
+    for k, v in inputs.comparison_arrays(ws, "train").items()
+    if k in ("tokens", "mask", "ranks")
+  }
+  expected = scoring.pairwise_accuracy(ws, scoring.ensemble_reward_fn(cfg), members, pairs)
+  assert acc["heldout"]["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-6)
+  assert acc["heldout"]["pairs"] == expected["pairs"]
+  for got, params in zip(acc["members"], members):
+    alone = scoring.pairwise_accuracy(ws, reward, params, pairs)["accuracy"]
+    assert got["heldout"]["accuracy"] == pytest.approx(alone, abs=1e-6)
+
+  # A crash after member 1 finished, before the stage did: the rerun reads member 1 back.
+  os.remove(os.path.join(ws.stage_dir("rm"), loop.DONE_FILE))
+  written = os.path.getmtime(os.path.join(member_dir, loop.DONE_FILE))
+  again = pipeline.run(Workspace(ws.config, workdir), "rm")["rm"]
+  assert os.path.getmtime(os.path.join(member_dir, loop.DONE_FILE)) == written
+  reread = ws.load_reward_model()
+  np.testing.assert_array_equal(np.asarray(reread[1][rm.SCALAR_HEAD]["kernel"]), heads[1])
+  assert again["ensemble"] == 2

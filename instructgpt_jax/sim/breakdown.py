@@ -142,8 +142,8 @@ def breakdown(
   judges = {
     "reward_model": lambda: scoring.score_with(
       ws,
-      scoring.reward_fn(rm_cfg),
-      ws.load_params("rm", rm_cfg),
+      scoring.ensemble_reward_fn(rm_cfg),
+      ws.load_reward_model(),
       enc["tokens"],
       enc["mask"],
     ),
