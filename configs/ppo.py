@@ -53,6 +53,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict(
     dict(
       num_prompts=800,  # Held-out prompts from held-out users (win-rate standard error <= 0.018).
+      # Which prompts: "eval" (the report: held-out users' eval prompts, held-out labelers) or
+      # "ppo_heldout" (the PPO pool's validation + test users, the training labelers; writes
+      # report_ppo_heldout.json): choose settings there, never on the report's prompts.
+      prompts="eval",
       temperature=1.0,  # Every policy is sampled at this temperature (but the control).
       # SFT sampled cooler, a control row ("sft_t0.7"): part of an RL gain may be lower
       # randomness alone. None: no control.

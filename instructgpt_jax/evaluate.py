@@ -65,6 +65,14 @@ CONTROL_SEED, BEST_OF_N_SEED = 5, 6  # After the five policies' 0..4.
 RM_BASE_SEEDS = (7, 8)
 JUDGE_SEED_OFFSET = 50
 BEST_OF_N_BY = ("rm", "gold")
+# eval.prompts -> (prompt file kind, its splits). "eval": the eval prompts of held-out users, the
+# report. "ppo_heldout": the PPO pool's validation and test splits (users PPO never trained on),
+# judged by the training labelers: where settings are chosen without the report's prompts.
+PROMPT_SETS = {
+  "eval": ("eval_prompts", data_lib.SPLITS),
+  "ppo_heldout": ("prompts", ("validation", "test")),
+}
+REPORT_FILES = {"eval": "report.json", "ppo_heldout": "report_ppo_heldout.json"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -429,7 +437,8 @@ def _eval_prompts(ws: Workspace, world: Any) -> tuple[list[str], list[str], str,
   prompts were dropped: those that fit the context alone and after the few-shot prefix (the
   paper drops over-long prompts too); the rest are counted."""
   cfg, tok = ws.config.eval, ws.tokenizer()
-  recs = [r for split in data_lib.SPLITS for r in ws.records("eval_prompts", split)]
+  kind, splits = PROMPT_SETS[cfg.prompts]
+  recs = [r for split in splits for r in ws.records(kind, split)]
   prefix = world.fewshot_prefix(cfg.fewshot_examples)
   texts = [r["prompt"] for r in recs]
   plain = set(data_lib.encode_prompts(tok, texts, ws.config.data.prompt_len).kept.tolist())
@@ -456,8 +465,13 @@ def run(ws: Workspace) -> dict[str, Any]:
     )
   if any(int(n) != n or n < 1 for n in cfg.best_of_n):
     raise ValueError(f"eval.best_of_n={tuple(cfg.best_of_n)}: every n must be an integer >= 1")
+  if cfg.prompts not in PROMPT_SETS:
+    raise ValueError(f"eval.prompts={cfg.prompts!r}; valid: {sorted(PROMPT_SETS)}.")
   world = ws.world()
-  _, heldout = labelers_lib.make_labeler_pools(ws.config.data.world_seed, world=world)
+  training, heldout = labelers_lib.make_labeler_pools(ws.config.data.world_seed, world=world)
+  # The report's judges are labelers no stage has seen; choosing settings uses the training
+  # labelers, so the held-out ones stay unseen until the report.
+  judges = heldout if cfg.prompts == "eval" else training
   prompts, categories, prefix, dropped = _eval_prompts(ws, world)
   prompt_enc = data_lib.encode_prompts(ws.tokenizer(), prompts, ws.config.data.prompt_len)
   sft_params = ws.load_params("sft", ws.model_config())
@@ -508,7 +522,7 @@ def run(ws: Workspace) -> dict[str, Any]:
       # One judge stream per row, so adding a row never changes another row's judgements.
       rng = np.random.default_rng([ws.config.seed + JUDGE_SEED_OFFSET, zlib.crc32(name.encode())])
       wins = [
-        labelers_lib.compare(heldout[rng.integers(len(heldout))], p, a, b, rng)
+        labelers_lib.compare(judges[rng.integers(len(judges))], p, a, b, rng)
         for p, a, b in zip(prompts, r["texts"], results["sft"]["texts"])
       ]
       win, se = mean_and_se(wins)
@@ -536,6 +550,7 @@ def run(ws: Workspace) -> dict[str, Any]:
     },
     "policies": policies,
     "num_prompts": len(prompts),
+    "prompts": cfg.prompts,
     "settings": {
       "temperature": cfg.temperature,
       "control_temperature": cfg.control_temperature,
@@ -546,7 +561,7 @@ def run(ws: Workspace) -> dict[str, Any]:
       for name, r in results.items()
     },
   }
-  path = os.path.join(ws.workdir, "report.json")
+  path = os.path.join(ws.workdir, REPORT_FILES[cfg.prompts])
   if multihost.is_main():
     with open(path, "w", encoding="utf-8") as f:
       json.dump(report, f, indent=2)
@@ -588,7 +603,13 @@ def format_report(
     ("eos_rate", "eos"),
   )
   width = max([14, *(len(name) + 1 for name in report["policies"])])
-  lines = [f"{'policy':<{width}}{'win vs sft':>16}" + "".join(f"{h:>9}" for _, h in cols)]
+  lines = []
+  if report.get("prompts", "eval") != "eval":  # Not the report: say whose prompts and judges.
+    lines.append(
+      f"{report['num_prompts']} prompts of eval.prompts={report['prompts']!r}, judged by the "
+      "training labelers (for choosing settings; the report uses eval.prompts='eval')"
+    )
+  lines.append(f"{'policy':<{width}}{'win vs sft':>16}" + "".join(f"{h:>9}" for _, h in cols))
   for name, row in report["policies"].items():
     cells = "".join(_cell(row.get(c), 9) for c, _ in cols)
     win = _win_cell(row.get("win_rate_vs_sft"), row.get("win_rate_vs_sft_se"), 16)

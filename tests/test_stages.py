@@ -336,3 +336,28 @@ def test_rm_ensemble_trains_each_member_resumes_and_scores_the_mean(tiny_run, tm
   reread = ws.load_reward_model()
   np.testing.assert_array_equal(np.asarray(reread[1][rm.SCALAR_HEAD]["kernel"]), heads[1])
   assert again["ensemble"] == 2
+
+
+def test_eval_on_ppo_heldout_prompts_leaves_the_report_alone(tiny_run, tmp_path):
+  """`eval.prompts=ppo_heldout`: the PPO pool's validation and test prompts (never the report's
+  eval prompts), written to its own file; the report stays as it was."""
+  ref, _ = tiny_run
+  workdir = str(tmp_path / "validation")
+  shutil.copytree(ref.workdir, workdir, ignore=shutil.ignore_patterns("eval"))
+  report_before = open(os.path.join(workdir, "report.json")).read()
+  ws = Workspace(tiny_config(**{"eval.prompts": "ppo_heldout", "eval.best_of_n": ()}), workdir)
+  pipeline.run(ws, "eval")
+  assert open(os.path.join(workdir, "report.json")).read() == report_before
+  with open(os.path.join(workdir, "report_ppo_heldout.json")) as f:
+    report = json.load(f)
+  heldout = {r["prompt"] for s in ("validation", "test") for r in ws.records("prompts", s)}
+  evals = {r["prompt"] for s in data_lib.SPLITS for r in ws.records("eval_prompts", s)}
+  asked = {ex["prompt"] for ex in report["examples"]["sft"]}
+  assert report["prompts"] == "ppo_heldout" and asked and asked <= heldout - evals
+  # Prompts too long for the few-shot prefix are dropped (with a warning), as for the report.
+  assert 0 < report["num_prompts"] <= min(len(heldout), ws.config.eval.num_prompts)
+  assert "ppo_ptx" in report["policies"]
+
+  bad = Workspace(tiny_config(**{"eval.prompts": "test", "eval.best_of_n": ()}), workdir)
+  with pytest.raises(ValueError, match="ppo_heldout"):
+    pipeline.stage_module("eval").run(bad)
