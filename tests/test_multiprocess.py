@@ -106,8 +106,8 @@ def _assert_same_training(got, want, stage_dirs: tuple[str, ...]) -> None:
 def test_two_processes_train_label_and_write_like_one(tmp_path):
   """Each stage is compared from the same inputs. Two processes' SFT policy differs from one
   process's in the 7th digit (the all-reduce order), and sampling from it can turn that into
-  another token on some CPUs (seen on an Intel Xeon: other comparisons, an RM loss 3e-5 off).
-  So two processes label and train the RM in a copy of the one-process run's SFT workdir."""
+  another token (on an Intel Xeon the RM loss came out 3e-5 off while every earlier stage
+  agreed). So two processes label and train the RM in a copy of the one-process SFT workdir."""
   one, two, three = tmp_path / "one", tmp_path / "two", tmp_path / "three"
   _run(one, "rm", 1, *FAST)
   _run(two, "sft", 2)  # pretrain, sft (FAST is an rm_base setting)
