@@ -306,15 +306,35 @@ def test_rejects_bad_arguments():
     )
 
 
-def test_sample_categorical_draws_from_softmax():
-  """Frequencies over many rows match softmax(logits); -inf entries are never drawn."""
+@pytest.mark.parametrize("block", [sampling.CDF_BLOCK, 4, 2])
+def test_sample_categorical_draws_from_softmax(block):
+  """Frequencies over many rows match softmax(logits); -inf entries are never drawn, also at
+  the edges of the two-level CDF's blocks (block 4: a last block that starts at -inf and is
+  padded; block 2: blocks that end and start at -inf)."""
   probs = np.array([0.05, 0.0, 0.15, 0.3, 0.0, 0.5])
   logits = np.where(probs > 0, np.log(np.maximum(probs, 1e-30)), -np.inf).astype(np.float32)
   n = 20000
   draws = np.asarray(
-    sampling.sample_categorical(jax.random.key(0), jnp.tile(jnp.asarray(logits), (n, 1)))
+    sampling.sample_categorical(jax.random.key(0), jnp.tile(jnp.asarray(logits), (n, 1)), block)
   )
   freq = np.bincount(draws, minlength=len(probs)) / n
   assert freq[1] == 0 and freq[4] == 0
   # 5 standard errors of a binomial proportion.
   np.testing.assert_array_less(np.abs(freq - probs), 5 * np.sqrt(probs * (1 - probs) / n) + 1e-9)
+
+
+def test_sample_with_log_z_over_many_blocks():
+  """A vocabulary of several blocks: the draws follow softmax, whole blocks at -inf are never
+  drawn, and the returned normaliser is logsumexp."""
+  V, n = 700, 40000
+  logits = np.array(jax.random.normal(jax.random.key(1), (V,)) * 2, np.float32)
+  logits[128:256] = -np.inf  # a whole block
+  logits[300:420:7] = -np.inf
+  tiled = jnp.tile(jnp.asarray(logits), (n, 1))
+  draws, log_z = sampling.sample_with_log_z(jax.random.key(2), tiled)
+  draws = np.asarray(draws)
+  probs = np.asarray(jax.nn.softmax(jnp.asarray(logits)))
+  freq = np.bincount(draws, minlength=V) / n
+  assert not np.any(freq[~np.isfinite(logits)])
+  np.testing.assert_array_less(np.abs(freq - probs), 5 * np.sqrt(probs * (1 - probs) / n) + 1e-9)
+  np.testing.assert_allclose(log_z, jax.nn.logsumexp(jnp.asarray(logits)), rtol=1e-6)
