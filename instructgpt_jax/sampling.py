@@ -100,7 +100,7 @@ def _filter_logits(logits: Array, top_k: int, top_p: Any) -> Array:
   return logits
 
 
-# Tokens per block of the two-level inverse CDF (`sample_categorical`): a cumsum over the
+# Tokens per block of the two-level inverse CDF (`sample_with_log_z`): a cumsum over the
 # block masses, then one over the chosen block, instead of one over the whole vocabulary.
 CDF_BLOCK = 128
 
@@ -153,16 +153,16 @@ def _choose(logits: Array, rng: Array, *, temperature, top_k: int, top_p, greedy
   """Picks one token per row from `[B, V]` fp32 logits; returns (tokens [B], logprobs [B])."""
   scaled = logits.astype(jnp.float32) / temperature
   unfiltered = not top_k and isinstance(top_p, (int, float)) and top_p >= 1.0
-  if greedy or not unfiltered:
-    if greedy:
-      tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    else:
-      tok = sample_categorical(rng, _filter_logits(scaled, top_k, top_p))
-    # The log-prob of the distribution before filtering (see the module docstring).
-    return tok, losses.token_log_probs(scaled, tok)
-  # Plain sampling: the draw's own normaliser gives the log-prob, with no second pass.
-  tok, log_z = sample_with_log_z(rng, scaled)
-  return tok, jnp.take_along_axis(scaled, tok[:, None], axis=-1)[:, 0] - log_z
+  if greedy:
+    tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  elif unfiltered:
+    # Plain sampling: the draw's own normaliser gives the log-prob, with no second pass.
+    tok, log_z = sample_with_log_z(rng, scaled)
+    return tok, jnp.take_along_axis(scaled, tok[:, None], axis=-1)[:, 0] - log_z
+  else:
+    tok = sample_categorical(rng, _filter_logits(scaled, top_k, top_p))
+  # The log-prob of the distribution before filtering (see the module docstring).
+  return tok, losses.token_log_probs(scaled, tok)
 
 
 def generate(
