@@ -45,6 +45,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       recompute_logprobs=False,
       variants=("ppo", "ppo_ptx"),  # Policies trained: ppo (ptx_coef 0) and ppo_ptx.
       log_every=1,
+      # The policy's parameters are kept every this many iterations (and at the end), for the
+      # over-optimisation curve (gold and RM score against KL, docs/findings.md). 0: never.
+      snapshot_every=10,
       checkpoint_every=10,
       keep_checkpoints=3,
       on_nonfinite="stop",
@@ -64,6 +67,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # Best-of-n rows: n SFT samples per prompt, the one the RM (and, as an oracle, the gold
       # score) rates highest; one pool of max(n) samples serves every n. (): none.
       best_of_n=(4, 16),
+      # The over-optimisation curve (Gao et al. 2022) on the PPO pool's validation prompts:
+      # best-of-n by the RM for each n, and PPO's kept policies (ppo.snapshot_every), gold and
+      # RM score against sqrt(KL to SFT). (): no curve.
+      curve_best_of_n=(1, 2, 4, 8, 16, 32, 64),
+      curve_prompts=200,
       fewshot_examples=3,  # Demonstrations in the base model's few-shot prompt.
       fewshot_prompt_len=96,  # Extra prompt tokens the few-shot prefix may take.
       batch_size=100,
@@ -73,5 +81,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.ppo.update(dict(iterations=3, rollout_batch_size=16, minibatch_size=8, ptx_batch_size=8))
     c.ppo.optim.lr = c.ppo.value_optim.lr = 3e-4
     c.ppo.checkpoint_every = 5
-    c.eval.update(dict(num_prompts=32, batch_size=32))
+    c.eval.update(dict(num_prompts=32, batch_size=32, curve_best_of_n=(1, 2, 4), curve_prompts=16))
   return c

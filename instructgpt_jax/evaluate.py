@@ -16,7 +16,8 @@ models); two controls a skeptical reader asks for:
 Per policy the report has: win rate against SFT by held-out labelers (ties count half) with its
 standard error and per prompt category, mean gold score, KL(pi || pi_SFT) on its own samples, LM
 loss on held-out pretraining text (the "alignment tax"), closed-domain hallucination rate,
-explicit-constraint adherence, inappropriate-output rate and EOS rate; plus the reward model's
+explicit-constraint adherence, the share of samples holding a word that exists nowhere in the
+world (fluency), inappropriate-output rate and EOS rate; plus the reward model's
 held-out accuracy and how often two training labelers agree.
 
 Each policy's samples and metrics are saved (`<workdir>/eval/policies/<name>.json`, the
@@ -40,9 +41,9 @@ import numpy as np
 from absl import logging
 
 from instructgpt_jax import data as data_lib
-from instructgpt_jax import inputs, loop, multihost, sampling, scoring, train_state
+from instructgpt_jax import inputs, loop, multihost, plots, sampling, scoring, train_state
 from instructgpt_jax.sim import labelers as labelers_lib
-from instructgpt_jax.workspace import Workspace
+from instructgpt_jax.workspace import Workspace, ppo_snapshot_stage, ppo_snapshot_steps
 
 POLICIES = ("base", "base_fewshot", "sft", "ppo", "ppo_ptx")
 # Policy name -> the stage whose final parameters it is.
@@ -63,6 +64,7 @@ FEWSHOT = ("base_fewshot", "rm_base_fewshot")
 SEED_OFFSET = 40
 CONTROL_SEED, BEST_OF_N_SEED = 5, 6  # After the five policies' 0..4.
 RM_BASE_SEEDS = (7, 8)
+CURVE_SEED = 9  # The over-optimisation curve's samples (PPO snapshots: CURVE_SEED + 1 + step).
 JUDGE_SEED_OFFSET = 50
 BEST_OF_N_BY = ("rm", "gold")
 # eval.prompts -> (prompt file kind, its splits). "eval": the eval prompts of held-out users, the
@@ -180,6 +182,8 @@ def _analysis_metrics(analyses: Sequence[dict[str, Any]], ended: np.ndarray) -> 
   return {
     "gold_score": float(np.mean([a["score"] for a in analyses])),
     "hallucination_rate": _rate([a["hallucinated"] for a in analyses]),
+    # Samples holding a word that exists nowhere in the world's texts or the prompt.
+    "nonword_rate": _rate([a.get("nonword") for a in analyses]),
     "constraint_rate": _rate([a["constraint_ok"] for a in analyses]),
     "inappropriate_rate": _rate([a.get("inappropriate") for a in analyses]),
     "eos_rate": float(np.mean(ended)),
@@ -367,6 +371,98 @@ def _best_of_n_rows(
   return out
 
 
+# --- over-optimisation curves (Gao et al. 2022) ---------------------------------------------------
+
+
+def best_of_n_curve(
+  gold: np.ndarray, reward: np.ndarray, ns: Sequence[int]
+) -> list[dict[str, Any]]:
+  """Best-of-n by the reward, for each n: the mean gold and reward of the pick and the KL bound.
+
+  gold, reward: [N, M] for M >= max(ns) samples per prompt. n = 1 is the sampling policy itself
+  (its first sample, KL 0)."""
+  out = []
+  for n in ns:
+    pick = best_of_n_choice(reward, n)
+    rows = np.arange(len(pick))
+    kl = best_of_n_kl_bound(n)
+    out.append(
+      {
+        "n": int(n),
+        "kl": kl,
+        "sqrt_kl": math.sqrt(kl),
+        "gold": float(gold[rows, pick].mean()),
+        "rm": float(reward[rows, pick].mean()),
+      }
+    )
+  return out
+
+
+def _penalised_reward(ws: Workspace, prompt_enc: Any, response: np.ndarray, ended: Any, n: int):
+  """The reward PPO maximises for each sample [N*n]: the RM's score, or the fixed
+  `ppo.missing_eos_penalty` for a response that never ends."""
+  tokens, mask = _with_prompts(prompt_enc, response, n)
+  rm = scoring.score_with(
+    ws,
+    scoring.ensemble_reward_fn(train_state.rm_model_config(ws.config)),
+    ws.load_reward_model(),
+    tokens,
+    mask,
+    ws.config.eval.batch_size,
+  )
+  penalty = ws.config.ppo.missing_eos_penalty
+  return rm if penalty is None else np.where(np.asarray(ended, bool), rm, penalty)
+
+
+def overoptimization(ws: Workspace, world: Any, sft_params: Any) -> dict[str, Any]:
+  """Gold score and reward against KL to SFT, on the PPO pool's validation prompts (never the
+  report's): best-of-n by the RM for each n of `eval.curve_best_of_n`, and every kept PPO
+  policy (`ppo.snapshot_every`). Where PPO's gold stays below best-of-n's at the same KL, PPO
+  is what limits the result; where best-of-n's gold falls as its reward rises, the RM is."""
+  cfg, tok = ws.config.eval, ws.tokenizer()
+  texts = [r["prompt"] for r in ws.records("prompts", "validation")]
+  enc = data_lib.encode_prompts(tok, texts, ws.config.data.prompt_len)
+  prompts = [texts[i] for i in enc.kept.tolist()][: cfg.curve_prompts]
+  prompt_enc = data_lib.encode_prompts(tok, prompts, ws.config.data.prompt_len)
+  seed = ws.config.seed + SEED_OFFSET + CURVE_SEED
+  m = max(cfg.curve_best_of_n)
+  sampled, response, _, ended = _sample(
+    ws, sft_params, ws.model_config(), prompts, "", seed, cfg.temperature, m
+  )
+  repeated = [p for p in prompts for _ in range(m)]
+  gold = np.array([world.analyze(p, t)["score"] for p, t in zip(repeated, sampled)])
+  reward = _penalised_reward(ws, prompt_enc, response, ended, m)
+  curves: dict[str, Any] = {
+    "prompts": len(prompts),
+    "best_of_n_rm": best_of_n_curve(
+      gold.reshape(-1, m), reward.reshape(-1, m), cfg.curve_best_of_n
+    ),
+  }
+  for variant in ws.config.ppo.variants:
+    points = []
+    for step in ppo_snapshot_steps(ws.config.ppo):
+      stage = ppo_snapshot_stage(variant, step)
+      if not os.path.isdir(os.path.join(ws.stage_dir(stage), "final")):
+        continue
+      params = ws.load_params(stage, ws.model_config())
+      texts_, resp, logp, end = _sample(
+        ws, params, ws.model_config(), prompts, "", seed + 1 + step, cfg.temperature
+      )
+      kl = float(np.mean(logp - _sft_logprob(ws, sft_params, prompt_enc, resp)))
+      points.append(
+        {
+          "step": step,
+          "kl": kl,
+          "sqrt_kl": math.sqrt(max(kl, 0.0)),
+          "gold": float(np.mean([world.analyze(p, t)["score"] for p, t in zip(prompts, texts_)])),
+          "rm": float(np.mean(_penalised_reward(ws, prompt_enc, resp, end, 1))),
+        }
+      )
+    if points:
+      curves[variant] = points
+  return curves
+
+
 # --- resuming -------------------------------------------------------------------------------------
 
 
@@ -516,6 +612,18 @@ def run(ws: Workspace) -> dict[str, Any]:
     )
     results.update(_best_of_n_rows(ws, world, prompts, pool, pretrain_loss("sft")))
 
+  curves = None
+  if cfg.curve_best_of_n and _has_params(ws, "rm"):
+    loop.raise_if_preempted("while evaluating (before the over-optimisation curve)")
+    stages = ("sft", "rm", "ppo") if loop.stage_done(ws.stage_dir("ppo")) else ("sft", "rm")
+    curves = _resumable(
+      ws,
+      "overoptimization",
+      _fingerprint(ws, "overoptimization", stages, CURVE_SEED, []),
+      lambda: overoptimization(ws, world, sft_params),
+    )
+    curves.pop("fingerprint", None)
+
   policies = {name: dict(r["metrics"]) for name, r in results.items()}
   if "sft" in results:
     for name, r in results.items():
@@ -549,6 +657,8 @@ def run(ws: Workspace) -> dict[str, Any]:
       "member_accuracies": [m["heldout"]["accuracy"] for m in rm_done.get("members", [])],
     },
     "policies": policies,
+    # Gold score and reward against KL to SFT on the PPO pool's validation prompts.
+    "overoptimization": curves,
     "num_prompts": len(prompts),
     "prompts": cfg.prompts,
     "settings": {
@@ -566,6 +676,8 @@ def run(ws: Workspace) -> dict[str, Any]:
     with open(path, "w", encoding="utf-8") as f:
       json.dump(report, f, indent=2)
   print(format_report(report), flush=True)
+  if multihost.is_main() and cfg.prompts == "eval":
+    print(f"[eval] plots: {', '.join(plots.draw_all(ws.workdir))}", flush=True)
   return {
     "report": path,
     "prompts": len(prompts),
@@ -598,6 +710,7 @@ def format_report(
     ("kl_vs_sft", "KL"),
     ("pretrain_loss", "pt_loss"),
     ("hallucination_rate", "halluc"),
+    ("nonword_rate", "nonword"),
     ("constraint_rate", "constr"),
     ("inappropriate_rate", "inappr"),
     ("eos_rate", "eos"),
@@ -609,9 +722,9 @@ def format_report(
       f"{report['num_prompts']} prompts of eval.prompts={report['prompts']!r}, judged by the "
       "training labelers (for choosing settings; the report uses eval.prompts='eval')"
     )
-  lines.append(f"{'policy':<{width}}{'win vs sft':>16}" + "".join(f"{h:>9}" for _, h in cols))
+  lines.append(f"{'policy':<{width}}{'win vs sft':>16}" + "".join(f"{h:>8}" for _, h in cols))
   for name, row in report["policies"].items():
-    cells = "".join(_cell(row.get(c), 9) for c, _ in cols)
+    cells = "".join(_cell(row.get(c), 8) for c, _ in cols)
     win = _win_cell(row.get("win_rate_vs_sft"), row.get("win_rate_vs_sft_se"), 16)
     lines.append(f"{name:<{width}}{win}{cells}")
   if any(row.get("kl_is_bound") for row in report["policies"].values()):

@@ -211,6 +211,7 @@ def train(
   loop_cfg: Any,
   const_args: tuple = (),
   const_shardings: tuple = (),
+  after_step: Callable[[int, Any], None] | None = None,
 ) -> tuple[Any, list[dict[str, Any]]]:
   """Runs `step_fn` from the newest checkpoint in `stage_dir/ckpt` to `total_steps`.
 
@@ -222,6 +223,8 @@ def train(
   which `rules`' "batch" entry places on the mesh. Returns the final state and every logged
   metric row of the run (rows written before a resume included, read back from metrics.jsonl),
   so summaries do not depend on whether the run was interrupted.
+  `after_step(step, state)`, if given, runs after each step (steps count from 1), e.g. to keep
+  the parameters of chosen steps.
 
   Faults: a non-finite metric stops the stage before the state can be saved
   (`NonFiniteError`), unless `loop_cfg.on_nonfinite == "skip"`, where the optimizer drops the
@@ -317,6 +320,8 @@ def train(
           m = dict(m, steps_per_s=(step + 1 - start) / (time.perf_counter() - t0))
           rows.append(writer.write(step + 1, m))
           progress.update(step + 1, m)
+        if after_step is not None:
+          after_step(step + 1, state)
         if (step + 1 == total_steps or ckpt.should_save(step + 1)) and save(
           step + 1, force=step + 1 == total_steps
         ):

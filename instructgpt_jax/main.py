@@ -15,6 +15,8 @@ from typing import Any
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from instructgpt_jax import console
+
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Config file, e.g. configs/ppo.py or configs/ppo.py:tiny.", lock_config=True
 )
@@ -34,7 +36,7 @@ def main(argv: list[str]) -> int:
 
   from instructgpt_jax import loop, multihost, pipeline, workspace  # pylint: disable=import-outside-toplevel
 
-  quiet_libraries()
+  console.quiet_libraries()
   try:
     pipeline.check_stage(config.stage)
   except ValueError as e:
@@ -96,20 +98,6 @@ def config_summary(config: Any, ws: Any) -> str:
       f"device(s); data: {data}",
       f"  full config: {ws.workdir}/config.json; library logs: --verbosity=0",
     ]
-  )
-
-
-def quiet_libraries() -> None:
-  """Library INFO logs (orbax, tfds, XLA) and progress bars off unless `--verbosity` is given;
-  warnings still show."""
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-
-  tfds.disable_progress_bar()
-  # tfds warns about the custom config of every builder we define; nothing for a user to do.
-  logging.get_absl_handler().addFilter(
-    lambda record: "Using custom data configuration" not in record.getMessage()
   )
 
 

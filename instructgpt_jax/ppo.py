@@ -30,7 +30,7 @@ from jax.sharding import Mesh
 
 from instructgpt_jax import inputs, loop, losses, objectives, sampling, sharding, train_state
 from instructgpt_jax import model as model_lib
-from instructgpt_jax.workspace import Workspace
+from instructgpt_jax.workspace import Workspace, ppo_snapshot_stage, ppo_snapshot_steps
 
 TrainState = train_state.TrainState
 VARIANTS = ("ppo", "ppo_ptx")
@@ -346,6 +346,13 @@ class PPOBatches:
     self.ptx.set_state(loop.decode_iterator_state(state["ptx"]))
 
 
+def _save_snapshot(ws: Workspace, variant: str, s: PPOSettings, step: int, state: Any) -> None:
+  """Keeps the policy's parameters at the iterations of `ppo_snapshot_steps` (the over-optimisation
+  curve samples each)."""
+  if step in ppo_snapshot_steps(ws.config.ppo):
+    ws.save_params(ppo_snapshot_stage(variant, step), state.policy.params, s.policy_cfg)
+
+
 def train_variant(
   ws: Workspace, variant: str, prompts: dict[str, Any], ptx_arrays: dict[str, Any]
 ) -> dict[str, Any]:
@@ -376,6 +383,7 @@ def train_variant(
     loop_cfg=cfg,
     const_args=(sft_params, rm_params),
     const_shardings=(shardings.policy.params, (shardings.value.params,) * len(rm_params)),
+    after_step=lambda step, st: _save_snapshot(ws, variant, s, step, st),
   )
   ws.save_params(f"ppo/{variant}", state.policy.params, s.policy_cfg)
   summary = {"iterations": cfg.iterations, "ptx_coef": s.ppo.ptx_coef}

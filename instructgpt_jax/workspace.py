@@ -48,6 +48,17 @@ def rm_member_stage(member: int) -> str:
   return "rm" if member == 0 else f"rm/member_{member}"
 
 
+def ppo_snapshot_stage(variant: str, step: int) -> str:
+  """The stage name of the `variant` policy kept after `step` PPO iterations."""
+  return f"ppo/{variant}/snapshot_{step:05d}"
+
+
+def ppo_snapshot_steps(ppo_cfg: ml_collections.ConfigDict) -> list[int]:
+  """The PPO iterations after which the policy is kept (`ppo.snapshot_every`, and the last)."""
+  every, last = ppo_cfg.snapshot_every, ppo_cfg.iterations
+  return sorted({*range(every, last + 1, every), last}) if every > 0 else []
+
+
 def with_imported_base(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """`config` itself, or, with `model.init = "hf:/dir"`, a copy whose `config.model` holds the
   checkpoint's shape, so every model config built from it (policy, reward model, value) agrees

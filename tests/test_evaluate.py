@@ -39,6 +39,21 @@ def test_best_of_n_picks_the_argmax_of_the_first_n_samples():
     evaluate.best_of_n_choice(scores, 5)
 
 
+def test_best_of_n_curve_hand_computed_and_n1_is_the_sampling_policy():
+  gold = np.array([[0.2, 0.9, 0.5, 0.1], [0.7, 0.3, 0.0, 1.0]])
+  reward = np.array([[1.0, 3.0, 0.0, 9.0], [0.5, 0.1, 2.0, 0.4]])
+  curve = evaluate.best_of_n_curve(gold, reward, (1, 2, 4))
+  assert [p["n"] for p in curve] == [1, 2, 4]
+  # n = 1 is SFT's own first sample, at KL 0.
+  assert curve[0]["gold"] == pytest.approx(gold[:, 0].mean())
+  assert curve[0]["rm"] == pytest.approx(reward[:, 0].mean()) and curve[0]["kl"] == 0.0
+  # n = 2 picks samples 1 and 0 (rewards 3.0 > 1.0, 0.5 > 0.1); n = 4 picks 3 and 2.
+  assert curve[1]["gold"] == pytest.approx((0.9 + 0.7) / 2)
+  assert curve[1]["rm"] == pytest.approx((3.0 + 0.5) / 2)
+  assert curve[2]["gold"] == pytest.approx((0.1 + 0.0) / 2)  # The RM over-optimised.
+  assert curve[2]["sqrt_kl"] == pytest.approx(math.sqrt(math.log(4) - 0.75))
+
+
 def test_best_of_n_kl_bound_values():
   assert evaluate.best_of_n_kl_bound(1) == 0.0
   assert evaluate.best_of_n_kl_bound(4) == pytest.approx(math.log(4) - 0.75)
@@ -115,6 +130,7 @@ def test_format_report_shows_standard_errors_and_categories():
     kl_vs_sft=3.0,
     pretrain_loss=2.5,
     hallucination_rate=0.1,
+    nonword_rate=0.04,
     constraint_rate=0.8,
     inappropriate_rate=None,
     eos_rate=1.0,
@@ -131,6 +147,7 @@ def test_format_report_shows_standard_errors_and_categories():
   text = evaluate.format_report(report)
   assert "0.620 ± 0.017" in text and "0.500 ± 0.000" in text
   assert "1.835" in text and "KL is the bound" in text
+  assert "nonword" in text.splitlines()[0] and "0.040" in text
   chat = next(line for line in text.splitlines() if line.startswith("chat"))
   assert chat.split() == ["chat", "40", "0.610", "0.610", "0.700", "±", "0.050"]
   assert all(len(line) <= 100 for line in text.splitlines()[:-1])

@@ -257,3 +257,15 @@ def test_labelers_have_their_own_priorities_and_give_metadata(world):
   good = [heldout[0].judge(t.prompt, t.reference, rng)["likert"] for _ in range(50)]
   bad = [heldout[0].judge(t.prompt, "i like the sun .", rng)["likert"] for _ in range(50)]
   assert np.mean(good) > np.mean(bad)
+
+
+def test_invented_words_are_words_found_nowhere_in_the_world_or_the_prompt(world):
+  spec = first(world, "generation", "notes")
+  name = spec.subject
+  assert world.invented_words(spec.prompt, f"{name} is a red fox .") == []
+  # Fragments and misspellings are invented; a word of the prompt (even an unknown one) is not.
+  assert world.invented_words(spec.prompt, "cr lupawi dad .") == ["cr", "lupawi", "dad"]
+  assert world.invented_words("zqxv says : i lost my hat . answer :", "zqxv , zqxw !") == ["zqxw"]
+  assert world.analyze(spec.prompt, "n wiecee .")["nonword"] is True
+  assert world.analyze(spec.prompt, f"{name} eats fish .")["nonword"] is False
+  assert world.analyze(spec.prompt, "")["nonword"] is False  # Empty: nothing invented.

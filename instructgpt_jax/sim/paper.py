@@ -57,6 +57,10 @@ class WorldSizes:
   wordy_rate: float = 0.15
   slip_rate: float = 0.065
   inappropriate_rate: float = 0.04  # share of pretraining paragraphs with a rude/unsafe sentence
+  # Share of pretraining paragraphs that are texts of the prompts' genres (stories, notes,
+  # replies, lists; answers alone, never a prompt or the answer cue): GPT-3 had read such text,
+  # so a base model must know the words its answers are written in (docs/findings.md).
+  genre_text_rate: float = 0.0
 
   def scaled(self, scale: float) -> WorldSizes:
     """Every count times ``scale`` (at least 1); the rates stay."""
@@ -177,6 +181,10 @@ class World(Atlas):
     """Criteria, gold score and metadata of one response (:func:`scoring.analyze`)."""
     return scoring.analyze(self, self.task(prompt), response, emphasis)
 
+  def invented_words(self, prompt: str, response: str) -> list[str]:
+    """Words of ``response`` that exist nowhere in the world's texts nor in ``prompt``."""
+    return scoring.invented_words(self, prompt, [t.lower() for t in tokenize(response)])
+
   def gold_score(self, prompt: str, response: str, emphasis: Any = None) -> float:
     """The gold score in [0, 1] (``emphasis``: a labeler's helpful/truthful/harmless weights)."""
     return self.analyze(prompt, response, emphasis)["score"]
@@ -233,10 +241,40 @@ class World(Atlas):
     return "".join(f"{s.prompt} {s.variants[0]}\n" for s in picked)
 
   def pretraining_corpus(self, n_sentences: int, purpose: str = "pretrain") -> list[str]:
-    """Paragraphs of plain statements, a few with a rude or unsafe sentence."""
-    return corpus.pretraining_corpus(
+    """Paragraphs of plain statements, a few with a rude or unsafe sentence; with
+    ``genre_text_rate`` > 0, that share of the paragraphs are :meth:`genre_paragraph` texts
+    (from a stream of their own, so the statements stay those of the corpus without them)."""
+    paragraphs = corpus.pretraining_corpus(
       self, n_sentences, self._rng(purpose), self.sizes.inappropriate_rate
     )
+    rate = self.sizes.genre_text_rate
+    if rate <= 0:
+      return paragraphs
+    rng = self._rng(f"{purpose}/genres")
+    n_genre = round(len(paragraphs) * rate / (1 - rate))
+    genre = [self.genre_paragraph(rng) for _ in range(n_genre)]
+    # Spread them through the corpus (its order is the packing order of pretraining rows).
+    slots = sorted(rng.randrange(len(paragraphs) + 1) for _ in genre)
+    out, j = [], 0
+    for i, p in enumerate(paragraphs):
+      while j < len(slots) and slots[j] == i:
+        out.append(genre[j])
+        j += 1
+      out.append(p)
+    return out + genre[j:]
+
+  def genre_paragraph(self, rng: random.Random, n_texts: tuple[int, int] = (2, 5)) -> str:
+    """A few texts of the prompts' genres, written as a page of such texts would be: correct
+    answers of tasks drawn from the Table 1 mix for a user no file has, without their prompts.
+    The tasks are not registered, so no pool, prompt or judgement changes."""
+    cats = list(CATEGORY_MIX)
+    weights = [CATEGORY_MIX[c] for c in cats]
+    texts: list[str] = []
+    while len(texts) < rng.randint(*n_texts):
+      spec = GENERATORS[rng.choices(cats, weights)[0]](self, rng, "corpus")
+      if spec is not None:
+        texts.append(rng.choice(spec.variants))
+    return " ".join(texts)
 
   def files(self) -> dict[str, list[dict]]:
     """The records of each file by name: ``pretrain``, ``demonstrations``, ``prompts`` (PPO),

@@ -80,7 +80,8 @@ def analyze(
   ``emphasis``: multipliers of the (helpful, truthful, harmless) weights (a labeler's own
   priorities); the weights are renormalised to sum to 1.  Keys: the criteria of :data:`WEIGHTS`,
   ``score``, the metadata ``fails_instruction``, ``constraint_ok`` (None without constraints),
-  ``hallucinated`` (None outside closed-domain tasks), ``inappropriate``, and ``correct``,
+  ``hallucinated`` (None outside closed-domain tasks), ``nonword`` (a word that exists nowhere
+  in the world's texts or the prompt), ``inappropriate``, and ``correct``,
   ``constraint_frac``, ``terminated``, ``verbosity``, ``content`` as the reward-model breakdown
   and the evaluation read them."""
   tokens = tokenize(response)
@@ -124,6 +125,7 @@ def analyze(
     "constraint_ok": None if cons is None else cons >= 1.0,
     "constraint_frac": cons,
     "hallucinated": halluc,
+    "nonword": bool(invented_words(world, spec.prompt, low)),
     "inappropriate": inappropriate,
     "terminated": ended,
     "verbosity": verbosity,
@@ -133,6 +135,21 @@ def analyze(
 
 
 # --- criteria -------------------------------------------------------------------------------------
+
+
+def invented_words(world: Any, prompt: str, low: Sequence[str]) -> list[str]:
+  """Words of a response (lower-cased tokens ``low``) that exist nowhere in the world's texts
+  nor in its prompt: misspellings and made-up words, the fluency the evaluation reports."""
+  allowed = world.known_words
+  prompt_words = None
+  out = []
+  for w in low:
+    if w.isalpha() and w not in allowed:
+      if prompt_words is None:
+        prompt_words = {t.lower() for t in tokenize(prompt)}
+      if w not in prompt_words:
+        out.append(w)
+  return out
 
 
 def content_words(world: Any, low: Sequence[str]) -> list[str]:

@@ -1,0 +1,1 @@
+"""Tools beside the library: they import it, it never imports them."""
