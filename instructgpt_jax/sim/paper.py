@@ -27,9 +27,9 @@ from collections import Counter
 from typing import Any
 
 from instructgpt_jax.sim import corpus, nlp_tasks, scoring
-from instructgpt_jax.sim.entities import Atlas, render_fact
+from instructgpt_jax.sim.entities import Atlas, Fact, describe, render_fact
 from instructgpt_jax.sim.safety import FLAGGED_WORDS
-from instructgpt_jax.sim.tasks import CATEGORY_MIX, GENERATORS, TEMPLATE_WORDS, Task
+from instructgpt_jax.sim.tasks import CATEGORY_MIX, GENERATORS, TEMPLATE_WORDS, Task, random_facts
 from instructgpt_jax.sim.text import ANSWER_CUE, count_words, normalize, tokenize
 
 NAME = "paper"
@@ -61,6 +61,11 @@ class WorldSizes:
   # replies, lists; answers alone, never a prompt or the answer cue): GPT-3 had read such text,
   # so a base model must know the words its answers are written in (docs/findings.md).
   genre_text_rate: float = 0.0
+  # Share of pretraining paragraphs that introduce an animal no fact of the corpus is about and
+  # restate its facts later in the paragraph, as text about a new subject does: a base model
+  # must learn to take a subject's facts from its context, not only from memory (the skill a
+  # closed-domain task asks for; docs/findings.md).
+  profile_text_rate: float = 0.0
 
   def scaled(self, scale: float) -> WorldSizes:
     """Every count times ``scale`` (at least 1); the rates stay."""
@@ -247,12 +252,14 @@ class World(Atlas):
     paragraphs = corpus.pretraining_corpus(
       self, n_sentences, self._rng(purpose), self.sizes.inappropriate_rate
     )
-    rate = self.sizes.genre_text_rate
-    if rate <= 0:
+    genre_rate, profile_rate = self.sizes.genre_text_rate, self.sizes.profile_text_rate
+    if genre_rate + profile_rate <= 0:
       return paragraphs
     rng = self._rng(f"{purpose}/genres")
-    n_genre = round(len(paragraphs) * rate / (1 - rate))
-    genre = [self.genre_paragraph(rng) for _ in range(n_genre)]
+    scale = len(paragraphs) / (1 - genre_rate - profile_rate)
+    genre = [self.genre_paragraph(rng) for _ in range(round(scale * genre_rate))]
+    genre += [self.profile_paragraph(rng) for _ in range(round(scale * profile_rate))]
+    rng.shuffle(genre)
     # Spread them through the corpus (its order is the packing order of pretraining rows).
     slots = sorted(rng.randrange(len(paragraphs) + 1) for _ in genre)
     out, j = [], 0
@@ -262,6 +269,20 @@ class World(Atlas):
         j += 1
       out.append(p)
     return out + genre[j:]
+
+  def profile_paragraph(self, rng: random.Random) -> str:
+    """A new animal (a name no entity has) with 3-5 random facts, then 1-3 of them stated
+    again in other words: "bazu is a crow . bazu eats corn . ... bazu , a crow , eats corn ."."""
+    name = rng.choice(self.fresh_names)
+    facts = random_facts(self, rng)
+    attrs = ["kind", *rng.sample(["color", "size", "home", "food", "age"], rng.randint(2, 4))]
+    sents = [render_fact(Fact(name, a, facts[a]), rng) for a in attrs]
+    again = rng.sample(attrs, rng.randint(1, min(3, len(attrs))))
+    if "kind" in again and rng.random() < 0.5:
+      sents.append(describe(name, {a: facts[a] for a in again}, rng))
+    else:
+      sents += [render_fact(Fact(name, a, facts[a]), rng) for a in again]
+    return " ".join(sents)
 
   def genre_paragraph(self, rng: random.Random, n_texts: tuple[int, int] = (2, 5)) -> str:
     """A few texts of the prompts' genres, written as a page of such texts would be: correct

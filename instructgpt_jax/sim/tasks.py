@@ -208,7 +208,7 @@ def gen_generation(w: Atlas, rng: random.Random, user: str) -> Task | None:
   if r < 0.35:  # notes -> sentences; the notes are all the answer may say
     fresh = rng.random() < 0.5
     name = rng.choice(w.fresh_names if fresh else w.names)
-    true = {f.attr: f.value for f in w.entity_facts(name)} if not fresh else _random_facts(w, rng)
+    true = {f.attr: f.value for f in w.entity_facts(name)} if not fresh else random_facts(w, rng)
     attrs = ["kind", *rng.sample(["color", "size", "home", "food", "age"], rng.randint(1, 3))]
     facts = {a: true[a] for a in attrs}
     n = rng.randint(1, min(3, len(attrs)))
@@ -262,7 +262,7 @@ def gen_generation(w: Atlas, rng: random.Random, user: str) -> Task | None:
     variants = []
     for _ in range(6):
       name = rng.choice(w.fresh_names)
-      facts = {"kind": kind, "color": color, **_pick(_random_facts(w, rng), n, rng)}
+      facts = {"kind": kind, "color": color, **_pick(random_facts(w, rng), n, rng)}
       variants.append(_sentences_of(name, facts, n, rng))
     return make_task(
       user,
@@ -299,7 +299,8 @@ def _note(attr: str, value: str) -> str:
   )
 
 
-def _random_facts(w: Atlas, rng: random.Random) -> dict[str, str]:
+def random_facts(w: Atlas, rng: random.Random) -> dict[str, str]:
+  """Facts of an invented animal: a random kind, colour, size, home, food and age."""
   kind = rng.choice(sorted(KINDS))
   return {
     "kind": kind,
@@ -484,7 +485,7 @@ def gen_rewrite(w: Atlas, rng: random.Random, user: str) -> Task | None:
 def _passage(w: Atlas, rng: random.Random, n: int) -> tuple[str, list[Fact]]:
   fresh = rng.random() < 0.5
   name = rng.choice(w.fresh_names if fresh else w.names)
-  true = _random_facts(w, rng) if fresh else {f.attr: f.value for f in w.entity_facts(name)}
+  true = random_facts(w, rng) if fresh else {f.attr: f.value for f in w.entity_facts(name)}
   attrs = ["kind", *rng.sample(["color", "size", "home", "food", "age"], n - 1)]
   return name, [Fact(name, a, true[a]) for a in attrs]
 
