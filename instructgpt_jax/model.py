@@ -609,6 +609,12 @@ class Transformer(nn.Module):
     return out
 
 
+def boxed_params(config: ModelConfig, rng: Array) -> Any:
+  """Freshly initialised parameters, still wrapped in their logical-axis boxes."""
+  tokens = jnp.zeros((1, 8), jnp.int32)
+  return Transformer(config).init(rng, tokens, jnp.ones_like(tokens))["params"]
+
+
 def unembedding(params: Mapping[str, Any]) -> Array:
   """The LM head's matrix `[vocab, embed]` in an LM's params (tied or not), for the fused losses.
 

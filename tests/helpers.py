@@ -60,6 +60,4 @@ def forward(cfg: model_lib.ModelConfig, params, tokens, mask):
 def init_params(cfg: model_lib.ModelConfig, seed: int = 0):
   import flax.linen as nn  # pylint: disable=import-outside-toplevel
 
-  from instructgpt_jax import train_state  # pylint: disable=import-outside-toplevel
-
-  return nn.meta.unbox(train_state.boxed_params(cfg, jax.random.key(seed)))
+  return nn.meta.unbox(model_lib.boxed_params(cfg, jax.random.key(seed)))

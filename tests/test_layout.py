@@ -3,6 +3,8 @@
 import ast
 import os
 
+import pytest
+
 from tests import helpers
 
 PACKAGE = os.path.join(
@@ -57,14 +59,19 @@ def test_a_new_ppo_setting_is_one_edit_in_the_config():
   """PPO's static settings carry the whole frozen `config.ppo` section: a setting added to
   configs/ppo.py reaches every PPO function without a hand-kept copy (PPOSettings.from_config,
   presets and the benchmark each needed an edit before)."""
-  from instructgpt_jax import ppo  # pylint: disable=import-outside-toplevel
+  from instructgpt_jax import model_configs, ppo  # pylint: disable=import-outside-toplevel
 
   config = helpers.config("ppo")
   config.ppo.my_new_setting = 0.5  # What a researcher adds to configs/ppo.py.
-  s = ppo.make_settings(config, eos_id=1, pad_id=0, variant="ppo")
+  models = model_configs.resolve(config)
+  s = ppo.make_settings(config, models, eos_id=1, pad_id=0, variant="ppo")
   assert s.ppo.my_new_setting == 0.5
-  assert set(s.ppo.keys()) == set(config.ppo.keys())
-  assert s.ppo.ptx_coef == 0.0 and ppo.make_settings(config, 1, 0, "ppo_ptx").ppo.ptx_coef == 27.8
+  # Every key but kl_coef, whose value in use is PPOState.kl_coef (the controller changes it).
+  assert set(s.ppo.keys()) == set(config.ppo.keys()) - {"kl_coef"}
+  with pytest.raises(AttributeError, match="kl_coef"):
+    s.ppo.kl_coef  # noqa: B018 (the read must fail, not return the initial value)
+  ptx = ppo.make_settings(config, models, 1, 0, "ppo_ptx").ppo.ptx_coef
+  assert s.ppo.ptx_coef == 0.0 and ptx == config.ppo.ptx_coef == 27.8
 
 
 def test_the_checker_knows_every_stage_module():

@@ -120,7 +120,7 @@ def breakdown(
   """`accuracy_by_group` of the workdir's RM, its initial model's likelihood and the labelers
   on the comparisons of `splits` (by default the held-out ones)."""
   from instructgpt_jax import data as data_lib  # pylint: disable=import-outside-toplevel
-  from instructgpt_jax import inputs, scoring, train_state  # pylint: disable=import-outside-toplevel
+  from instructgpt_jax import inputs, scoring  # pylint: disable=import-outside-toplevel
 
   if not ws.uses_world:
     raise ValueError("The breakdown needs the built-in world's gold score; your data has none.")
@@ -138,7 +138,7 @@ def breakdown(
   enc = data_lib.encode_sft(
     ws.tokenizer(), [p for p, _ in flat], [t for _, t in flat], d.prompt_len, d.response_len
   )
-  rm_cfg, lm_cfg = train_state.rm_model_config(ws.config), train_state.rm_init_config(ws.config)
+  rm_cfg, lm_cfg = ws.models.reward, ws.models.rm_init
   judges = {
     "reward_model": lambda: scoring.score_with(
       ws,
@@ -150,7 +150,7 @@ def breakdown(
     "likelihood": lambda: scoring.score_with(
       ws,
       scoring.loglik_fn(ws, lm_cfg),
-      ws.load_params(ws.config.rm.init_from, lm_cfg),
+      ws.load_params(ws.models.rm_init_from, lm_cfg),
       enc["tokens"],
       enc["mask"],
     ),
