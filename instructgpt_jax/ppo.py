@@ -101,7 +101,8 @@ def make_settings(
     )
   section = cfg.copy_and_resolve_references()
   section.ptx_coef = ptx_coef_of(config, variant)
-  del section["kl_coef"]  # Lives in PPOState.kl_coef (see PPOSettings).
+  with section.unlocked():  # main locks the config.
+    del section["kl_coef"]  # Lives in PPOState.kl_coef (see PPOSettings).
   return PPOSettings(
     ppo=ml_collections.FrozenConfigDict(section),
     policy_cfg=models.policy,

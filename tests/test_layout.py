@@ -63,6 +63,7 @@ def test_a_new_ppo_setting_is_one_edit_in_the_config():
 
   config = helpers.config("ppo")
   config.ppo.my_new_setting = 0.5  # What a researcher adds to configs/ppo.py.
+  config.lock()  # As main's flags give it.
   models = model_configs.resolve(config)
   s = ppo.make_settings(config, models, eos_id=1, pad_id=0, variant="ppo")
   assert s.ppo.my_new_setting == 0.5
