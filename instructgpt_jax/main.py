@@ -42,7 +42,7 @@ def main(argv: list[str]) -> int:
   if config.dry_run:
     # Compile the stage's train step on abstract arrays over the configured mesh and report
     # parameters, FLOPs and bytes per device; nothing is allocated or trained.
-    from instructgpt_jax import dry_run  # pylint: disable=import-outside-toplevel
+    from instructgpt_jax.tools import dry_run  # pylint: disable=import-outside-toplevel
 
     print(json.dumps(dry_run.dry_run(config), indent=1, default=str))
     return 0

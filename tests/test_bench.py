@@ -5,7 +5,8 @@ import jax
 import numpy as np
 import pytest
 
-from instructgpt_jax import bench, dry_run, model_configs, sharding
+from instructgpt_jax import model_configs, sharding
+from instructgpt_jax.tools import bench, dry_run
 from tests import helpers
 
 

@@ -230,7 +230,7 @@ def test_rm_breakdown_covers_every_pair_with_a_gold_difference(tiny_run):
   ws, _ = tiny_run
   from instructgpt_jax import data as data_lib  # pylint: disable=import-outside-toplevel
   from instructgpt_jax import inputs
-  from instructgpt_jax.sim import breakdown as rm_breakdown
+  from instructgpt_jax.tools import breakdown as rm_breakdown
 
   table = rm_breakdown.breakdown(ws, ["train"])  # Tiny has no held-out comparisons.
   world, d = ws.world(), ws.config.data
@@ -264,7 +264,7 @@ def test_rm_breakdown_covers_every_pair_with_a_gold_difference(tiny_run):
     [
       sys.executable,
       "-m",
-      "instructgpt_jax.sim.breakdown",
+      "instructgpt_jax.tools.breakdown",
       "--config=configs/rm.py:tiny",
       f"--workdir={ws.workdir}",
       "--splits=train",
@@ -298,7 +298,7 @@ def test_export_hf_writes_the_rm_in_its_own_shape(tiny_run, tmp_path):
     [
       sys.executable,
       "-m",
-      "instructgpt_jax.export_hf",
+      "instructgpt_jax.tools.export_hf",
       "--config=configs/ppo.py:tiny",
       f"--workdir={ws.workdir}",
       "--stage=rm",

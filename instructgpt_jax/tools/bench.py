@@ -1,7 +1,7 @@
 """Throughput benchmark of the project's own code paths, comparable with the PyTorch peer.
 
-    python -m instructgpt_jax.bench --preset=tiny|gpt2 [--quick] [--skip=peak,train,generate,ppo]
-    python -m instructgpt_jax.bench --preset=tiny --compare --peer-python=/tmp/peervenv/bin/python
+    python -m instructgpt_jax.tools.bench --preset=tiny|gpt2 [--quick] [--skip=peak,train,generate,ppo]
+    python -m instructgpt_jax.tools.bench --preset=tiny --compare --peer-python=/tmp/peervenv/bin/python
 
 Prints one JSON object per line per figure, `{"preset", "metric", "value", "unit", ...}`, with the
 metric names of ../shared/bench/peer_torch.py (`train_tokens_per_s`,
@@ -57,8 +57,9 @@ from instructgpt_jax import (
   train_state,
 )
 
+# Beside the checkout: <repo>/instructgpt_jax/tools/bench.py -> <repo>/../shared/bench/.
 PEER_SCRIPT = os.path.join(
-  os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+  os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))),
   "shared",
   "bench",
   "peer_torch.py",

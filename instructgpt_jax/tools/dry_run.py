@@ -34,8 +34,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from instructgpt_jax import data as data_lib
-from instructgpt_jax import model_configs, pipeline, sharding, train_state
+from instructgpt_jax import formats, model_configs, pipeline, sharding, train_state
 
 STAGES = ("pretrain", "sft", "rm_base", "rm", "ppo")
 # Above this many parameters the default is to lower only (XLA:CPU compile time grows with size).
@@ -98,7 +97,7 @@ def build(config: ml_collections.ConfigDict, mesh=None):
     seq = d.prompt_len + d.response_len
     b = round_up(config[stage].batch_size)
     if stage == "rm":
-      k = data_lib.MAX_RESPONSES
+      k = formats.MAX_RESPONSES
       shapes = {"tokens": (b, k, seq), "mask": (b, k, seq), "ranks": (b, k)}
       info.update(responses_per_prompt=k)
     else:
