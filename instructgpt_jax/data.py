@@ -506,11 +506,6 @@ def prepare(
   return builder
 
 
-def hygiene_counts(builder: _JsonlBuilder) -> dict[str, int]:
-  """What hygiene kept and dropped when `builder`'s data was prepared."""
-  return dict(builder.info.metadata["hygiene"])
-
-
 def data_sources(
   kind: str,
   jsonl_paths: str | Sequence[str],

@@ -182,14 +182,14 @@ def test_nlp_tasks_hold_no_eval_prompt_or_user(tiny_run):
 
 def test_likelihood_baseline_matches_an_independent_count(tiny_run):
   ws, _ = tiny_run
-  from instructgpt_jax import inputs, objectives, scoring  # pylint: disable=import-outside-toplevel
+  from instructgpt_jax import inputs, scoring  # pylint: disable=import-outside-toplevel
 
   cfg = ws.models.policy
   params = ws.load_params("sft", cfg)
   arrays = inputs.comparison_arrays(ws, "train")
   n, k, length = arrays["tokens"].shape
   lp = np.asarray(
-    objectives.token_logprobs(
+    helpers.token_logprobs(
       params, cfg, arrays["tokens"].reshape(n * k, length), arrays["mask"].reshape(n * k, length)
     )
   )
