@@ -43,8 +43,8 @@ RM_MODEL_OVERRIDES: dict[str, dict] = {
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = label.get_config(arg)
   c.stage = "rm_base"
-  # The RM's (and value function's) model: any key of `config.model`; `train_state.
-  # rm_model_config` applies it. Override e.g. `--config.rm.model.num_layers=6`.
+  # The RM's (and value function's) model: any key of `config.model`; `model_configs.resolve`
+  # applies it. Override e.g. `--config.rm.model.num_layers=6`.
   c.rm = ml_collections.ConfigDict(dict(model=dict(RM_MODEL_OVERRIDES[c.preset])))
   c.rm_base = ml_collections.ConfigDict(
     dict(

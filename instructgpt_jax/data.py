@@ -48,15 +48,12 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
+from instructgpt_jax import hf_tokenizer, multihost, preferences, sharding
+from instructgpt_jax.formats import MAX_RESPONSES, MIN_RESPONSES, DataError
 from instructgpt_jax.tokenizer import Tokenizer
 
 KINDS = ("demonstrations", "comparisons", "prompts", "pretraining")
 SPLITS = ("train", "validation", "test")
-MIN_RESPONSES, MAX_RESPONSES = 2, 9  # K per comparison (the paper uses 4..9)
-
-
-class DataError(ValueError):
-  """A user-facing data file is malformed; the message names file, line and cause."""
 
 
 class ChatTemplate(NamedTuple):
@@ -68,8 +65,6 @@ class ChatTemplate(NamedTuple):
 
 def _renderer(chat: ChatTemplate | None):
   """(messages, add_generation_prompt) -> text: the chat template, else a plain transcript."""
-  from instructgpt_jax import hf_tokenizer, preferences  # pylint: disable=import-outside-toplevel
-
   if chat is None or not chat.template:
     return preferences.transcript
   return lambda messages, gen: hf_tokenizer.render_chat_template(
@@ -155,8 +150,6 @@ def validate_record(obj: Any, kind: str, chat: ChatTemplate | None = None) -> di
   through `chat` (else as a plain transcript).
   Raises DataError (without file/line; `read_jsonl` adds them).
   """
-  from instructgpt_jax import preferences  # pylint: disable=import-outside-toplevel
-
   if not isinstance(obj, dict):
     raise DataError(f"expected a JSON object, got {type(obj).__name__}")
   if kind == "pretraining":
@@ -513,11 +506,6 @@ def prepare(
   return builder
 
 
-def hygiene_counts(builder: _JsonlBuilder) -> dict[str, int]:
-  """What hygiene kept and dropped when `builder`'s data was prepared."""
-  return dict(builder.info.metadata["hygiene"])
-
-
 def data_sources(
   kind: str,
   jsonl_paths: str | Sequence[str],
@@ -836,9 +824,6 @@ def map_batches(
   its rows of a batch and gets every row of the outputs. Yields (host batch with its "valid"
   [batch] entry, `fn`'s outputs fetched to the host).
   """
-  # pylint: disable=import-outside-toplevel
-  from instructgpt_jax import multihost, sharding
-
   size = sharding.round_batch(batch_size, mesh, rules)
   rows = sharding.process_rows(mesh, rules, size)
   with sharding.use_rules(mesh, rules):

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -362,8 +363,6 @@ def load_params(
   put on its sharding as soon as it is built; without, leaves are host numpy arrays. Every
   leaf's shape is checked against the model before it is placed.
   """
-  from instructgpt_jax import train_state  # pylint: disable=import-outside-toplevel
-
   hf_cfg = read_config(path)
   expected = model_config_from_hf(hf_cfg)
   for field in ("family", "vocab_size", "num_layers", "d_model", "num_heads", "num_kv_heads"):
@@ -373,7 +372,7 @@ def load_params(
         f"{getattr(expected, field)!r}; take config.model from hf.model_fields({path!r})."
       )
   abstract = jax.eval_shape(
-    lambda r: nn.meta.unbox(train_state.boxed_params(cfg, r)), jax.random.key(0)
+    lambda r: nn.meta.unbox(model_lib.boxed_params(cfg, r)), jax.random.key(0)
   )
   flat_abstract = {
     tuple(k.key for k in path_): leaf
@@ -651,17 +650,15 @@ TOKENIZER_FILES = (
 def export_stage(ws: Any, stage: str, directory: str) -> str:
   """Exports a finished stage of workspace `ws` to `directory`, with its tokenizer's files.
 
-  `stage` is a stage directory name: "sft", "rm", "ppo/ppo", "ppo/ppo_ptx" (or "pretrain").
-  "rm" is written as a sequence-classification model, every other stage as a causal LM.
+  `stage` is a stage directory name: "sft", "rm", "ppo/ppo", "ppo/ppo_ptx" (or "pretrain",
+  "rm_base", "rm/member_<i>"). The RM is written as a sequence-classification model of its own
+  shape (`rm.model`), every other stage as a causal LM (`ws.models.for_stage`).
   """
-  import shutil  # pylint: disable=import-outside-toplevel
-
-  head = "scalar" if stage == "rm" else "lm"
-  cfg = ws.model_config(head=head)
+  cfg = ws.models.for_stage(stage)
   params = ws.load_params(stage, cfg)
   tok = ws.tokenizer()
   ids = dict(bos_id=tok.bos_id, eos_id=tok.eos_id, pad_id=tok.pad_id)
-  if head == "lm":
+  if cfg.head == "lm":
     export_policy(params, cfg, directory, **ids)
   else:
     export_reward_model(params, cfg, directory, **ids)

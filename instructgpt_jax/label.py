@@ -54,7 +54,7 @@ def sample_texts(
     )
   out = sampling.generate_batched(
     params,
-    ws.model_config(),
+    ws.models.policy,
     enc.tokens,
     enc.mask,
     rng,
@@ -227,9 +227,9 @@ def run(ws: Workspace) -> dict[str, Any]:
     _write_progress(out_path, fingerprint, 0, 0, 0)
   policies = {p for p, _ in sources}
   params = {
-    "sft": ws.load_params("sft", ws.model_config()) if "sft" in policies else None,
+    "sft": ws.load_params("sft", ws.models.policy) if "sft" in policies else None,
     "base": (
-      ws.load_params("pretrain", ws.model_config()) if policies & {"base", "base_fewshot"} else None
+      ws.load_params("pretrain", ws.models.policy) if policies & {"base", "base_fewshot"} else None
     ),
   }
   num_chunks = -(-len(recs) // cfg.chunk_prompts)

@@ -419,28 +419,6 @@ def rm_normalization_bias(demo_rewards: ArrayLike, mask: ArrayLike | None = None
   return -masked_mean(x, m)
 
 
-def rm_gain_bias(
-  rewards: ArrayLike,
-  target_mean: float | Array = 0.0,
-  target_std: float | Array = 1.0,
-  mask: ArrayLike | None = None,
-) -> tuple[Array, Array]:
-  """Gain and bias that map ``rewards`` to the given mean and std (N-implementation-details #6).
-
-  Shapes: rewards [N] (optional mask [N]) -> (gain scalar, bias scalar).
-  Use as ``reward_out = gain * reward + bias``; ``gain = target_std / std`` with the biased std
-  (plus 1e-8 in the variance so a constant batch gives a large but finite gain),
-  ``bias = target_mean - gain * mean``. The OpenAI code computes this on reference-policy samples.
-  """
-  x = _f32(rewards)
-  m = jnp.ones_like(x) if mask is None else mask
-  mean = masked_mean(x, m)
-  var = masked_var(x, m, unbiased=False)
-  gain = target_std * jax.lax.rsqrt(var + WHITEN_EPS)
-  bias = target_mean - gain * mean
-  return gain, bias
-
-
 # ---------------------------------------------------------------------------------------------
 # PPO: rewards, advantages, losses
 # ---------------------------------------------------------------------------------------------
@@ -615,14 +593,6 @@ def sequence_kl(logp: ArrayLike, ref_logp: ArrayLike, mask: ArrayLike) -> Array:
 # ---------------------------------------------------------------------------------------------
 # KL controller and the ptx objective
 # ---------------------------------------------------------------------------------------------
-
-
-def kl_controller_init(init_kl_coef: float | Array) -> Array:
-  """State of the KL controller: just the current coefficient (float32 scalar).
-
-  A fixed controller (InstructGPT: beta = 0.02) is this state never updated.
-  """
-  return _f32(init_kl_coef)
 
 
 def kl_controller_update(

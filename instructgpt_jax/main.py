@@ -44,9 +44,8 @@ def main(argv: list[str]) -> int:
   if config.dry_run:
     # Compile the stage's train step on abstract arrays over the configured mesh and report
     # parameters, FLOPs and bytes per device; nothing is allocated or trained.
-    from instructgpt_jax import dry_run  # pylint: disable=import-outside-toplevel
+    from instructgpt_jax.tools import dry_run  # pylint: disable=import-outside-toplevel
 
-    config = workspace.with_imported_base(config)  # An imported model's own shape.
     print(json.dumps(dry_run.dry_run(config), indent=1, default=str))
     return 0
   workdir = _WORKDIR.value or os.path.join("runs", config.preset)
@@ -85,15 +84,14 @@ def config_summary(config: Any, ws: Any) -> str:
   """The few lines of the config that say what will run, for the top of the terminal."""
   from instructgpt_jax import pipeline  # pylint: disable=import-outside-toplevel
 
-  m = config.model
-  cfg = ws.model_config()
+  m = ws.models.policy  # An imported checkpoint's shape with `model.init = "hf:/dir"`.
   data = "built-in task world" if ws.uses_world else "your JSONL files (config.data)"
   return "\n".join(
     [
       f"instructgpt_jax: stage {config.stage} (preset {config.preset}) in {ws.workdir}",
       f"  stages: {' -> '.join(pipeline.stages_to_run(config.stage))}",
       f"  model: {m.family}, {m.num_layers} layers x {m.d_model}, {m.num_heads} heads, "
-      f"vocab {m.vocab_size}, {cfg.num_params() / 1e6:.2f}M parameters, {m.dtype}",
+      f"vocab {m.vocab_size}, {m.num_params() / 1e6:.2f}M parameters, {m.dtype}",
       f"  mesh: {dict(ws.mesh.shape)} on {ws.mesh.size} {ws.mesh.devices.flat[0].platform} "
       f"device(s); data: {data}",
       f"  full config: {ws.workdir}/config.json; library logs: --verbosity=0",

@@ -482,7 +482,6 @@ class Transformer(nn.Module):
     cache: Cache | None = None,
     cache_index: Array | int = 0,
     deterministic: bool = True,
-    return_hidden: bool = False,
     head_span: tuple[int, int] | None = None,
     skip_head: bool = False,
   ):
@@ -496,7 +495,6 @@ class Transformer(nn.Module):
       cache: KV cache from `init_cache`; `tokens` are written at `cache_index`.
       cache_index: where `tokens` start in the cache (used only with a cache).
       deterministic: False turns dropout on (needs a "dropout" rng).
-      return_hidden: also return the final hidden states [batch, seq, embed].
       head_span: (start, length), static: the head (and final norm) only on positions
         [start, start + length), so the outputs and hidden states have `length` positions. The
         LM loss needs no logits for the last position, PPO only those of the response: the
@@ -569,12 +567,7 @@ class Transformer(nn.Module):
         self._head(embed, hidden)
       return hidden if cache is None else (hidden, cache)
     out = self._head(embed, hidden)
-    result = (out,)
-    if cache is not None:
-      result += (cache,)
-    if return_hidden:
-      result += (hidden,)
-    return result[0] if len(result) == 1 else result
+    return out if cache is None else (out, cache)
 
   def _head(self, embed: nn.Embed, hidden: Array) -> Array:
     """LM logits [batch, seq, vocab] (fp32) or scalar values [batch, seq] (fp32)."""
@@ -607,6 +600,12 @@ class Transformer(nn.Module):
         name="scalar_head",
       )(hidden.astype(jnp.float32))[..., 0]
     return out
+
+
+def boxed_params(config: ModelConfig, rng: Array) -> Any:
+  """Freshly initialised parameters, still wrapped in their logical-axis boxes."""
+  tokens = jnp.zeros((1, 8), jnp.int32)
+  return Transformer(config).init(rng, tokens, jnp.ones_like(tokens))["params"]
 
 
 def unembedding(params: Mapping[str, Any]) -> Array:

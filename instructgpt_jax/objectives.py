@@ -81,23 +81,6 @@ def span_logprobs(
   return jnp.where(valid, lp, 0.0)
 
 
-def token_logprobs(
-  params: Any,
-  config: model_lib.ModelConfig,
-  tokens: jax.Array,
-  mask: jax.Array,
-  temperature: float = 1.0,
-) -> jax.Array:
-  """Per-token log-probs [batch, seq] from one full forward pass (no cache).
-
-  `out[:, t] = log p(tokens[:, t] | tokens[:, <t])`; 0 at t = 0, on masked positions, and on the
-  first real token of a left-padded row (its predecessor is padding). On the response of a
-  `sampling.generate` output it equals `SampleOutput.logprobs` (same temperature).
-  """
-  lp = span_logprobs(params, config, tokens, mask, 1, tokens.shape[1] - 1, temperature)
-  return jnp.concatenate([jnp.zeros_like(lp[:, :1]), lp], axis=1)
-
-
 def sequence_rewards(
   params: Any, apply_fn: Callable, tokens: jax.Array, mask: jax.Array
 ) -> jax.Array:

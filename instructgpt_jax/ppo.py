@@ -28,7 +28,16 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from instructgpt_jax import inputs, loop, losses, objectives, sampling, sharding, train_state
+from instructgpt_jax import (
+  inputs,
+  loop,
+  losses,
+  model_configs,
+  objectives,
+  sampling,
+  sharding,
+  train_state,
+)
 from instructgpt_jax import model as model_lib
 from instructgpt_jax.workspace import Workspace, ppo_snapshot_stage, ppo_snapshot_steps
 
@@ -49,8 +58,10 @@ class PPOSettings:
 
   `ppo` is the frozen `config.ppo` section with `ptx_coef` set for the variant: every PPO number
   is read from it where it is used, so a new setting is one line in configs/ppo.py and one read
-  in the function that needs it. The rest is what the config does not hold: the model shapes
-  and the tokenizer's ids.
+  in the function that needs it. It holds no `kl_coef`: the coefficient in use is
+  `PPOState.kl_coef`, which the adaptive controller changes during training, so a frozen copy of
+  the initial value would go stale (`config.ppo.kl_coef` only initialises the state). The rest
+  is what the config does not hold: the model shapes and the tokenizer's ids.
   """
 
   ppo: ml_collections.FrozenConfigDict
@@ -74,9 +85,14 @@ def ptx_coef_of(config: ml_collections.ConfigDict, variant: str) -> float:
 
 
 def make_settings(
-  config: ml_collections.ConfigDict, eos_id: int, pad_id: int, variant: str = "ppo_ptx"
+  config: ml_collections.ConfigDict,
+  models: model_configs.ModelConfigs,
+  eos_id: int,
+  pad_id: int,
+  variant: str = "ppo_ptx",
 ) -> PPOSettings:
-  """The static settings of `variant`'s PPO iteration from the full config."""
+  """The static settings of `variant`'s PPO iteration from the full config and the run's
+  models (the policy's, and the value function's, which is the RM's)."""
   cfg = config.ppo
   if cfg.rollout_batch_size % cfg.minibatch_size:
     raise ValueError(
@@ -85,10 +101,12 @@ def make_settings(
     )
   section = cfg.copy_and_resolve_references()
   section.ptx_coef = ptx_coef_of(config, variant)
+  with section.unlocked():  # main locks the config.
+    del section["kl_coef"]  # Lives in PPOState.kl_coef (see PPOSettings).
   return PPOSettings(
     ppo=ml_collections.FrozenConfigDict(section),
-    policy_cfg=train_state.model_config(config),
-    value_cfg=train_state.rm_model_config(config),
+    policy_cfg=models.policy,
+    value_cfg=models.value,
     prompt_len=config.data.prompt_len,
     response_len=config.data.response_len,
     eos_id=eos_id,
@@ -359,7 +377,7 @@ def train_variant(
   """Trains one policy ("ppo": ptx_coef 0, "ppo_ptx": the config's) into ppo/<variant>."""
   cfg = ws.config.ppo
   tok = ws.tokenizer()
-  s = make_settings(ws.config, tok.eos_id, tok.pad_id, variant)
+  s = make_settings(ws.config, ws.models, tok.eos_id, tok.pad_id, variant)
   seed = ws.config.seed + 100
   sft_params = ws.load_params("sft", s.policy_cfg)
   rm_params = ws.load_reward_model()  # The ensemble's members; the value starts from the first.

@@ -25,7 +25,7 @@ import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from instructgpt_jax.data import MAX_RESPONSES, MIN_RESPONSES, DataError
+from instructgpt_jax.formats import MAX_RESPONSES, MIN_RESPONSES, DataError
 
 HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
 _ROLES = {"user": HUMAN, "human": HUMAN, "assistant": ASSISTANT, "system": "\n\nSystem:"}

@@ -13,7 +13,7 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
-from instructgpt_jax import inputs, loop, objectives, train_state
+from instructgpt_jax import inputs, loop, model_configs, objectives, train_state
 from instructgpt_jax.workspace import Workspace
 
 Batch = dict[str, jax.Array]
@@ -21,6 +21,7 @@ Batch = dict[str, jax.Array]
 
 def init_state(
   config: ml_collections.ConfigDict,
+  models: model_configs.ModelConfigs,
   mesh: Mesh,
   rules: Any,
   total_steps: int,
@@ -34,7 +35,7 @@ def init_state(
   cfg = config.pretrain
   tx = train_state.make_optimizer(cfg.optim, total_steps, cfg.on_nonfinite == "skip")
   return train_state.create_train_state(
-    train_state.model_config(config),
+    models.policy,
     tx,
     mesh,
     rules,
@@ -61,7 +62,7 @@ def run(ws: Workspace) -> dict[str, Any]:
   """Trains the base model; returns the stage summary (also written to DONE.json)."""
   cfg = ws.config.pretrain
   arrays = inputs.lm_arrays(ws, "train")
-  state, shardings = init_state(ws.config, ws.mesh, ws.rules, cfg.steps)
+  state, shardings = init_state(ws.config, ws.models, ws.mesh, ws.rules, cfg.steps)
   batches = ws.batches(arrays, cfg.batch_size, seed=ws.config.seed)
   state, rows = loop.train(
     name="pretrain",

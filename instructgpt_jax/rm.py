@@ -23,12 +23,14 @@ from instructgpt_jax import (
   inputs,
   loop,
   losses,
+  model_configs,
   multihost,
   objectives,
   scoring,
   train_state,
   workspace,
 )
+from instructgpt_jax import model as model_lib
 from instructgpt_jax.workspace import Workspace
 
 SCALAR_HEAD = "scalar_head"
@@ -73,6 +75,7 @@ def member_seed(config: ml_collections.ConfigDict, member: int) -> int:
 
 def init_state(
   config: ml_collections.ConfigDict,
+  models: model_configs.ModelConfigs,
   mesh: Mesh,
   rules: Any,
   total_steps: int,
@@ -84,10 +87,10 @@ def init_state(
   """The reward model on the mesh: `lm_params`' trunk (host or device arrays) and a fresh scalar
   head (N(0, 1/sqrt(d+1)), RLHF-NOTES 3.5), drawn from ensemble member `member`'s seed; returns
   (state, shardings)."""
-  cfg, rm_cfg = config.rm, train_state.rm_model_config(config)
+  cfg, rm_cfg = config.rm, models.reward
   params = None
   if lm_params is not None:
-    fresh = train_state.boxed_params(rm_cfg, jax.random.key(member_seed(config, member) + 20))
+    fresh = model_lib.boxed_params(rm_cfg, jax.random.key(member_seed(config, member) + 20))
     params = trunk_with_scalar_head(
       multihost.fetch(lm_params), multihost.fetch(nn.meta.unbox(fresh))
     )
@@ -112,15 +115,16 @@ def train_member(
 ) -> tuple[Any, dict[str, Any]]:
   """Trains ensemble member `member` into its stage directory (`rm_member_stage`) and folds in
   the bias that makes the demonstrations score mean 0; returns (params on the mesh, summary)."""
-  cfg, rm_cfg = ws.config.rm, train_state.rm_model_config(ws.config)
+  cfg, rm_cfg = ws.config.rm, ws.models.reward
   stage = workspace.rm_member_stage(member)
   seed = member_seed(ws.config, member)
   state, shardings = init_state(
     ws.config,
+    ws.models,
     ws.mesh,
     ws.rules,
     steps,
-    ws.load_params(cfg.init_from, train_state.rm_init_config(ws.config)),
+    ws.load_params(ws.models.rm_init_from, ws.models.rm_init),
     member=member,
   )
   state, rows = loop.train(
@@ -162,9 +166,7 @@ def load_or_train_member(
   member_dir = ws.stage_dir(workspace.rm_member_stage(member))
   done = loop.stage_done(member_dir) if member else None
   if done is not None:
-    return ws.load_params(
-      workspace.rm_member_stage(member), train_state.rm_model_config(ws.config)
-    ), done
+    return ws.load_params(workspace.rm_member_stage(member), ws.models.reward), done
   params, summary = train_member(ws, member, train, steps)
   if member:
     loop.mark_done(member_dir, summary)
@@ -187,7 +189,7 @@ def held_out_accuracy(
   # temperature 1 (as PPO's first samples are). Absent when the file does not record sources.
   sft_ranks = inputs.ranks_among(merged, inputs.SFT_SOURCE)
   has_sft_pairs = ((sft_ranks >= 0).sum(axis=1) >= 2) & (sft_ranks.max(axis=1) > sft_ranks.min(1))
-  reward = scoring.reward_fn(train_state.rm_model_config(ws.config))
+  reward = scoring.reward_fn(ws.models.reward)
   # One pass per member; the ensemble's scores are their mean, as `ensemble_rewards` computes.
   scores = [scoring.comparison_scores(ws, reward, p, merged) for p in members]
 
@@ -201,16 +203,16 @@ def held_out_accuracy(
   if len(members) > 1:
     summary["members"] = [accuracies(s) for s in scores]
   pairs = {k: merged[k] for k in ("tokens", "mask", "ranks")}
-  cfg, init_cfg = ws.config.rm, train_state.rm_init_config(ws.config)
+  init_from, init_cfg = ws.models.rm_init_from, ws.models.rm_init
   # The baseline an RM should beat: ranking by the log-likelihood under the model it starts
   # from. Reloaded here rather than kept through training: one model in memory at a time.
   summary["heldout"]["likelihood_baseline"] = scoring.pairwise_accuracy(
-    ws, scoring.loglik_fn(ws, init_cfg), ws.load_params(cfg.init_from, init_cfg), pairs
+    ws, scoring.loglik_fn(ws, init_cfg), ws.load_params(init_from, init_cfg), pairs
   )["accuracy"]
-  if cfg.init_from != "sft":
+  if init_from != "sft":
     # The SFT policy's own likelihood, the judge the RM failed to beat before (notes of
     # 2026-11-30), reported whatever the RM starts from.
-    sft_cfg = ws.model_config()
+    sft_cfg = ws.models.policy
     summary["heldout"]["sft_likelihood_baseline"] = scoring.pairwise_accuracy(
       ws, scoring.loglik_fn(ws, sft_cfg), ws.load_params("sft", sft_cfg), pairs
     )["accuracy"]
@@ -221,7 +223,7 @@ def run(ws: Workspace) -> dict[str, Any]:
   cfg = ws.config.rm
   if cfg.ensemble < 1:
     raise ValueError(f"rm.ensemble={cfg.ensemble}: the reward model needs at least one member.")
-  if cfg.init_from == "rm_base":
+  if ws.models.rm_init_from == "rm_base":
     _check_rm_base_trained(ws)
   arrays = inputs.comparison_arrays(ws, "train")
   n = int(arrays["tokens"].shape[0])
@@ -230,8 +232,8 @@ def run(ws: Workspace) -> dict[str, Any]:
   trained = [load_or_train_member(ws, i, train, steps) for i in range(cfg.ensemble)]
   first = trained[0][1]
   summary: dict[str, Any] = {
-    "init_from": cfg.init_from,
-    "params": train_state.rm_model_config(ws.config).num_params(),
+    "init_from": ws.models.rm_init_from,
+    "params": ws.models.reward.num_params(),
     "ensemble": cfg.ensemble,
     "steps": steps,
     "comparisons": n,

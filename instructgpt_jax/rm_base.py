@@ -4,7 +4,7 @@ then on the demonstrations (paper 3.5).
 The paper's RM started "from the SFT model with the final unembedding layer removed" (Sec. 3.5);
 its 6B RM was GPT-3 fine-tuned on public NLP data sets (C.2), larger than the 1.3B policy and
 shared by every policy size. This stage trains that model for the RM's shape
-(`rm.model`, `train_state.rm_lm_config`) in three phases:
+(`rm.model`, `model_configs.ModelConfigs.rm_trunk`) in three phases:
 
 1. pretraining: the LM loss over every token of the policy's pretraining text (packed rows of
    `data.seq_len`), `rm_base.steps` steps;
@@ -34,7 +34,7 @@ from absl import logging
 from jax.sharding import Mesh
 
 from instructgpt_jax import data as data_lib
-from instructgpt_jax import inputs, loop, objectives, scoring, train_state
+from instructgpt_jax import inputs, loop, model_configs, objectives, scoring, train_state
 from instructgpt_jax.workspace import Workspace
 
 Batch = dict[str, jax.Array]
@@ -52,6 +52,7 @@ def phase_config(config: ml_collections.ConfigDict, phase: str) -> ml_collection
 
 def init_state(
   config: ml_collections.ConfigDict,
+  models: model_configs.ModelConfigs,
   mesh: Mesh,
   rules: Any,
   total_steps: int,
@@ -64,7 +65,7 @@ def init_state(
   `rm_base.optim`, "nlp": `rm_base.nlp.optim`, "sft": `rm_base.sft.optim` and its residual
   dropout) on the mesh; returns (state, shardings)."""
   cfg = phase_config(config, phase)
-  model_cfg = train_state.rm_lm_config(config)
+  model_cfg = models.rm_trunk
   if phase == "sft":
     model_cfg = model_cfg.replace(dropout=cfg.dropout)
   tx = train_state.make_optimizer(cfg.optim, total_steps, cfg.on_nonfinite == "skip")
@@ -127,12 +128,12 @@ def nlp_arrays(ws: Workspace, split: str) -> dict[str, Any] | None:
 def run(ws: Workspace) -> dict[str, Any]:
   """Pretrains the RM-sized model, tunes it on the NLP tasks, then on the demonstrations;
   returns the stage summary."""
-  init_from = (ws.config.get("rm") or {}).get("init_from", "rm_base")
+  init_from = ws.models.rm_init_from
   if init_from != "rm_base":
     # The stage runs in every pipeline; an RM started from the policy's models needs none of it.
     return {"skipped": f"rm.init_from={init_from!r}: the RM does not start from rm_base"}
   cfg = ws.config.rm_base
-  lm_cfg = train_state.rm_lm_config(ws.config)
+  lm_cfg = ws.models.rm_trunk
   summary: dict[str, Any] = {
     "params": lm_cfg.num_params(),
     "layers": lm_cfg.num_layers,
@@ -180,7 +181,7 @@ def run(ws: Workspace) -> dict[str, Any]:
 def _tune_on_demonstrations(ws: Workspace, params: Any, summary: dict[str, Any]) -> Any:
   """Phase 3: the policy's SFT recipe on the RM-sized model (`rm_base.sft`); returns the new
   parameters and adds `sft_*` entries to `summary`."""
-  scfg, lm_cfg = ws.config.rm_base.sft, train_state.rm_lm_config(ws.config)
+  scfg, lm_cfg = ws.config.rm_base.sft, ws.models.rm_trunk
   arrays, counts = inputs.sft_train_rows(ws, scfg.pretrain_mix, ws.config.seed + 12, "rm_base.sft")
   steps = loop.steps_for_epochs(int(arrays["tokens"].shape[0]), scfg.batch_size, scfg.epochs)
   params, rows = _train_phase(ws, "sft", arrays, steps, params)
@@ -201,7 +202,7 @@ def _train_phase(
   `arrays` (tokens/mask/loss_mask [N, seq]) in `<workdir>/rm_base/<phase>`; returns the new
   parameters and the logged metric rows."""
   cfg, (data_seed, step_seed) = phase_config(ws.config, phase), PHASE_SEEDS[phase]
-  state, shardings = init_state(ws.config, ws.mesh, ws.rules, steps, params, phase=phase)
+  state, shardings = init_state(ws.config, ws.models, ws.mesh, ws.rules, steps, params, phase=phase)
   del params  # One copy of the parameters: the state holds them.
   state, rows = loop.train(
     name=f"rm_base/{phase}",

@@ -3,7 +3,7 @@
 Layout (the project's one sequence layout, see `model.py`): a prompt LEFT-padded to P tokens,
 followed by a response region of R = `max_new_tokens` slots. Every output array is `[B, P + R]`
 so that callers can feed `tokens`/`mask` straight back into `Transformer.apply` or
-`objectives.token_logprobs` and multiply by `response_mask` without re-aligning anything:
+`objectives.span_logprobs` and multiply by `response_mask` without re-aligning anything:
 
   tokens         [B, P+R] int32  prompt (as given) then the response; pad_id after EOS.
   mask           [B, P+R] int32  1 on real prompt tokens and on response tokens up to and
@@ -23,7 +23,7 @@ response token comes from the prefill logits, the last one is never fed back).
 
 Log-probs: the returned log-prob of a token is `log_softmax(logits / temperature)[token]`, i.e. of
 the temperature-scaled distribution BEFORE any top-k / top-p filtering (and also in greedy mode).
-This is exactly what `objectives.token_logprobs(..., temperature)` recomputes from one forward pass, which is
+This is exactly what `objectives.span_logprobs(..., temperature)` recomputes from one forward pass, which is
 what PPO needs (RLHF-NOTES 3.9: divide by the temperature before computing log-probs). The
 log-probs of the *filtered* (top-k / nucleus) distribution are not recomputable from a plain
 forward pass (they depend on the renormalisation over the kept set), so they are not returned;
@@ -32,8 +32,8 @@ log-probs are returned, so importance ratios in PPO are then only approximate (R
 sample with top_k=0, top_p=1).
 
 Jitting: `generate` is a pure function of arrays plus static configuration. Callers jit it with
-`static_argnames=GENERATE_STATIC_ARGNAMES` (and their own in/out shardings), or use
-`generate_jit`. `temperature` and `top_p` are traced (changing them does not recompile);
+`static_argnames=GENERATE_STATIC_ARGNAMES` (and their own in/out shardings).
+`temperature` and `top_p` are traced (changing them does not recompile);
 `top_k` is static because `lax.top_k` needs a static k.
 """
 
@@ -294,12 +294,6 @@ def generate(
     ended=done,
     lengths=response_mask.sum(axis=-1),
   )
-
-
-generate_jit = jax.jit(generate, static_argnames=GENERATE_STATIC_ARGNAMES)
-generate_jit.__doc__ = (
-  "`generate` under `jax.jit` (static: " + ", ".join(GENERATE_STATIC_ARGNAMES) + ")."
-)
 
 
 @functools.lru_cache(maxsize=16)

@@ -15,19 +15,15 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
-from instructgpt_jax import inputs, loop, objectives, scoring, train_state
+from instructgpt_jax import inputs, loop, model_configs, objectives, scoring, train_state
 from instructgpt_jax.workspace import Workspace
 
 Batch = dict[str, jax.Array]
 
 
-def model_config(config: ml_collections.ConfigDict):
-  """The policy's model with SFT's residual dropout."""
-  return train_state.model_config(config, dropout=config.sft.dropout)
-
-
 def init_state(
   config: ml_collections.ConfigDict,
+  models: model_configs.ModelConfigs,
   mesh: Mesh,
   rules: Any,
   total_steps: int,
@@ -35,11 +31,18 @@ def init_state(
   *,
   abstract: bool = False,
 ) -> tuple[train_state.TrainState, Any]:
-  """The base model's `params` with SFT's optimizer on the mesh; returns (state, shardings)."""
+  """The base model's `params` with SFT's optimizer and residual dropout (the policy's model
+  trains with `sft.dropout`) on the mesh; returns (state, shardings)."""
   cfg = config.sft
   tx = train_state.make_optimizer(cfg.optim, total_steps, cfg.on_nonfinite == "skip")
   return train_state.create_train_state(
-    model_config(config), tx, mesh, rules, jax.random.key(config.seed), params, abstract=abstract
+    models.policy.replace(dropout=cfg.dropout),
+    tx,
+    mesh,
+    rules,
+    jax.random.key(config.seed),
+    params,
+    abstract=abstract,
   )
 
 
@@ -61,9 +64,9 @@ def run(ws: Workspace) -> dict[str, Any]:
   cfg = ws.config.sft
   arrays, counts = inputs.sft_train_rows(ws, cfg.pretrain_mix, ws.config.seed + 12)
   steps = loop.steps_for_epochs(int(arrays["tokens"].shape[0]), cfg.batch_size, cfg.epochs)
-  model_cfg = model_config(ws.config)
+  model_cfg = ws.models.policy
   params = ws.load_params("pretrain", model_cfg)
-  state, shardings = init_state(ws.config, ws.mesh, ws.rules, steps, params)
+  state, shardings = init_state(ws.config, ws.models, ws.mesh, ws.rules, steps, params)
   batches = ws.batches(arrays, cfg.batch_size, seed=ws.config.seed + 10)
   state, rows = loop.train(
     name="sft",

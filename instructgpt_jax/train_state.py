@@ -12,19 +12,16 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import optax
 from flax.training import train_state as flax_train_state
 from jax.sharding import Mesh
 
 from instructgpt_jax import model as model_lib
-from instructgpt_jax import sharding
+from instructgpt_jax import model_configs, sharding
 
 TrainState = flax_train_state.TrainState
 SCHEDULES = ("cosine", "constant", "linear")
-# The models a reward model can start from (`rm.init_from`): the stage whose parameters it loads.
-RM_INIT_FROM = ("rm_base", "sft", "pretrain")
 
 
 def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
@@ -76,57 +73,17 @@ def make_optimizer(
   return tx
 
 
-def model_config(config: ml_collections.ConfigDict, **overrides: Any) -> model_lib.ModelConfig:
-  """The policy's model (`config.model`), with `overrides`."""
-  d = config.model.to_dict()
-  d.pop("init", None)  # Where the weights come from (Workspace.hf_base), not the shape.
-  return model_lib.ModelConfig.from_dict(d, **overrides)
-
-
+# evaluate.py's two remaining calls (lines 92 and 320) go through these; they read the one
+# resolution (model_configs.resolve). Delete them once evaluate.py reads `ws.models.rm_trunk`
+# and `ws.models.reward`.
 def rm_lm_config(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
-  """The reward model's transformer as a language model (the `rm_base` stage trains it):
-  `config.model` with the overrides of `config.rm.model` (absent before configs/rm_base.py)."""
-  rm_section = config.get("rm") or {}
-  overrides = dict(rm_section.get("model") or {})
-  unknown = sorted(set(overrides) - set(config.model.keys()))
-  if unknown:
-    raise ValueError(
-      f"config.rm.model sets {unknown}, which are not model settings; valid keys: "
-      f"{sorted(config.model.keys())}."
-    )
-  return model_config(config, **overrides)
+  """`model_configs.resolve(config).rm_trunk`."""
+  return model_configs.resolve(config).rm_trunk
 
 
 def rm_model_config(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
-  """The reward model: `rm_lm_config`'s transformer with a scalar head in place of the
-  unembedding. The value function shares it, since it starts from the RM."""
-  return rm_lm_config(config).replace(head="scalar")
-
-
-def rm_init_config(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
-  """The LM config of the model the RM starts from (`rm.init_from`); raises, with the fix, when
-  the policy's models are asked for but `rm.model` gives the RM another shape."""
-  cfg = config.rm
-  if cfg.init_from not in RM_INIT_FROM:
-    raise ValueError(f"rm.init_from={cfg.init_from!r} is not one of {list(RM_INIT_FROM)}.")
-  rm_lm = rm_lm_config(config)
-  if cfg.init_from == "rm_base":
-    return rm_lm
-  policy = model_config(config)
-  if policy != rm_lm:
-    raise ValueError(
-      f"rm.init_from={cfg.init_from!r} starts the RM from the policy's model, but rm.model "
-      f"{cfg.model.to_dict()} gives the RM another shape ({rm_lm.num_layers} x {rm_lm.d_model} "
-      f"against the policy's {policy.num_layers} x {policy.d_model}). Use "
-      "rm.init_from='rm_base', or set rm.model's keys to the policy's values."
-    )
-  return policy
-
-
-def boxed_params(model_cfg: model_lib.ModelConfig, rng: jax.Array) -> Any:
-  """Freshly initialised parameters, still wrapped in their logical-axis boxes."""
-  tokens = jnp.zeros((1, 8), jnp.int32)
-  return model_lib.Transformer(model_cfg).init(rng, tokens, jnp.ones_like(tokens))["params"]
+  """`model_configs.resolve(config).reward`."""
+  return model_configs.resolve(config).reward
 
 
 def create_train_state(
@@ -148,7 +105,7 @@ def create_train_state(
   apply_fn = model_lib.Transformer(model_cfg).apply
 
   def boxed_state(rng_or_params, fresh: bool):
-    p = boxed_params(model_cfg, rng_or_params) if fresh else rng_or_params
+    p = model_lib.boxed_params(model_cfg, rng_or_params) if fresh else rng_or_params
     return TrainState.create(apply_fn=apply_fn, params=p, tx=tx)
 
   boxed = jax.eval_shape(lambda r: boxed_state(r, True), rng)
@@ -204,7 +161,7 @@ def check_same_structure(expected: Any, got: Any, what: str) -> None:
 
 def param_shardings(model_cfg: model_lib.ModelConfig, mesh: Mesh, rules: Any) -> Any:
   """Shardings of a model's (unboxed) parameter tree, without allocating it."""
-  abstract = jax.eval_shape(lambda r: boxed_params(model_cfg, r), jax.random.key(0))
+  abstract = jax.eval_shape(lambda r: model_lib.boxed_params(model_cfg, r), jax.random.key(0))
   return sharding.logical_shardings(abstract, mesh, rules)
 
 

@@ -19,7 +19,15 @@ import ml_collections
 from absl import logging
 from jax.sharding import Mesh
 
-from instructgpt_jax import checkpoint, hf, hf_tokenizer, multihost, sharding, train_state
+from instructgpt_jax import (
+  checkpoint,
+  hf,
+  hf_tokenizer,
+  model_configs,
+  multihost,
+  sharding,
+  train_state,
+)
 from instructgpt_jax import data as data_lib
 from instructgpt_jax import model as model_lib
 from instructgpt_jax import tokenizer as tokenizer_lib
@@ -59,35 +67,13 @@ def ppo_snapshot_steps(ppo_cfg: ml_collections.ConfigDict) -> list[int]:
   return sorted({*range(every, last + 1, every), last}) if every > 0 else []
 
 
-def with_imported_base(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """`config` itself, or, with `model.init = "hf:/dir"`, a copy whose `config.model` holds the
-  checkpoint's shape, so every model config built from it (policy, reward model, value) agrees
-  with the weights. The reward model then starts from SFT's trunk (`rm.init_from = "sft"`, no
-  `rm.model` overrides): the RM-sized base the pipeline pretrains from scratch on the built-in
-  world has no counterpart for a real model, and the paper's RM could start from SFT (C.2)."""
-  path = hf.hf_path(config.model.get("init", ""))
-  if not path:
-    return config
-  config = config.copy_and_resolve_references()
-  with config.unlocked():
-    config.model.update(hf.model_fields(path))
-    if "rm" in config:
-      if config.rm.init_from == "rm_base" or config.rm.get("model"):
-        logging.warning(
-          "model.init=%s: the reward model starts from SFT (rm.init_from='sft', rm.model "
-          "unused); the rm_base stage is skipped.",
-          config.model.init,
-        )
-      config.rm.init_from = "sft"
-      config.rm.model = {}
-  return config
-
-
 class Workspace:
   """A run's directory layout, mesh, tokenizer and data, shared by the stages of a pipeline."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, mesh: Mesh | None = None):
-    self.config = with_imported_base(config)
+    self.config = config
+    # Every model of the run, made here once; stages and tools read them from `ws.models`.
+    self.models = model_configs.resolve(config)
     self.workdir = os.path.abspath(workdir)
     os.makedirs(self.workdir, exist_ok=True)
     self.mesh = (
@@ -197,7 +183,7 @@ class Workspace:
     )
     if self._tokenizer is None and hf_dir:
       self._tokenizer = hf_tokenizer.HfTokenizer.load(hf_dir)
-      self._tokenizer.check_vocab(self.model_config().vocab_size)
+      self._tokenizer.check_vocab(self.models.policy.vocab_size)
     if self._tokenizer is None:
       path = self.config.data.tokenizer_path or os.path.join(self.workdir, "tokenizer.model")
       if not self.config.data.tokenizer_path and multihost.agree(not os.path.exists(path)):
@@ -207,10 +193,10 @@ class Workspace:
         ]
         multihost.on_main(
           "tokenizer",
-          lambda: tokenizer_lib.train_tokenizer(texts, path, self.config.model.vocab_size),
+          lambda: tokenizer_lib.train_tokenizer(texts, path, self.models.policy.vocab_size),
         )
       self._tokenizer = tokenizer_lib.Tokenizer.load(path)
-      self._tokenizer.check_vocab(self.config.model.vocab_size)
+      self._tokenizer.check_vocab(self.models.policy.vocab_size)
     return self._tokenizer
 
   def batches(self, arrays: Any, batch_size: int, seed: int) -> Any:
@@ -221,9 +207,9 @@ class Workspace:
 
   # Models --------------------------------------------------------------------------------------
 
-  def model_config(self, **overrides: Any) -> model_lib.ModelConfig:
-    """`config.model` (which holds the checkpoint's shape when `model.init` is one)."""
-    return train_state.model_config(self.config, **overrides)
+  def model_config(self) -> model_lib.ModelConfig:
+    """`self.models.policy`, for evaluate.py's callers (the rest read `ws.models`)."""
+    return self.models.policy
 
   def load_params(self, stage: str, model_cfg: model_lib.ModelConfig) -> Any:
     """The final parameters of a finished stage, placed on this run's mesh.
@@ -240,14 +226,14 @@ class Workspace:
       directory = os.path.join(self.stage_dir(stage), "ckpt")
     shardings = train_state.param_shardings(model_cfg, self.mesh, self.rules)
     abstract = nn.meta.unbox(
-      jax.eval_shape(lambda r: train_state.boxed_params(model_cfg, r), jax.random.key(0))
+      jax.eval_shape(lambda r: model_lib.boxed_params(model_cfg, r), jax.random.key(0))
     )
     return checkpoint.restore_params(directory, checkpoint.abstract_like(abstract, shardings))
 
   def load_reward_model(self) -> tuple[Any, ...]:
     """The reward model's `rm.ensemble` members (one by default), each a parameter tree placed
     on this run's mesh; the reward is their mean (`objectives.ensemble_rewards`)."""
-    cfg = train_state.rm_model_config(self.config)
+    cfg = self.models.reward
     members = int((self.config.get("rm") or {}).get("ensemble", 1))
     return tuple(self.load_params(rm_member_stage(i), cfg) for i in range(members))
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from configs import common
 from instructgpt_jax import model as model_lib
+from instructgpt_jax import objectives, sampling
 
 
 def tiny_model(family: str = "gpt", **kw) -> model_lib.ModelConfig:
@@ -60,6 +61,26 @@ def forward(cfg: model_lib.ModelConfig, params, tokens, mask):
 def init_params(cfg: model_lib.ModelConfig, seed: int = 0):
   import flax.linen as nn  # pylint: disable=import-outside-toplevel
 
-  from instructgpt_jax import train_state  # pylint: disable=import-outside-toplevel
+  return nn.meta.unbox(model_lib.boxed_params(cfg, jax.random.key(seed)))
 
-  return nn.meta.unbox(train_state.boxed_params(cfg, jax.random.key(seed)))
+
+def token_logprobs(
+  params, config: model_lib.ModelConfig, tokens, mask, temperature: float = 1.0
+) -> jax.Array:
+  """Per-token log-probs [batch, seq] from one full forward pass (no cache).
+
+  `out[:, t] = log p(tokens[:, t] | tokens[:, <t])`; 0 at t = 0, on masked positions, and on the
+  first real token of a left-padded row (its predecessor is padding). On the response of a
+  `sampling.generate` output it equals `SampleOutput.logprobs` (same temperature).
+  """
+  lp = objectives.span_logprobs(params, config, tokens, mask, 1, tokens.shape[1] - 1, temperature)
+  return jnp.concatenate([jnp.zeros_like(lp[:, :1]), lp], axis=1)
+
+
+# `sampling.generate` under `jax.jit`, as callers jit it.
+generate_jit = jax.jit(sampling.generate, static_argnames=sampling.GENERATE_STATIC_ARGNAMES)
+
+
+def hygiene_counts(builder) -> dict[str, int]:
+  """What hygiene kept and dropped when a tfds builder's data was prepared (`data.prepare`)."""
+  return dict(builder.info.metadata["hygiene"])

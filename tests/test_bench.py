@@ -5,7 +5,8 @@ import jax
 import numpy as np
 import pytest
 
-from instructgpt_jax import bench, dry_run, sharding, train_state
+from instructgpt_jax import model_configs, sharding
+from instructgpt_jax.tools import bench, dry_run
 from tests import helpers
 
 
@@ -79,9 +80,9 @@ def test_dry_run_ppo_lowers_on_8_devices():
 def test_dry_run_rm_base_lowers_the_rm_shaped_model():
   config = helpers.config("rm_base")
   info = dry_run.dry_run(config, compile=False)
-  rm_params = train_state.rm_lm_config(config).num_params()
+  rm_params = model_configs.resolve(config).rm_trunk.num_params()
   assert info["stage"] == "rm_base" and info["params"] == rm_params
-  assert info["params"] > train_state.model_config(config).num_params()
+  assert info["params"] > model_configs.resolve(config).policy.num_params()
   assert info["seq"] == config.data.seq_len
 
 
@@ -113,7 +114,7 @@ def test_forward_flops_agree_with_xla_cost_analysis():
 
   p = dict(bench.PRESETS["tiny"], **bench.QUICK)
   cfg = bench.model_config(p)
-  params = jax.jit(lambda r: nn.meta.unbox(train_state.boxed_params(cfg, r)))(jax.random.key(0))
+  params = jax.jit(lambda r: nn.meta.unbox(model_lib.boxed_params(cfg, r)))(jax.random.key(0))
   tokens = jnp.zeros((4, p["seq"]), jnp.int32)
   fwd = jax.jit(lambda pr, t: model_lib.Transformer(cfg).apply({"params": pr}, t, jnp.ones_like(t)))
   cost = fwd.lower(params, tokens).compile().cost_analysis()

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from instructgpt_jax.sim import breakdown as rm_breakdown
+from instructgpt_jax.tools import breakdown as rm_breakdown
 
 
 def _analysis(score, content=1.0, constraint=None, halluc=None, ended=True, verbosity=1.0):

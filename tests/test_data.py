@@ -10,6 +10,7 @@ import pytest
 from instructgpt_jax import data
 from instructgpt_jax.data import DataError, Hygiene
 from instructgpt_jax.tokenizer import Tokenizer, train_tokenizer
+from tests import helpers
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -230,14 +231,14 @@ def test_tfds_reuses_unchanged_and_reprepares_changed_file(tmp_path, monkeypatch
   path = write_jsonl(tmp_path / "demos.jsonl", [demo(i, f"u{i}") for i in range(20)])
   data_dir = str(tmp_path / "tfds")
   first = data.prepare("demonstrations", path, data_dir)
-  assert data.hygiene_counts(first)["read"] == 20
+  assert helpers.hygiene_counts(first)["read"] == 20
 
   calls = []
   original = data.read_jsonl
   monkeypatch.setattr(data, "read_jsonl", lambda *a: calls.append(a) or original(*a))
   again = data.prepare("demonstrations", path, data_dir)
   assert again.data_dir == first.data_dir and calls == []  # reused, not re-read
-  assert data.hygiene_counts(again)["read"] == 20  # counts survive reuse
+  assert helpers.hygiene_counts(again)["read"] == 20  # counts survive reuse
 
   write_jsonl(path, [demo(i, f"u{i}") for i in range(25)])  # same path, new content
   changed = data.prepare("demonstrations", path, data_dir)

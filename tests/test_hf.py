@@ -596,7 +596,7 @@ def test_workspace_starts_from_an_imported_checkpoint(tmp_path, checkpoints):
   config.model.init = "hf:" + path
   config.sharding.mesh_shape = (1, 4, 2)
   ws = Workspace(config, str(tmp_path / "run"))
-  cfg = ws.model_config()
+  cfg = ws.models.policy
   assert (cfg.family, cfg.vocab_size, cfg.qkv_bias, cfg.num_kv_heads) == ("llama", VOCAB, True, 2)
   params = ws.load_params("pretrain", cfg)
   tokens, mask, positions = _batch()
@@ -664,7 +664,7 @@ def test_pipeline_runs_from_an_imported_checkpoint(tmp_path):
   assert summaries["sft"]["examples"] > 0 and summaries["sft"]["steps"] > 0
   assert summaries["rm"]["comparisons"] > 0
   # SFT moved away from the imported weights, which it started from.
-  cfg = ws.model_config()
+  cfg = ws.models.policy
   base, sft = ws.load_params("pretrain", cfg), ws.load_params("sft", cfg)
   emb = lambda p: np.asarray(p["token_embed"]["embedding"])
   assert emb(base).shape == emb(sft).shape and not np.allclose(emb(base), emb(sft))

@@ -5,7 +5,8 @@ import jax
 import numpy as np
 from jax.sharding import PartitionSpec
 
-from instructgpt_jax import ppo, sharding, train_state
+from instructgpt_jax import model as model_lib
+from instructgpt_jax import model_configs, ppo, sharding, train_state
 from tests import helpers
 
 P, R, VOCAB, EOS, PAD = 8, 8, 32, 3, 0
@@ -24,9 +25,9 @@ def _config(**ppo_overrides):
 def _setup(ptx_coef=0.0, lr=3e-3, **ppo_overrides):
   config = _config(ptx_coef=ptx_coef, **ppo_overrides)
   config.ppo.optim.lr = lr
-  s = ppo.make_settings(config, EOS, PAD, variant="ppo_ptx")
-  policy_params = nn.meta.unbox(train_state.boxed_params(s.policy_cfg, jax.random.key(0)))
-  rm_params = nn.meta.unbox(train_state.boxed_params(s.value_cfg, jax.random.key(1)))
+  s = ppo.make_settings(config, model_configs.resolve(config), EOS, PAD, variant="ppo_ptx")
+  policy_params = nn.meta.unbox(model_lib.boxed_params(s.policy_cfg, jax.random.key(0)))
+  rm_params = nn.meta.unbox(model_lib.boxed_params(s.value_cfg, jax.random.key(1)))
   mesh = sharding.make_mesh((1, 1, 1))
   state, _ = ppo.init_state(config, s, mesh, sharding.DEFAULT_RULES, policy_params, rm_params)
   n_updates = config.ppo.epochs * s.num_minibatches
@@ -87,9 +88,9 @@ def test_ppo_iteration_on_a_2x2x2_mesh_equals_one_device():
   rules), scoring, GAE and both updates give one device's metrics and parameters."""
   config = _config(ptx_coef=1.0)
   config.model.update(num_heads=4, d_model=32)
-  s = ppo.make_settings(config, EOS, PAD, variant="ppo_ptx")
-  policy_params = nn.meta.unbox(train_state.boxed_params(s.policy_cfg, jax.random.key(0)))
-  rm_params = nn.meta.unbox(train_state.boxed_params(s.value_cfg, jax.random.key(1)))
+  s = ppo.make_settings(config, model_configs.resolve(config), EOS, PAD, variant="ppo_ptx")
+  policy_params = nn.meta.unbox(model_lib.boxed_params(s.policy_cfg, jax.random.key(0)))
+  rm_params = nn.meta.unbox(model_lib.boxed_params(s.value_cfg, jax.random.key(1)))
   _, batch, _, _, _, _ = _setup(ptx_coef=1.0)
   rules = sharding.DEFAULT_RULES
   results = []
@@ -123,7 +124,7 @@ def test_rollout_score_is_the_mean_of_the_rm_ensemble():
   """With two RM members the rollout's score is the mean of each member's score alone; the
   samples (same key, same policy) are the same."""
   state, batch, _, ref, (rm_a,), s = _setup()
-  rm_b = nn.meta.unbox(train_state.boxed_params(s.value_cfg, jax.random.key(7)))
+  rm_b = nn.meta.unbox(model_lib.boxed_params(s.value_cfg, jax.random.key(7)))
   roll = jax.jit(
     lambda st, members: ppo.rollout(
       st, ref, members, batch["prompts"], batch["prompt_mask"], jax.random.key(3), s

@@ -408,12 +408,12 @@ def test_checkpoint_of_another_model_shape_names_the_parameters(reference):
   cfg = helpers.config("rm")
   ws = workspace.Workspace(cfg, str(reference), mesh=sharding.make_mesh((1, 1, 1)))
   with pytest.raises(checkpoint.CheckpointMismatchError) as e:
-    ws.load_params("sft", ws.model_config(d_model=32))
+    ws.load_params("sft", ws.models.policy.replace(d_model=32))
   msg = str(e.value)
   assert "sft/ckpt" in msg and "made for another model" in msg
   assert "layer_0/attn/query/kernel: model (32, 4, 8), checkpoint (64, 4, 16)" in msg, msg
   with pytest.raises(checkpoint.CheckpointMismatchError, match="not in the model.*layer_1"):
-    ws.load_params("sft", ws.model_config(num_layers=1))
+    ws.load_params("sft", ws.models.policy.replace(num_layers=1))
 
 
 def test_resume_with_another_model_shape_is_refused(tmp_path):

@@ -6,37 +6,42 @@ import os
 import numpy as np
 import pytest
 
-from instructgpt_jax import inputs, label, loop, pipeline, rm_base, scoring, train_state
+from instructgpt_jax import inputs, label, loop, model_configs, pipeline, rm_base, scoring
 from instructgpt_jax.workspace import Workspace
 from tests import helpers
 
 
 def test_rm_model_overrides_the_policy_shape_and_the_value_follows():
   config = helpers.config("ppo", "small")
-  policy, rm_cfg = train_state.model_config(config), train_state.rm_model_config(config)
+  models = model_configs.resolve(config)
+  policy, rm_cfg = models.policy, models.reward
   assert (policy.num_layers, policy.d_model) == (4, 128)
   assert (rm_cfg.num_layers, rm_cfg.d_model, rm_cfg.head) == (4, 192, "scalar")
   assert rm_cfg.num_params() > 2 * policy.num_params()
-  assert train_state.rm_lm_config(config) == rm_cfg.replace(head="lm")
-  assert config.rm.init_from == "rm_base" == train_state.RM_INIT_FROM[0]
+  assert models.rm_trunk == rm_cfg.replace(head="lm") == models.rm_init
+  assert config.rm.init_from == "rm_base" == models.rm_init_from == model_configs.RM_INIT_FROM[0]
+  assert models.for_stage("rm/member_1") == rm_cfg and models.for_stage("ppo/ppo_ptx") == policy
+  assert models.for_stage("rm_base/nlp") == models.rm_trunk
   from instructgpt_jax import ppo  # pylint: disable=import-outside-toplevel
 
-  assert ppo.make_settings(config, eos_id=1, pad_id=0).value_cfg == rm_cfg
+  assert ppo.make_settings(config, models, eos_id=1, pad_id=0).value_cfg == rm_cfg == models.value
 
 
 def test_rm_from_the_policy_needs_the_policy_shape():
   config = helpers.config("rm")
   config.rm.init_from = "sft"
   with pytest.raises(ValueError, match="rm.init_from='rm_base'"):
-    train_state.rm_init_config(config)
+    model_configs.resolve(config)
   config.rm.model = {}
-  assert train_state.rm_init_config(config) == train_state.model_config(config)
+  models = model_configs.resolve(config)
+  assert models.rm_init == models.policy == models.rm_trunk and models.rm_init_from == "sft"
   config.rm.model = {"num_layer": 3}
   with pytest.raises(ValueError, match="not model settings"):
-    train_state.rm_lm_config(config)
+    model_configs.resolve(config)
+  config.rm.model = {}
   config.rm.init_from = "gpt3"
   with pytest.raises(ValueError, match="not one of"):
-    train_state.rm_init_config(config)
+    model_configs.resolve(config)
 
 
 def test_rm_base_runs_before_rm_and_after_label():
@@ -127,7 +132,7 @@ def test_rm_base_ends_with_the_sft_recipe_on_the_rm_shape(tmp_path):
     os.path.join(skipped_ws.stage_dir("rm_base"), "sft")
   )
   # Same seeds up to phase 3, so the tuned model fits the demonstrations better than the other.
-  lm_cfg = train_state.rm_lm_config(config)
+  lm_cfg = ws.models.rm_trunk
   val = inputs.sft_arrays(ws, "validation")
   assert val["tokens"].shape[0]
   tuned = scoring.lm_loss(ws, ws.load_params("rm_base", lm_cfg), lm_cfg, val)

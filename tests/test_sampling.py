@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from instructgpt_jax import model as model_lib
-from instructgpt_jax import objectives, sampling
+from instructgpt_jax import sampling
+from tests import helpers
 
 PAD, EOS, BOS = 0, 1, 2
 P, R = 6, 8
@@ -59,7 +60,7 @@ def _gen(family, rng=0, batch=4, **kw):
   cfg, params = _setup(family)
   tokens, mask = _prompts(batch)
   kw = dict(dict(max_new_tokens=R, eos_id=EOS, pad_id=PAD), **kw)
-  out = sampling.generate_jit(params, cfg, tokens, mask, jax.random.PRNGKey(rng), **kw)
+  out = helpers.generate_jit(params, cfg, tokens, mask, jax.random.PRNGKey(rng), **kw)
   return cfg, params, tokens, mask, jax.device_get(out)
 
 
@@ -154,7 +155,7 @@ def test_eos_stops_row_and_masks_rest():
   new_eos = int(out.tokens[row, P + 2])
   assert new_eos != PAD
   out2 = jax.device_get(
-    sampling.generate_jit(
+    helpers.generate_jit(
       params,
       cfg,
       tokens,
@@ -170,7 +171,7 @@ def test_eos_stops_row_and_masks_rest():
   _check_layout(out2, tokens, mask, eos=new_eos)
   # The same row alone: every row has ended, so the while_loop exits early; the rest stays pad.
   out1 = jax.device_get(
-    sampling.generate_jit(
+    helpers.generate_jit(
       params,
       cfg,
       tokens[row : row + 1],
@@ -189,7 +190,7 @@ def test_eos_stops_row_and_masks_rest():
   cfg, params = _setup(family)
   tokens, mask = _prompts(48, seed=3)
   out3 = jax.device_get(
-    sampling.generate_jit(
+    helpers.generate_jit(
       params,
       cfg,
       tokens,
@@ -210,7 +211,7 @@ def test_eos_stops_row_and_masks_rest():
 def test_logprobs_match_score_logprobs(family, temperature):
   cfg, params, tokens, mask, out = _gen(family, rng=7, batch=6, temperature=temperature)
   _check_layout(out, tokens, mask)
-  scored = jax.jit(objectives.token_logprobs, static_argnums=1)(
+  scored = jax.jit(helpers.token_logprobs, static_argnums=1)(
     params, cfg, jnp.asarray(out.tokens), jnp.asarray(out.mask), temperature
   )
   scored = np.asarray(scored) * out.response_mask
@@ -222,7 +223,7 @@ def test_logprobs_match_score_logprobs(family, temperature):
 def test_score_logprobs_zero_on_prompt_start_and_padding():
   cfg, params = _setup("llama")
   tokens, mask = _prompts(4)
-  lp = np.asarray(objectives.token_logprobs(params, cfg, tokens, mask, 1.0))
+  lp = np.asarray(helpers.token_logprobs(params, cfg, tokens, mask, 1.0))
   first_real = np.argmax(np.asarray(mask), axis=1)
   for b in range(4):
     assert np.all(lp[b, : first_real[b] + 1] == 0)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from instructgpt_jax import data as data_lib
-from instructgpt_jax import inputs, loop, pipeline, train_state
+from instructgpt_jax import inputs, loop, pipeline
 from instructgpt_jax import metrics as metrics_lib
 from instructgpt_jax.workspace import Workspace
 from tests import helpers
@@ -147,20 +147,20 @@ def test_label_draws_responses_from_every_source(tiny_run):
 
 def test_rm_starts_from_rm_base_with_the_rm_shape(tiny_run):
   ws, summaries = tiny_run
-  rm_lm, policy = train_state.rm_lm_config(ws.config), ws.model_config()
+  rm_lm, policy = ws.models.rm_trunk, ws.models.policy
   assert ws.config.rm.init_from == "rm_base" and summaries["rm"]["init_from"] == "rm_base"
   assert rm_lm.num_layers == policy.num_layers + 1  # tiny's rm.model: one more layer.
   base = summaries["rm_base"]
   assert base["pretrain_steps"] == ws.config.rm_base.steps and base["nlp_steps"] > 0
   assert np.isfinite(base["nlp_final_loss"]) and "nlp_skipped" not in base
   assert base["sft_steps"] > 0 and np.isfinite(base["sft_validation_loss"])  # Paper 3.5.
-  rm_params = ws.load_params("rm", train_state.rm_model_config(ws.config))
+  rm_params = ws.load_params("rm", ws.models.reward)
   assert len([k for k in rm_params if k.startswith("layer")]) == rm_lm.num_layers, list(rm_params)
   # The value function is the RM's model (it starts from the RM's parameters).
   from instructgpt_jax import ppo  # pylint: disable=import-outside-toplevel
 
-  s = ppo.make_settings(ws.config, eos_id=1, pad_id=0)
-  assert s.value_cfg == train_state.rm_model_config(ws.config) != ws.model_config()
+  s = ppo.make_settings(ws.config, ws.models, eos_id=1, pad_id=0)
+  assert s.value_cfg == ws.models.reward != ws.models.policy
 
 
 def test_sft_mixes_in_pretraining_rows(tiny_run):
@@ -182,14 +182,14 @@ def test_nlp_tasks_hold_no_eval_prompt_or_user(tiny_run):
 
 def test_likelihood_baseline_matches_an_independent_count(tiny_run):
   ws, _ = tiny_run
-  from instructgpt_jax import inputs, objectives, scoring  # pylint: disable=import-outside-toplevel
+  from instructgpt_jax import inputs, scoring  # pylint: disable=import-outside-toplevel
 
-  cfg = ws.model_config()
+  cfg = ws.models.policy
   params = ws.load_params("sft", cfg)
   arrays = inputs.comparison_arrays(ws, "train")
   n, k, length = arrays["tokens"].shape
   lp = np.asarray(
-    objectives.token_logprobs(
+    helpers.token_logprobs(
       params, cfg, arrays["tokens"].reshape(n * k, length), arrays["mask"].reshape(n * k, length)
     )
   )
@@ -210,7 +210,7 @@ def test_rm_demonstrations_score_mean_zero(tiny_run):
   ws, _ = tiny_run
   from instructgpt_jax import inputs, scoring  # pylint: disable=import-outside-toplevel
 
-  cfg = train_state.rm_model_config(ws.config)
+  cfg = ws.models.reward
   params = ws.load_params("rm", cfg)
   demos = inputs.sft_arrays(ws, "train")
   rewards = scoring.score_with(ws, scoring.reward_fn(cfg), params, demos["tokens"], demos["mask"])
@@ -230,7 +230,7 @@ def test_rm_breakdown_covers_every_pair_with_a_gold_difference(tiny_run):
   ws, _ = tiny_run
   from instructgpt_jax import data as data_lib  # pylint: disable=import-outside-toplevel
   from instructgpt_jax import inputs
-  from instructgpt_jax.sim import breakdown as rm_breakdown
+  from instructgpt_jax.tools import breakdown as rm_breakdown
 
   table = rm_breakdown.breakdown(ws, ["train"])  # Tiny has no held-out comparisons.
   world, d = ws.world(), ws.config.data
@@ -264,7 +264,7 @@ def test_rm_breakdown_covers_every_pair_with_a_gold_difference(tiny_run):
     [
       sys.executable,
       "-m",
-      "instructgpt_jax.sim.breakdown",
+      "instructgpt_jax.tools.breakdown",
       "--config=configs/rm.py:tiny",
       f"--workdir={ws.workdir}",
       "--splits=train",
@@ -278,6 +278,55 @@ def test_rm_breakdown_covers_every_pair_with_a_gold_difference(tiny_run):
   assert p.returncode == 0, p.stderr[-3000:]
   written = json.loads(open(os.path.join(ws.stage_dir("rm"), "breakdown.json")).read())
   assert written["all"]["pairs"] == expected and "reward_model" in p.stdout
+
+
+def test_export_hf_writes_the_rm_in_its_own_shape(tiny_run, tmp_path):
+  """`export_hf --stage=rm` on a run whose RM is shaped unlike the policy (tiny's rm.model: one
+  more layer) writes the RM's own shape, and transformers scores as the project's reward."""
+  import torch  # pylint: disable=import-outside-toplevel
+  import transformers  # pylint: disable=import-outside-toplevel
+
+  from instructgpt_jax import model as model_lib  # pylint: disable=import-outside-toplevel
+  from instructgpt_jax import scoring  # pylint: disable=import-outside-toplevel
+
+  ws, _ = tiny_run
+  rm_cfg = ws.models.reward
+  assert rm_cfg.num_layers != ws.models.policy.num_layers
+  out = str(tmp_path / "rm_hf")
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+  p = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "instructgpt_jax.tools.export_hf",
+      "--config=configs/ppo.py:tiny",
+      f"--workdir={ws.workdir}",
+      "--stage=rm",
+      f"--out={out}",
+    ],
+    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert p.returncode == 0, p.stderr[-3000:]
+  model = transformers.AutoModelForSequenceClassification.from_pretrained(out).eval()
+  assert model.config.n_layer == rm_cfg.num_layers and model.config.num_labels == 1
+  demos = inputs.sft_arrays(ws, "train")
+  tokens, mask = demos["tokens"][:8], demos["mask"][:8]
+  tokens = np.where(mask == 1, tokens, ws.tokenizer().pad_id)  # transformers finds the last
+  ours = scoring.score_with(  # real token by the pad id.
+    ws, scoring.reward_fn(rm_cfg), ws.load_reward_model()[0], tokens, mask
+  )
+  with torch.no_grad():
+    theirs = model(
+      input_ids=torch.tensor(tokens, dtype=torch.long),
+      attention_mask=torch.tensor(mask),
+      position_ids=torch.tensor(np.asarray(model_lib.positions_from_mask(mask))),
+    ).logits[:, 0]
+  # tiny is the "gpt" family: the head's bias is folded into ln_f, so the logit is the reward.
+  np.testing.assert_allclose(theirs.numpy(), ours, atol=1e-4, rtol=1e-4)
 
 
 def test_unknown_stage_lists_valid_ones():
@@ -303,7 +352,7 @@ def test_rm_ensemble_trains_each_member_resumes_and_scores_the_mean(tiny_run, tm
   assert [m["seed"] for m in summary["members"]] == [ws.config.seed, record["seed"]]
   members = ws.load_reward_model()
   assert len(members) == 2
-  cfg = train_state.rm_model_config(ws.config)
+  cfg = ws.models.reward
   reward = scoring.reward_fn(cfg)
   demos = inputs.sft_arrays(ws, "train")
   for params in members:

@@ -3,7 +3,8 @@
 No machine here can download a pretrained model or a data set, so the default run brings its own
 world: entities and their facts (:mod:`.entities`), a pretraining corpus (:mod:`.corpus`), prompts
 with demonstrations and a gold score, simulated labelers (:mod:`.labelers`), files in the
-user-facing formats (:mod:`.files`) and the reward model's error breakdown (:mod:`.breakdown`).
+user-facing formats (:mod:`.files`); the reward model's error breakdown is a tool
+(``instructgpt_jax/tools/breakdown.py``), since it runs the trained models.
 Two worlds, chosen by ``config.data.world``:
 
 * ``paper`` (the default, :mod:`.paper`, :mod:`.tasks`, :mod:`.scoring`): the prompt mix of the

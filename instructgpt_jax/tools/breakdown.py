@@ -7,7 +7,7 @@ hallucination, ending, verbosity, and the paper world's truthful and harmless; e
 higher gold score (ties count half): the reward model, the log-likelihood under the model the RM
 started from, and the training labelers' ranking.
 
-  python -m instructgpt_jax.sim.breakdown --config=configs/rm.py[:preset] --workdir=DIR
+  python -m instructgpt_jax.tools.breakdown --config=configs/rm.py[:preset] --workdir=DIR
 
 prints the table and writes `<workdir>/rm/breakdown.json`. Needs a finished rm stage trained
 on comparisons of the built-in world. `--splits=train` scores the RM's training comparisons.
@@ -24,6 +24,9 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
+
+from instructgpt_jax import data as data_lib
+from instructgpt_jax import inputs, loop, scoring, workspace
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "The config the workdir was made with, e.g. configs/rm.py:tiny.", lock_config=True
@@ -119,9 +122,6 @@ def breakdown(
 ) -> dict[str, dict[str, float]]:
   """`accuracy_by_group` of the workdir's RM, its initial model's likelihood and the labelers
   on the comparisons of `splits` (by default the held-out ones)."""
-  from instructgpt_jax import data as data_lib  # pylint: disable=import-outside-toplevel
-  from instructgpt_jax import inputs, scoring, train_state  # pylint: disable=import-outside-toplevel
-
   if not ws.uses_world:
     raise ValueError("The breakdown needs the built-in world's gold score; your data has none.")
   recs = [
@@ -138,7 +138,7 @@ def breakdown(
   enc = data_lib.encode_sft(
     ws.tokenizer(), [p for p, _ in flat], [t for _, t in flat], d.prompt_len, d.response_len
   )
-  rm_cfg, lm_cfg = train_state.rm_model_config(ws.config), train_state.rm_init_config(ws.config)
+  rm_cfg, lm_cfg = ws.models.reward, ws.models.rm_init
   judges = {
     "reward_model": lambda: scoring.score_with(
       ws,
@@ -150,7 +150,7 @@ def breakdown(
     "likelihood": lambda: scoring.score_with(
       ws,
       scoring.loglik_fn(ws, lm_cfg),
-      ws.load_params(ws.config.rm.init_from, lm_cfg),
+      ws.load_params(ws.models.rm_init_from, lm_cfg),
       enc["tokens"],
       enc["mask"],
     ),
@@ -178,8 +178,6 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if _CONFIG.value is None or _WORKDIR.value is None:
     raise app.UsageError("--config and --workdir are required.")
-  from instructgpt_jax import loop, workspace  # pylint: disable=import-outside-toplevel
-
   ws = workspace.Workspace(_CONFIG.value, _WORKDIR.value)
   if loop.stage_done(ws.stage_dir("rm")) is None:
     raise app.UsageError(f"No finished rm stage in {ws.stage_dir('rm')}.")

@@ -1,7 +1,7 @@
 """Throughput benchmark of the project's own code paths, comparable with the PyTorch peer.
 
-    python -m instructgpt_jax.bench --preset=tiny|gpt2 [--quick] [--skip=peak,train,generate,ppo]
-    python -m instructgpt_jax.bench --preset=tiny --compare --peer-python=/tmp/peervenv/bin/python
+    python -m instructgpt_jax.tools.bench --preset=tiny|gpt2 [--quick] [--skip=peak,train,generate,ppo]
+    python -m instructgpt_jax.tools.bench --preset=tiny --compare --peer-python=/tmp/peervenv/bin/python
 
 Prints one JSON object per line per figure, `{"preset", "metric", "value", "unit", ...}`, with the
 metric names of ../shared/bench/peer_torch.py (`train_tokens_per_s`,
@@ -49,6 +49,7 @@ import numpy as np
 from configs import ppo as ppo_config
 from instructgpt_jax import model as model_lib
 from instructgpt_jax import (
+  model_configs,
   objectives,
   pipeline,
   sampling,
@@ -56,8 +57,9 @@ from instructgpt_jax import (
   train_state,
 )
 
+# Beside the checkout: <repo>/instructgpt_jax/tools/bench.py -> <repo>/../shared/bench/.
 PEER_SCRIPT = os.path.join(
-  os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+  os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))),
   "shared",
   "bench",
   "peer_torch.py",
@@ -202,8 +204,9 @@ def bench_config(p: dict[str, Any]) -> ml_collections.ConfigDict:
   return c
 
 
-def model_config(p: dict[str, Any], head: str = "lm") -> model_lib.ModelConfig:
-  return train_state.model_config(bench_config(p), head=head)
+def model_config(p: dict[str, Any]) -> model_lib.ModelConfig:
+  """The policy's model of `bench_config(p)`."""
+  return model_configs.resolve(bench_config(p)).policy
 
 
 def one_device_mesh():
@@ -284,9 +287,10 @@ def rl_step_gflop(p: dict[str, Any]) -> tuple[float, float]:
 
 def bench_train(p: dict[str, Any], peak: float | None) -> dict[str, float]:
   config, pretrain = bench_config(p), pipeline.stage_module("pretrain")
-  cfg = train_state.model_config(config)
+  models = model_configs.resolve(config)
+  cfg = models.policy
   mesh = one_device_mesh()
-  state, shardings = pretrain.init_state(config, mesh, sharding.DEFAULT_RULES, 1000)
+  state, shardings = pretrain.init_state(config, models, mesh, sharding.DEFAULT_RULES, 1000)
   emit("params_total", cfg.num_params(), "params", note="tied LM head counted once")
   emit(
     "params_nonembedding",
@@ -349,7 +353,7 @@ def _generate_fn(cfg: model_lib.ModelConfig, new: int, pad_id: int):
 
 def bench_generate(p: dict[str, Any]) -> dict[str, float]:
   cfg = model_config(p)
-  params = jax.jit(lambda r: nn.meta.unbox(train_state.boxed_params(cfg, r)))(jax.random.key(0))
+  params = jax.jit(lambda r: nn.meta.unbox(model_lib.boxed_params(cfg, r)))(jax.random.key(0))
   B, P, N = p["gen_batch"], p["gen_prompt"], p["gen_new"]
   prompt = jax.random.randint(jax.random.key(3), (B, P), 0, p["vocab"] - 1, jnp.int32)
   mask = jnp.ones((B, P), jnp.int32)
@@ -372,14 +376,17 @@ def bench_generate(p: dict[str, Any]) -> dict[str, float]:
   return {"new_tokens_per_s": B * N / t["median"]}
 
 
-def ppo_setup(p: dict[str, Any], ptx_coef: float = 27.8):
+def ppo_setup(p: dict[str, Any], ptx_coef: float | None = None):
   """PPO state, batch, frozen models and settings for `ppo_iteration` on the preset's shapes
-  (`bench_config`); the ptx batch is 8 rows of prompt + new tokens."""
+  (`bench_config`); the ptx batch is 8 rows of prompt + new tokens. `ptx_coef` replaces
+  configs/ppo.py's when given."""
   ppo = pipeline.stage_module("ppo")
   config = bench_config(p)
-  config.ppo.ptx_coef = ptx_coef
+  if ptx_coef is not None:
+    config.ppo.ptx_coef = ptx_coef
   B, P, N = p["ppo_batch"], p["ppo_prompt"], p["ppo_new"]
-  s = ppo.make_settings(config, eos_id=-1, pad_id=p["vocab"] - 1, variant="ppo_ptx")
+  models = model_configs.resolve(config)
+  s = ppo.make_settings(config, models, eos_id=-1, pad_id=p["vocab"] - 1, variant="ppo_ptx")
   mesh = one_device_mesh()
   state, shardings = ppo.init_state(config, s, mesh, sharding.DEFAULT_RULES)
   ref_params = jax.tree.map(jnp.copy, state.policy.params)
@@ -406,7 +413,7 @@ def jit_ppo_iteration(s: Any, shardings: Any, mesh) -> Callable:
   )
 
 
-def bench_ppo(p: dict[str, Any], ptx_coef: float = 27.8) -> dict[str, float]:
+def bench_ppo(p: dict[str, Any], ptx_coef: float | None = None) -> dict[str, float]:
   ppo = pipeline.stage_module("ppo")
   s, mesh, state, shardings, batch, ref_params, rm_params = ppo_setup(p, ptx_coef)
   warm, iters = 1 if p["ppo_iters"] > 2 else 0, p["ppo_iters"]
@@ -501,7 +508,9 @@ def _train_runner(p: dict[str, Any]) -> Callable[[], Any]:
   """A closure running one `pretrain.train_step` (compiled on its first call, done here)."""
   config, pretrain = bench_config(p), pipeline.stage_module("pretrain")
   mesh = one_device_mesh()
-  state, shardings = pretrain.init_state(config, mesh, sharding.DEFAULT_RULES, 1000)
+  state, shardings = pretrain.init_state(
+    config, model_configs.resolve(config), mesh, sharding.DEFAULT_RULES, 1000
+  )
   B, T = p["batch"], p["seq"]
   tokens = np.asarray(jax.random.randint(jax.random.key(1), (B, T), 0, p["vocab"]), np.int32)
   ones = np.ones((B, T), np.int32)
@@ -610,7 +619,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
   ap.add_argument("--preset", choices=sorted(PRESETS), required=True)
   ap.add_argument("--quick", action="store_true", help="small model, few calls (smoke test)")
   ap.add_argument("--skip", default="", help="comma list of: peak,train,generate,ppo")
-  ap.add_argument("--ppo-ptx-coef", type=float, default=27.8)
+  ap.add_argument(
+    "--ppo-ptx-coef", type=float, default=None, help="default: configs/ppo.py's ppo.ptx_coef"
+  )
   ap.add_argument("--compare", action="store_true")
   ap.add_argument("--peer-python", default=None)
   ap.add_argument("--profile-dir", default=None, help="write a jax.profiler trace of train")

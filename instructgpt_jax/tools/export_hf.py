@@ -1,6 +1,6 @@
 """Exports a finished stage of a run as a Hugging Face directory (hf.export_stage).
 
-  python -m instructgpt_jax.export_hf --config=configs/ppo.py:small --workdir=runs/small \
+  python -m instructgpt_jax.tools.export_hf --config=configs/ppo.py:small --workdir=runs/small \
       --stage=ppo/ppo_ptx --out=/tmp/ppo_ptx_hf
 
 Give the same --config and overrides as the run (they fix the model's shape and tokenizer).
@@ -15,6 +15,9 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from instructgpt_jax import hf
+from instructgpt_jax.workspace import Workspace
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "The run's config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run's directory.", required=True)
 _STAGE = flags.DEFINE_string("stage", None, "Stage to export, e.g. sft or rm.", required=True)
@@ -26,9 +29,6 @@ def main(argv: list[str]) -> int:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if _CONFIG.value is None:
     raise app.UsageError("--config is required, e.g. --config=configs/ppo.py:small")
-  from instructgpt_jax import hf  # pylint: disable=import-outside-toplevel
-  from instructgpt_jax.workspace import Workspace  # pylint: disable=import-outside-toplevel
-
   ws = Workspace(_CONFIG.value, _WORKDIR.value)
   print(hf.export_stage(ws, _STAGE.value, _OUT.value))
   return 0

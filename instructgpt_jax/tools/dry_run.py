@@ -34,8 +34,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from instructgpt_jax import data as data_lib
-from instructgpt_jax import pipeline, sharding, train_state
+from instructgpt_jax import formats, model_configs, pipeline, sharding, train_state
 
 STAGES = ("pretrain", "sft", "rm_base", "rm", "ppo")
 # Above this many parameters the default is to lower only (XLA:CPU compile time grows with size).
@@ -92,12 +91,13 @@ def build(config: ml_collections.ConfigDict, mesh=None):
 
   steps = 1000  # Only the schedule's shape depends on it; the compiled step does not.
   stage_lib = pipeline.stage_module(stage)
+  models = model_configs.resolve(config)  # An imported checkpoint's own shape, the RM's own.
   if stage in ("pretrain", "sft", "rm_base", "rm"):
-    state, shardings = stage_lib.init_state(config, mesh, rules, steps, abstract=True)
+    state, shardings = stage_lib.init_state(config, models, mesh, rules, steps, abstract=True)
     seq = d.prompt_len + d.response_len
     b = round_up(config[stage].batch_size)
     if stage == "rm":
-      k = data_lib.MAX_RESPONSES
+      k = formats.MAX_RESPONSES
       shapes = {"tokens": (b, k, seq), "mask": (b, k, seq), "ranks": (b, k)}
       info.update(responses_per_prompt=k)
     else:
@@ -109,8 +109,8 @@ def build(config: ml_collections.ConfigDict, mesh=None):
     info.update(params=_count(state.params), batch=b, seq=seq)
   else:
     cfg = config.ppo
-    vocab = config.model.vocab_size
-    s = stage_lib.make_settings(config, eos_id=vocab - 1, pad_id=vocab - 2)
+    vocab = models.policy.vocab_size
+    s = stage_lib.make_settings(config, models, eos_id=vocab - 1, pad_id=vocab - 2)
     state, shardings = stage_lib.init_state(config, s, mesh, rules, abstract=True)
     b = round_up(cfg.rollout_batch_size)
     ptx_rows = round_up(cfg.epochs * s.num_minibatches * cfg.ptx_batch_size)
