@@ -41,7 +41,7 @@ import numpy as np
 from absl import logging
 
 from instructgpt_jax import data as data_lib
-from instructgpt_jax import inputs, loop, multihost, plots, sampling, scoring, train_state
+from instructgpt_jax import inputs, loop, multihost, plots, sampling, scoring
 from instructgpt_jax.sim import labelers as labelers_lib
 from instructgpt_jax.workspace import Workspace, ppo_snapshot_stage, ppo_snapshot_steps
 
@@ -86,13 +86,6 @@ class Sampled:
   temperature: float
   fewshot: bool
   seed: int  # Offset from config.seed + SEED_OFFSET.
-
-
-def model_config_of(ws: Workspace, stage: str) -> Any:
-  """The LM shape of a stage's parameters: the RM's for rm_base's phases, else the policy's."""
-  if stage.split("/")[0] == "rm_base":
-    return train_state.rm_lm_config(ws.config)
-  return ws.model_config()
 
 
 def control_name(temperature: float) -> str:
@@ -257,7 +250,7 @@ def _sft_logprob(
   tokens, mask = _with_prompts(prompt_enc, response)
   return scoring.score_with(
     ws,
-    scoring.loglik_fn(ws, ws.model_config(), ws.config.eval.temperature),
+    scoring.loglik_fn(ws, ws.models.policy, ws.config.eval.temperature),
     sft_params,
     tokens,
     mask,
@@ -277,7 +270,7 @@ def _evaluate_policy(
 ) -> dict[str, Any]:
   """Samples the policy's responses; returns them ("texts"), their gold scores ("gold") and its
   report row ("metrics"). pretrain_loss(stage) -> the stage's held-out LM loss."""
-  model_cfg = model_config_of(ws, policy.stage)
+  model_cfg = ws.models.for_stage(policy.stage)
   params = sft_params if policy.stage == "sft" else ws.load_params(policy.stage, model_cfg)
   seed = ws.config.seed + SEED_OFFSET + policy.seed
   texts, response, logp, ended = _sample(
@@ -314,14 +307,14 @@ def _best_of_n_pool(
   cfg = ws.config.eval
   seed = ws.config.seed + SEED_OFFSET + BEST_OF_N_SEED
   texts, response, _, ended = _sample(
-    ws, sft_params, ws.model_config(), prompts, "", seed, cfg.temperature, n
+    ws, sft_params, ws.models.policy, prompts, "", seed, cfg.temperature, n
   )
   gold = [
     world.analyze(p, t)["score"] for p, t in zip([p for p in prompts for _ in range(n)], texts)
   ]
   rm_scores = None
   if _has_params(ws, "rm"):
-    rm_cfg = train_state.rm_model_config(ws.config)
+    rm_cfg = ws.models.reward
     tokens, mask = _with_prompts(prompt_enc, response, n)
     rm_scores = scoring.score_with(
       ws, scoring.ensemble_reward_fn(rm_cfg), ws.load_reward_model(), tokens, mask, cfg.batch_size
@@ -404,7 +397,7 @@ def _penalised_reward(ws: Workspace, prompt_enc: Any, response: np.ndarray, ende
   tokens, mask = _with_prompts(prompt_enc, response, n)
   rm = scoring.score_with(
     ws,
-    scoring.ensemble_reward_fn(train_state.rm_model_config(ws.config)),
+    scoring.ensemble_reward_fn(ws.models.reward),
     ws.load_reward_model(),
     tokens,
     mask,
@@ -427,7 +420,7 @@ def overoptimization(ws: Workspace, world: Any, sft_params: Any) -> dict[str, An
   seed = ws.config.seed + SEED_OFFSET + CURVE_SEED
   m = max(cfg.curve_best_of_n)
   sampled, response, _, ended = _sample(
-    ws, sft_params, ws.model_config(), prompts, "", seed, cfg.temperature, m
+    ws, sft_params, ws.models.policy, prompts, "", seed, cfg.temperature, m
   )
   repeated = [p for p in prompts for _ in range(m)]
   gold = np.array([world.analyze(p, t)["score"] for p, t in zip(repeated, sampled)])
@@ -444,9 +437,9 @@ def overoptimization(ws: Workspace, world: Any, sft_params: Any) -> dict[str, An
       stage = ppo_snapshot_stage(variant, step)
       if not os.path.isdir(os.path.join(ws.stage_dir(stage), "final")):
         continue
-      params = ws.load_params(stage, ws.model_config())
+      params = ws.load_params(stage, ws.models.policy)
       texts_, resp, logp, end = _sample(
-        ws, params, ws.model_config(), prompts, "", seed + 1 + step, cfg.temperature
+        ws, params, ws.models.policy, prompts, "", seed + 1 + step, cfg.temperature
       )
       kl = float(np.mean(logp - _sft_logprob(ws, sft_params, prompt_enc, resp)))
       points.append(
@@ -570,7 +563,7 @@ def run(ws: Workspace) -> dict[str, Any]:
   judges = heldout if cfg.prompts == "eval" else training
   prompts, categories, prefix, dropped = _eval_prompts(ws, world)
   prompt_enc = data_lib.encode_prompts(ws.tokenizer(), prompts, ws.config.data.prompt_len)
-  sft_params = ws.load_params("sft", ws.model_config())
+  sft_params = ws.load_params("sft", ws.models.policy)
   lm_eval, lm_losses = None, {}
 
   def pretrain_loss(stage: str) -> float:
@@ -579,7 +572,7 @@ def run(ws: Workspace) -> dict[str, Any]:
     if stage not in lm_losses:
       if lm_eval is None:
         lm_eval = inputs.lm_arrays(ws, "validation")
-      model_cfg = model_config_of(ws, stage)
+      model_cfg = ws.models.for_stage(stage)
       params = sft_params if stage == "sft" else ws.load_params(stage, model_cfg)
       lm_losses[stage] = scoring.lm_loss(ws, params, model_cfg, lm_eval)
     return lm_losses[stage]

@@ -18,7 +18,7 @@ from flax.training import train_state as flax_train_state
 from jax.sharding import Mesh
 
 from instructgpt_jax import model as model_lib
-from instructgpt_jax import model_configs, sharding
+from instructgpt_jax import sharding
 
 TrainState = flax_train_state.TrainState
 SCHEDULES = ("cosine", "constant", "linear")
@@ -71,19 +71,6 @@ def make_optimizer(
   if cfg.grad_accum_steps > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=int(cfg.grad_accum_steps))
   return tx
-
-
-# evaluate.py's two remaining calls (lines 92 and 320) go through these; they read the one
-# resolution (model_configs.resolve). Delete them once evaluate.py reads `ws.models.rm_trunk`
-# and `ws.models.reward`.
-def rm_lm_config(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
-  """`model_configs.resolve(config).rm_trunk`."""
-  return model_configs.resolve(config).rm_trunk
-
-
-def rm_model_config(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
-  """`model_configs.resolve(config).reward`."""
-  return model_configs.resolve(config).reward
 
 
 def create_train_state(

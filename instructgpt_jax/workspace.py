@@ -207,10 +207,6 @@ class Workspace:
 
   # Models --------------------------------------------------------------------------------------
 
-  def model_config(self) -> model_lib.ModelConfig:
-    """`self.models.policy`, for evaluate.py's callers (the rest read `ws.models`)."""
-    return self.models.policy
-
   def load_params(self, stage: str, model_cfg: model_lib.ModelConfig) -> Any:
     """The final parameters of a finished stage, placed on this run's mesh.
 

@@ -63,10 +63,10 @@ def probe(ws: workspace.Workspace, num_prompts: int) -> dict[str, Any]:
   enc = data_lib.encode_prompts(tok, prompts, d.prompt_len)
   rows, invented, samples = {}, {}, {}
   for name, stage, temperature in POLICIES:
-    params = ws.load_params(stage, ws.model_config())
+    params = ws.load_params(stage, ws.models.policy)
     out = sampling.generate_batched(
       params,
-      ws.model_config(),
+      ws.models.policy,
       enc.tokens,
       enc.mask,
       jax.random.key(ws.config.seed + SEED),
