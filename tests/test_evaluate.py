@@ -101,8 +101,8 @@ def test_rm_sized_base_rows_follow_the_base_rows(tmp_path):
   assert {rows[n].stage for n in evaluate.RM_BASE_POLICIES} == {"rm_base/pretrain"}
   assert (rows["rm_base"].fewshot, rows["rm_base_fewshot"].fewshot) == (False, True)
   ws = Workspace(cfg, str(tmp_path))
-  assert evaluate.model_config_of(ws, "rm_base/pretrain") == ws.models.rm_trunk
-  assert evaluate.model_config_of(ws, "pretrain") == ws.models.policy
+  assert ws.models.for_stage("rm_base/pretrain") == ws.models.rm_trunk
+  assert ws.models.for_stage("pretrain") == ws.models.policy
 
 
 @pytest.mark.parametrize("world_name", ["paper", "knowledge"])
