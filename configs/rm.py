@@ -23,7 +23,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # the NLP tasks (paper C.2) and on the demonstrations (paper 3.5); sft | pretrain: the
       # policy's own models, which need `rm.model` to give the policy's shape (e.g.
       # `--config.rm.model.d_model=128`).
-      init_from="rm_base",
+      # small: "sft" (the paper's Sec. 3.5; configs/rm_base.py says why), others "rm_base".
+      init_from="sft" if c.preset == "small" else "rm_base",
       # Not in the paper: reward models trained alike from seeds seed, seed + 1000, ...; the
       # reward (PPO, best-of-n, held-out accuracy) is their mean, the value function starts
       # from the first. Each member costs one more RM training and one more RM pass per reward.

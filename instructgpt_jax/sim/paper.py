@@ -47,12 +47,12 @@ class WorldSizes:
   spare segment (few-shot examples come from its end)."""
 
   n_pretrain_sentences: int = 50000
-  n_demos: int = 1500
+  n_demos: int = 4000
   n_ppo: int = 2000
   n_rm: int = 2400
   n_eval: int = 800  # a win rate's standard error <= 0.018 at any rate
   n_nlp: int = 3000
-  train_pool: int = 6100
+  train_pool: int = 8600
   eval_pool: int = 800
   wordy_rate: float = 0.15
   slip_rate: float = 0.065
@@ -60,12 +60,12 @@ class WorldSizes:
   # Share of pretraining paragraphs that are texts of the prompts' genres (stories, notes,
   # replies, lists; answers alone, never a prompt or the answer cue): GPT-3 had read such text,
   # so a base model must know the words its answers are written in (docs/findings.md).
-  genre_text_rate: float = 0.0
+  genre_text_rate: float = 0.3
   # Share of pretraining paragraphs that introduce an animal no fact of the corpus is about and
   # restate its facts later in the paragraph, as text about a new subject does: a base model
   # must learn to take a subject's facts from its context, not only from memory (the skill a
   # closed-domain task asks for; docs/findings.md).
-  profile_text_rate: float = 0.0
+  profile_text_rate: float = 0.15
 
   def scaled(self, scale: float) -> WorldSizes:
     """Every count times ``scale`` (at least 1); the rates stay."""
