@@ -42,6 +42,7 @@ from absl import logging
 
 from instructgpt_jax import data as data_lib
 from instructgpt_jax import inputs, loop, multihost, plots, sampling, scoring
+from instructgpt_jax import metrics as metrics_lib
 from instructgpt_jax.sim import labelers as labelers_lib
 from instructgpt_jax.workspace import Workspace, ppo_snapshot_stage, ppo_snapshot_steps
 
@@ -201,9 +202,10 @@ def _sample(
   seed: int,
   temperature: float,
   n: int = 1,
+  what: str = "",
 ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
   """Samples n responses per prompt (after `prefix`), prompt-major: rows i*n .. i*n+n-1 answer
-  prompt i. Returns texts [N*n], response tokens and masks [2, N*n, R], the per-sample log-prob
+  prompt i; one progress line says `what` is sampled. Returns texts [N*n], response tokens and masks [2, N*n, R], the per-sample log-prob
   sum under the sampling policy (at `temperature`) [N*n] and whether each ended with EOS
   [N*n]."""
   tok, d = ws.tokenizer(), ws.config.data
@@ -214,6 +216,8 @@ def _sample(
       f"{enc.n_dropped} evaluation prompts do not fit in {P} tokens "
       f"(raise eval.fewshot_prompt_len or data.prompt_len)."
     )
+  progress = metrics_lib.Progress("eval", len(prompts) * n, unit="response")
+  progress.what = what
   out = sampling.generate_batched(
     params,
     model_cfg,
@@ -227,7 +231,7 @@ def _sample(
     eos_id=tok.eos_id,
     pad_id=tok.pad_id,
     temperature=temperature,
-    progress_name="eval",
+    progress=progress,
   )
   resp_tokens, resp_mask = out["tokens"][:, P:], out["response_mask"][:, P:]
   texts = [tok.decode(t[m > 0]) for t, m in zip(resp_tokens, resp_mask)]
@@ -274,7 +278,7 @@ def _evaluate_policy(
   params = sft_params if policy.stage == "sft" else ws.load_params(policy.stage, model_cfg)
   seed = ws.config.seed + SEED_OFFSET + policy.seed
   texts, response, logp, ended = _sample(
-    ws, params, model_cfg, prompts, prefix, seed, policy.temperature
+    ws, params, model_cfg, prompts, prefix, seed, policy.temperature, what=policy.name
   )
   same_as_sft = policy.stage == "sft" and policy.temperature == ws.config.eval.temperature
   kl = (
@@ -307,7 +311,7 @@ def _best_of_n_pool(
   cfg = ws.config.eval
   seed = ws.config.seed + SEED_OFFSET + BEST_OF_N_SEED
   texts, response, _, ended = _sample(
-    ws, sft_params, ws.models.policy, prompts, "", seed, cfg.temperature, n
+    ws, sft_params, ws.models.policy, prompts, "", seed, cfg.temperature, n, f"best-of-{n} pool"
   )
   gold = [
     world.analyze(p, t)["score"] for p, t in zip([p for p in prompts for _ in range(n)], texts)
@@ -420,7 +424,7 @@ def overoptimization(ws: Workspace, world: Any, sft_params: Any) -> dict[str, An
   seed = ws.config.seed + SEED_OFFSET + CURVE_SEED
   m = max(cfg.curve_best_of_n)
   sampled, response, _, ended = _sample(
-    ws, sft_params, ws.models.policy, prompts, "", seed, cfg.temperature, m
+    ws, sft_params, ws.models.policy, prompts, "", seed, cfg.temperature, m, "curve: best-of-n"
   )
   repeated = [p for p in prompts for _ in range(m)]
   gold = np.array([world.analyze(p, t)["score"] for p, t in zip(repeated, sampled)])
@@ -439,7 +443,14 @@ def overoptimization(ws: Workspace, world: Any, sft_params: Any) -> dict[str, An
         continue
       params = ws.load_params(stage, ws.models.policy)
       texts_, resp, logp, end = _sample(
-        ws, params, ws.models.policy, prompts, "", seed + 1 + step, cfg.temperature
+        ws,
+        params,
+        ws.models.policy,
+        prompts,
+        "",
+        seed + 1 + step,
+        cfg.temperature,
+        what=f"curve: {variant} at iteration {step}",
       )
       kl = float(np.mean(logp - _sft_logprob(ws, sft_params, prompt_enc, resp)))
       points.append(

@@ -29,6 +29,7 @@ from absl import logging
 
 from instructgpt_jax import data as data_lib
 from instructgpt_jax import inputs, loop, multihost, sampling
+from instructgpt_jax import metrics as metrics_lib
 from instructgpt_jax.sim import labelers as labelers_lib
 from instructgpt_jax.workspace import Workspace
 
@@ -41,6 +42,7 @@ def sample_texts(
   temperature: float,
   batch_size: int,
   prefix: str = "",
+  progress: metrics_lib.Progress | None = None,
 ) -> tuple[list[str], dict[str, np.ndarray]]:
   """One sampled response (decoded text) per prompt, after `prefix` (a few-shot prefix then
   gets `label.fewshot_prompt_len` more prompt tokens), plus the raw sampler arrays."""
@@ -66,6 +68,7 @@ def sample_texts(
     pad_id=tok.pad_id,
     temperature=temperature,
     progress_name="label",
+    progress=progress,
   )
   texts = [tok.decode(row[P:][m[P:] > 0]) for row, m in zip(out["tokens"], out["mask"])]
   return texts, out
@@ -233,6 +236,10 @@ def run(ws: Workspace) -> dict[str, Any]:
     ),
   }
   num_chunks = -(-len(recs) // cfg.chunk_prompts)
+  # One line for the whole stage: responses sampled of all prompts' K, with the source now.
+  progress = metrics_lib.Progress(
+    "label", int(ks.sum()), start=int(ks[:done].sum()), unit="response"
+  )
   for chunk in range(done // cfg.chunk_prompts, num_chunks):
     loop.raise_if_preempted(f"while labelling (after {done} of {len(recs)} prompts)")
     lo, hi = chunk * cfg.chunk_prompts, min((chunk + 1) * cfg.chunk_prompts, len(recs))
@@ -243,6 +250,7 @@ def run(ws: Workspace) -> dict[str, Any]:
       slots = [(i, j) for i in range(hi - lo) for j, a in enumerate(assigned[lo + i]) if a == s]
       if not slots:
         continue
+      progress.what = names[s]
       sampled, _ = sample_texts(
         ws,
         params["sft" if policy == "sft" else "base"],
@@ -251,6 +259,7 @@ def run(ws: Workspace) -> dict[str, Any]:
         temperature,
         cfg.batch_size,
         prefix=prefix if policy == "base_fewshot" else "",
+        progress=progress,
       )
       for (i, j), text in zip(slots, sampled):
         texts[i][j] = text

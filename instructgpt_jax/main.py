@@ -32,11 +32,27 @@ def main(argv: list[str]) -> int:
   if config is None:
     raise app.UsageError("--config is required, e.g. --config=configs/ppo.py")
   # Import JAX-heavy modules after flag parsing so `--help` is instant.
+  from instructgpt_jax import checkpoint, loop  # pylint: disable=import-outside-toplevel
+
+  console.quiet_libraries()
+  # A user's mistake (a config value, a data file, a checkpoint, a run that diverged) is told in
+  # its own words and exits 1; `--verbosity=1` shows the traceback. Other errors show theirs.
+  user_errors = (ValueError, FileNotFoundError, checkpoint.CheckpointError, loop.NonFiniteError)
+  try:
+    return _run(config)
+  except user_errors as e:
+    if flags.FLAGS["verbosity"].present:
+      raise
+    print(f"error: {e}\n(rerun with --verbosity=1 for the traceback)", file=sys.stderr, flush=True)
+    return 1
+
+
+def _run(config: Any) -> int:
+  """Runs the configured stage after every earlier stage the workdir lacks."""
   import jax  # pylint: disable=import-outside-toplevel
 
   from instructgpt_jax import loop, multihost, pipeline, workspace  # pylint: disable=import-outside-toplevel
 
-  console.quiet_libraries()
   try:
     pipeline.check_stage(config.stage)
   except ValueError as e:

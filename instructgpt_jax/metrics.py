@@ -96,6 +96,13 @@ class Progress:
     self.every_s = every_s
     self._t0 = self._last = time.perf_counter()
     self._printed = False
+    self.done = start
+    self.what = ""  # What is being done now, shown after the name (e.g. the policy sampled).
+
+  def advance(self, n: int) -> None:
+    """Counts `n` more units done (e.g. responses sampled) and reports like `update`."""
+    self.done += n
+    self.update(self.done)
 
   def update(
     self, step: int, metrics: Mapping[str, Any] | None = None, force: bool = False
@@ -117,8 +124,9 @@ class Progress:
       )[:6]
       shown = " ".join(f"{k}={_fmt(metrics[k])}" for k in keys)
     pct = 100.0 * step / max(self.total, 1)
+    what = f" {self.what}:" if self.what else ""
     line = (
-      f"[{self.name}] {self.unit} {step}/{self.total} ({pct:.0f}%) "
+      f"[{self.name}]{what} {self.unit} {step:,}/{self.total:,} ({pct:.0f}%) "
       f"{rate:.2f} {self.unit}/s ETA {_fmt_time(eta)} {shown}"
     )
     print(line, file=sys.stderr, flush=True)

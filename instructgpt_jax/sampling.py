@@ -334,12 +334,15 @@ def generate_batched(
   temperature: float = 1.0,
   greedy: bool = False,
   progress_name: str = "sample",
+  progress: metrics_lib.Progress | None = None,
 ) -> dict[str, Any]:
   """Host-side helper: `generate` over many prompts in fixed-size batches on `mesh`, placed by
   the logical `rules` (batch rows and KV cache); every process gets every sample.
 
   prompt_tokens/prompt_mask: numpy [N, P]. The last batch is padded (so one program serves
   every batch) and the padding rows are dropped. Returns numpy arrays of `SampleOutput`'s fields.
+  `progress` (a stage's count of responses) advances by the rows of each batch; without it a
+  line per batch is printed under `progress_name`.
   """
   gen = _jitted_generate(config, max_new_tokens, eos_id, pad_id, greedy)
   batch_index = itertools.count()
@@ -352,10 +355,15 @@ def generate_batched(
   )
   arrays = {"tokens": np.asarray(prompt_tokens), "mask": np.asarray(prompt_mask)}
   num_batches = -(-len(prompt_tokens) // sharding.round_batch(batch_size, mesh, rules))
-  progress = metrics_lib.Progress(progress_name, num_batches, unit="batch")
+  own = progress is None
+  if own:
+    progress = metrics_lib.Progress(progress_name, num_batches, unit="batch")
   outs = []
   for i, (batch, out) in enumerate(data_lib.map_batches(fn, arrays, batch_size, mesh, rules)):
     valid = batch["valid"] > 0
     outs.append({f.name: np.asarray(getattr(out, f.name))[valid] for f in dataclasses.fields(out)})
-    progress.update(i + 1)
+    if own:
+      progress.update(i + 1)
+    else:
+      progress.advance(int(valid.sum()))
   return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}

@@ -347,8 +347,9 @@ def test_bad_comparisons_file_fails_early_and_keeps_earlier_stages(reference, tm
   before = _arrays(wd / "sft" / "ckpt" / str(_steps(wd / "sft" / "ckpt")[-1]))
   t0 = time.time()
   p = _run(wd, "rm", f"--config.data.comparisons_jsonl={path}", check=False)
-  assert p.returncode != 0
+  assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr[-3000:]
   assert f"{path}:3:" in p.stderr and "ranking" in p.stderr, p.stderr[-3000:]
+  assert "--verbosity=1" in p.stderr.splitlines()[-1]
   assert time.time() - t0 < 120
   assert not (wd / "rm").exists() or not (wd / "rm" / "DONE.json").exists()
   for stage in ("pretrain", "sft", "label"):
