@@ -30,7 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # from the first. Each member costs one more RM training and one more RM pass per reward.
       ensemble=1,
       # Prompts per batch; the paper's 64. With the SFT-tuned rm_base it measured 0.593 held-out
-      # (3 seeds) against 0.588 at 16 (docs/findings-paper-world.md, RM comparisons only).
+      # (3 seeds) against 0.588 at 16 (docs/findings.md, history, RM comparisons only).
       **common.loop(batch_size=64, log_every=5, checkpoint_every=100),
     )
   )
