@@ -6,13 +6,15 @@ import shutil
 import subprocess
 import sys
 
+import matplotlib.image
 import numpy as np
 import pytest
 
 from instructgpt_jax import data as data_lib
 from instructgpt_jax import inputs, loop, pipeline
 from instructgpt_jax import metrics as metrics_lib
-from instructgpt_jax.workspace import Workspace
+from instructgpt_jax.tools import upstream
+from instructgpt_jax.workspace import Workspace, ppo_snapshot_steps
 from tests import helpers
 
 STAGE_DIRS = ("pretrain", "sft", "label", "rm_base", "rm", "ppo", "eval")
@@ -410,3 +412,34 @@ def test_eval_on_ppo_heldout_prompts_leaves_the_report_alone(tiny_run, tmp_path)
   bad = Workspace(tiny_config(**{"eval.prompts": "test", "eval.best_of_n": ()}), workdir)
   with pytest.raises(ValueError, match="ppo_heldout"):
     pipeline.stage_module("eval").run(bad)
+
+
+def test_overoptimization_curve_and_plots(tiny_run):
+  ws, _ = tiny_run
+  with open(os.path.join(ws.workdir, "report.json")) as f:
+    curves = json.load(f)["overoptimization"]
+  bon = curves["best_of_n_rm"]
+  assert [p["n"] for p in bon] == list(ws.config.eval.curve_best_of_n)
+  assert bon[0]["kl"] == 0.0 and all(b["kl"] > a["kl"] for a, b in zip(bon, bon[1:]))
+  # Best-of-n by the RM picks the highest reward, so its mean reward never falls with n.
+  assert all(b["rm"] >= a["rm"] - 1e-6 for a, b in zip(bon, bon[1:]))
+  steps = ppo_snapshot_steps(ws.config.ppo)
+  for variant in ws.config.ppo.variants:
+    assert [p["step"] for p in curves[variant]] == steps
+    assert all(0.0 <= p["gold"] <= 1.0 and p["sqrt_kl"] >= 0.0 for p in curves[variant])
+  for name in ("overoptimization", "win_rates", "pretrain", "sft", "rm", "ppo_ppo", "ppo_ppo_ptx"):
+    path = os.path.join(ws.workdir, "plots", f"{name}.png")
+    with open(path, "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n", path
+    height, width = matplotlib.image.imread(path).shape[:2]
+    assert 200 <= height <= 2000 and 300 <= width <= 3000, (path, height, width)
+
+
+def test_upstream_probe_reports_every_rate(tiny_run):
+  ws, _ = tiny_run
+  result = upstream.probe(ws, 8)
+  assert set(result["policies"]) == {"base", "sft", "sft_t0.7"}
+  for name, row in result["policies"].items():
+    assert 0.0 <= row["nonword_rate"] <= 1.0 and 0.0 <= row["gold_score"] <= 1.0, name
+    assert len(result["samples"][name]) == result["num_prompts"] <= 8
+  assert result["labeler_agreement"] == loop.stage_done(ws.stage_dir("label"))["labeler_agreement"]

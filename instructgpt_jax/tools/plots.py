@@ -11,19 +11,23 @@ from absl import app, flags
 
 from instructgpt_jax import plots
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A run's workdir (e.g. runs/small).")
 
-
-def main(argv: list[str]) -> None:
+def _main(argv: list[str], workdir: str | None) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if not _WORKDIR.value or not os.path.isdir(_WORKDIR.value):
-    raise app.UsageError(f"--workdir={_WORKDIR.value!r} is not a directory.")
-  paths = plots.draw_all(_WORKDIR.value)
+  if not workdir or not os.path.isdir(workdir):
+    raise app.UsageError(f"--workdir={workdir!r} is not a directory.")
+  paths = plots.draw_all(workdir)
   if not paths:
-    raise app.UsageError(f"Nothing to draw in {_WORKDIR.value}: no metrics.jsonl or report.json.")
+    raise app.UsageError(f"Nothing to draw in {workdir}: no metrics.jsonl or report.json.")
   print("\n".join(paths))
 
 
+def main() -> None:
+  """The command line (its flag is defined here, not on import)."""
+  workdir = flags.DEFINE_string("workdir", None, "A run's workdir (e.g. runs/small).")
+  app.run(lambda argv: _main(argv, workdir.value))
+
+
 if __name__ == "__main__":
-  app.run(main)
+  main()

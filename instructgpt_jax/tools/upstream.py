@@ -27,11 +27,6 @@ from ml_collections import config_flags
 from instructgpt_jax import console, loop, sampling, workspace
 from instructgpt_jax import data as data_lib
 
-_CONFIG = config_flags.DEFINE_config_file(
-  "config", None, "The config the workdir was made with, e.g. configs/label.py.", lock_config=True
-)
-_WORKDIR = flags.DEFINE_string("workdir", None, "A workdir whose sft stage is finished.")
-_NUM_PROMPTS = flags.DEFINE_integer("num_prompts", 400, "Validation prompts to sample.")
 # (row name, stage, temperature)
 POLICIES = (("base", "pretrain", 1.0), ("sft", "sft", 1.0), ("sft_t0.7", "sft", 0.7))
 SEED = 97  # Offset from config.seed; a stream no stage uses.
@@ -101,16 +96,16 @@ def probe(ws: workspace.Workspace, num_prompts: int) -> dict[str, Any]:
   }
 
 
-def main(argv: list[str]) -> None:
+def _main(argv: list[str], config: Any, workdir: str | None, num_prompts: int) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if _CONFIG.value is None or _WORKDIR.value is None:
+  if config is None or workdir is None:
     raise app.UsageError("--config and --workdir are required.")
   console.quiet_libraries()
-  ws = workspace.Workspace(_CONFIG.value, _WORKDIR.value)
+  ws = workspace.Workspace(config, workdir)
   if loop.stage_done(ws.stage_dir("sft")) is None or not ws.uses_world:
     raise app.UsageError(f"No finished sft stage on the built-in world in {ws.workdir}.")
-  result = probe(ws, _NUM_PROMPTS.value)
+  result = probe(ws, num_prompts)
   with open(os.path.join(ws.workdir, "upstream.json"), "w", encoding="utf-8") as f:
     json.dump(result, f, indent=1)
   cols = ("nonword_rate", "hallucination_rate", "constraint_rate", "gold_score", "words")
@@ -122,5 +117,16 @@ def main(argv: list[str]) -> None:
   print(f"training-labeler agreement: {result['labeler_agreement']}")
 
 
+def main() -> None:
+  """The command line; its flags are defined here, not on import, so tests and other tools
+  can import `probe` beside modules that define flags of the same names."""
+  config = config_flags.DEFINE_config_file(
+    "config", None, "The config the workdir was made with, e.g. configs/label.py.", lock_config=True
+  )
+  workdir = flags.DEFINE_string("workdir", None, "A workdir whose sft stage is finished.")
+  num_prompts = flags.DEFINE_integer("num_prompts", 400, "Validation prompts to sample.")
+  app.run(lambda argv: _main(argv, config.value, workdir.value, num_prompts.value))
+
+
 if __name__ == "__main__":
-  app.run(main)
+  main()
