@@ -26,7 +26,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from instructgpt_jax import data as data_lib
-from instructgpt_jax import inputs, loop, scoring, workspace
+from instructgpt_jax import console, inputs, loop, scoring, workspace
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "The config the workdir was made with, e.g. configs/rm.py:tiny.", lock_config=True
@@ -178,6 +178,7 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if _CONFIG.value is None or _WORKDIR.value is None:
     raise app.UsageError("--config and --workdir are required.")
+  console.quiet_libraries()
   ws = workspace.Workspace(_CONFIG.value, _WORKDIR.value)
   if loop.stage_done(ws.stage_dir("rm")) is None:
     raise app.UsageError(f"No finished rm stage in {ws.stage_dir('rm')}.")
