@@ -25,8 +25,8 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from instructgpt_jax import data as data_lib
 from instructgpt_jax import console, inputs, loop, scoring, workspace
+from instructgpt_jax import data as data_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "The config the workdir was made with, e.g. configs/rm.py:tiny.", lock_config=True
