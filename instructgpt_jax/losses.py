@@ -16,7 +16,7 @@ Conventions shared by all functions:
 * Shapes: ``B`` batch, ``T`` time (tokens), ``V`` vocabulary, ``K`` responses per prompt.
 
 Sources for the formulas: InstructGPT (arXiv:2203.02155, C.2, C.4) and "The N implementation details
-of RLHF with PPO" (OpenAI lm-human-preferences); see shared/RLHF-NOTES.md.
+of RLHF with PPO" (OpenAI lm-human-preferences); see docs/rlhf-notes.md.
 """
 
 from __future__ import annotations

@@ -588,7 +588,7 @@ class Transformer(nn.Module):
         out.astype(jnp.float32), ("activation_batch", "activation_length", "activation_vocab")
       )
     else:
-      # N(0, 1/sqrt(d+1)) with zero bias, as in the OpenAI reward models (RLHF-NOTES 3.5).
+      # N(0, 1/sqrt(d+1)) with zero bias, as in the OpenAI reward models (docs/rlhf-notes.md §5).
       out = nn.Dense(
         1,
         dtype=jnp.float32,

@@ -67,7 +67,7 @@ def span_logprobs(
   One forward pass; the unembedding, fused with the log-softmax, runs only on the positions
   [start - 1, start + length - 1) whose logits predict those tokens (`start` >= 1, static). Zero where the token
   or its predecessor is masked (e.g. the first real token of a left-padded row). The
-  temperature must be the sampling one (RLHF-NOTES 3.9).
+  temperature must be the sampling one (docs/rlhf-notes.md §9).
   """
   hidden = model_lib.Transformer(config).apply(
     {"params": params}, tokens, mask, head_span=(start - 1, length), skip_head=True

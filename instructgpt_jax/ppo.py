@@ -220,7 +220,7 @@ def rollout(
   )
   score = raw_score
   if s.ppo.missing_eos_penalty is not None:
-    # A response that never ends gets a fixed low score (RLHF-NOTES 3.11, the "EOS trick").
+    # A response that never ends gets a fixed low score (docs/rlhf-notes.md §11, the "EOS trick").
     score = jnp.where(out.ended, raw_score, s.ppo.missing_eos_penalty)
   rewards, kl = losses.kl_penalized_rewards(score, logp, ref_logp, rmask, state.kl_coef)
   if s.ppo.whiten_rewards:

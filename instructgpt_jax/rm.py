@@ -53,7 +53,7 @@ def train_step(
   state: train_state.TrainState, batch: dict[str, jax.Array], rng: jax.Array
 ) -> tuple[train_state.TrainState, dict[str, jax.Array]]:
   """One optimizer step on the pairwise ranking loss."""
-  del rng  # Dropout is off for the RM (RLHF-NOTES 3.10).
+  del rng  # Dropout is off for the RM (docs/rlhf-notes.md §10).
   (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
     state.params, state.apply_fn, batch
   )
@@ -85,7 +85,7 @@ def init_state(
   abstract: bool = False,
 ) -> tuple[train_state.TrainState, Any]:
   """The reward model on the mesh: `lm_params`' trunk (host or device arrays) and a fresh scalar
-  head (N(0, 1/sqrt(d+1)), RLHF-NOTES 3.5), drawn from ensemble member `member`'s seed; returns
+  head (N(0, 1/sqrt(d+1)), docs/rlhf-notes.md §5), drawn from ensemble member `member`'s seed; returns
   (state, shardings)."""
   cfg, rm_cfg = config.rm, models.reward
   params = None

@@ -24,11 +24,11 @@ response token comes from the prefill logits, the last one is never fed back).
 Log-probs: the returned log-prob of a token is `log_softmax(logits / temperature)[token]`, i.e. of
 the temperature-scaled distribution BEFORE any top-k / top-p filtering (and also in greedy mode).
 This is exactly what `objectives.span_logprobs(..., temperature)` recomputes from one forward pass, which is
-what PPO needs (RLHF-NOTES 3.9: divide by the temperature before computing log-probs). The
+what PPO needs (docs/rlhf-notes.md §9: divide by the temperature before computing log-probs). The
 log-probs of the *filtered* (top-k / nucleus) distribution are not recomputable from a plain
 forward pass (they depend on the renormalisation over the kept set), so they are not returned;
 note that with top_k > 0 or top_p < 1 the tokens are not samples from the distribution whose
-log-probs are returned, so importance ratios in PPO are then only approximate (RLHF-NOTES 3.4:
+log-probs are returned, so importance ratios in PPO are then only approximate (docs/rlhf-notes.md §4:
 sample with top_k=0, top_p=1).
 
 Jitting: `generate` is a pure function of arrays plus static configuration. Callers jit it with
@@ -206,7 +206,7 @@ def generate(
   if max_new_tokens < 1:
     raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
   if eos_id == pad_id:
-    raise ValueError(f"pad_id must differ from eos_id (RLHF-NOTES 3.2), both are {eos_id}.")
+    raise ValueError(f"pad_id must differ from eos_id (docs/rlhf-notes.md §2), both are {eos_id}.")
   B, P = prompt_tokens.shape
   R = max_new_tokens
   S = P + R
