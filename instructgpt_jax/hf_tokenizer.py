@@ -387,7 +387,7 @@ def tokenizer_from_sentencepiece(model_file: str) -> Any:
   # BOS + prompt + response + EOS, the sequence the reward model scores.
   tk.post_processor = processors.TemplateProcessing(
     single=f"{bos} $A",
-    pair=f"{bos} $A $B:1 {eos}:1",
+    pair=f"{bos} $A $B {eos}",
     special_tokens=[(bos, trainer.bos_id), (eos, trainer.eos_id)],
   )
   return tk
@@ -429,6 +429,8 @@ def write_sentencepiece_as_hf(
     model_max_length=model_max_length,
     # Decoding must give back the text exactly (no " ." -> "." clean-up: the world writes " .").
     clean_up_tokenization_spaces=False,
+    # No token_type_ids: GPT-2 would add their embeddings (transformers 4 returns them by default).
+    model_input_names=["input_ids", "attention_mask"],
     chat_template=chat_template,
     **special,
   )
