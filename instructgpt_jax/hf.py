@@ -38,7 +38,9 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from instructgpt_jax import hf_tokenizer
 from instructgpt_jax import model as model_lib
+from instructgpt_jax import tokenizer as tokenizer_lib
 
 HF_PREFIX = "hf:"
 SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "qwen2", "qwen3")
@@ -488,7 +490,8 @@ def hf_config_for(
       # The pre-transformers-5 spelling, which transformers 5 still reads.
       rope_theta=cfg.rope_theta,
       rope_scaling=rope,
-      attention_bias=False,
+      # Qwen2 always has q/k/v biases (its config has no switch); say so for other readers.
+      attention_bias=bool(cfg.qkv_bias),
       mlp_bias=False,
       attention_dropout=0.0,
     )
@@ -643,7 +646,6 @@ TOKENIZER_FILES = (
   "tokenizer_config.json",
   "special_tokens_map.json",
   "chat_template.jinja",
-  "tokenizer.model",  # The pipeline's own sentencepiece model (not read by transformers).
 )
 
 
@@ -652,7 +654,10 @@ def export_stage(ws: Any, stage: str, directory: str) -> str:
 
   `stage` is a stage directory name: "sft", "rm", "ppo/ppo", "ppo/ppo_ptx" (or "pretrain",
   "rm_base", "rm/member_<i>"). The RM is written as a sequence-classification model of its own
-  shape (`rm.model`), every other stage as a causal LM (`ws.models.for_stage`).
+  shape (`rm.model`), every other stage as a causal LM (`ws.models.for_stage`). A checkpoint's
+  tokenizer files are copied; the project's own sentencepiece model is written as tokenizer.json
+  and tokenizer_config.json (`hf_tokenizer.write_sentencepiece_as_hf`), with tokenizer.model
+  beside them for sentencepiece users.
   """
   cfg = ws.models.for_stage(stage)
   params = ws.load_params(stage, cfg)
@@ -662,8 +667,11 @@ def export_stage(ws: Any, stage: str, directory: str) -> str:
     export_policy(params, cfg, directory, **ids)
   else:
     export_reward_model(params, cfg, directory, **ids)
-  source = os.path.dirname(tok.path) if os.path.isfile(tok.path) else tok.path
+  if isinstance(tok, tokenizer_lib.Tokenizer):
+    hf_tokenizer.write_sentencepiece_as_hf(tok.path, directory, model_max_length=cfg.max_len)
+    shutil.copy(tok.path, os.path.join(directory, "tokenizer.model"))
+    return directory
   for name in TOKENIZER_FILES:
-    if os.path.isfile(os.path.join(source, name)):
-      shutil.copy(os.path.join(source, name), os.path.join(directory, name))
+    if os.path.isfile(os.path.join(tok.path, name)):
+      shutil.copy(os.path.join(tok.path, name), os.path.join(directory, name))
   return directory

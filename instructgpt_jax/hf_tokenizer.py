@@ -18,6 +18,11 @@ Special tokens, in the pipeline's layout ([BOS] prompt | response EOS):
 Chat templates are rendered with jinja2 the way transformers renders them (sandboxed,
 trim_blocks, lstrip_blocks, `raise_exception`, `tojson`), except that `bos_token` renders as
 the empty string: the pipeline adds the BOS id itself, and the text would add it a second time.
+
+The other way, `write_sentencepiece_as_hf(model_file, directory)` writes the project's own
+sentencepiece BPE model as tokenizer.json + tokenizer_config.json (special tokens and a chat
+template of the world's prompt format), so that an exported model loads with transformers'
+`AutoTokenizer` alone (transformers 5 cannot read a bare tokenizer.model).
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from typing import Any
 
 import numpy as np
 from absl import logging
+
+from instructgpt_jax import tokenizer as tokenizer_lib
 
 Message = Mapping[str, Any]
 
@@ -257,3 +264,176 @@ def render_chat_template(
     eos_token=eos_token,
     **kwargs,
   )
+
+
+# --------------------------------------------------------------------------------------
+# The project's sentencepiece model as tokenizer.json (for transformers' AutoTokenizer)
+# --------------------------------------------------------------------------------------
+
+# sentencepiece_model.proto: ModelProto.SentencePiece.Type and TrainerSpec.ModelType.
+_NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
+_SPM_BPE = 2
+_METASPACE = "\u2581"  # "▁", which sentencepiece writes for a space.
+
+# The world's prompt format (data.encode_sft): BOS, the prompt's text (ending in "answer :"), then
+# the response, tokenized on its own, so its first piece carries the space ("▁word"); then EOS.
+# The assistant's turn therefore opens with nothing: the model writes the space itself.
+WORLD_CHAT_TEMPLATE = (
+  "{{ bos_token }}{% for message in messages %}"
+  "{% if message['role'] == 'user' %}{{ message['content'] }}"
+  "{% elif message['role'] == 'assistant' %}{{ ' ' + message['content'] + eos_token }}"
+  "{% else %}{{ raise_exception('The built-in world has only user and assistant turns, not ' + "
+  "message['role'] + '.') }}{% endif %}{% endfor %}"
+)
+
+
+def _spm_proto(model_file: str) -> Any:
+  from sentencepiece import sentencepiece_model_pb2  # pylint: disable=import-outside-toplevel
+
+  proto = sentencepiece_model_pb2.ModelProto()
+  with open(model_file, "rb") as f:
+    proto.ParseFromString(f.read())
+  return proto
+
+
+def tokenizer_from_sentencepiece(model_file: str) -> Any:
+  """A `tokenizers.Tokenizer` that encodes and decodes every text as the sentencepiece BPE model
+  at `model_file` does, for models trained as `tokenizer.train_tokenizer` trains them (identity
+  normalisation, whitespace kept, byte fallback, single-character user-defined pieces).
+
+  How sentencepiece's BPE encodes (bpe_model.cc): a "▁" is put before the text and for every
+  space, the text is split into characters (a user-defined piece stays one symbol), then the
+  adjacent pair whose concatenation is the highest-scoring normal piece is merged, again and
+  again; a character outside the vocabulary becomes its UTF-8 bytes <0xNN>. A BPE model of
+  `tokenizers` merges by rank instead, so every split of every normal piece into two normal
+  pieces is a merge, ranked by the score of the piece it makes. Without a pre-tokenizer the
+  whole text is one word, as in sentencepiece (whitespace-only pieces such as "▁▁" can form).
+  Raises ValueError for a model this mapping does not reproduce (unigram, other normalisers,
+  multi-character user-defined pieces).
+  """
+  from tokenizers import (  # pylint: disable=import-outside-toplevel
+    AddedToken,
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    processors,
+  )
+
+  proto = _spm_proto(model_file)
+  norm, trainer = proto.normalizer_spec, proto.trainer_spec
+
+  def refuse(field: str, value: Any, why: str) -> None:
+    raise ValueError(f"{model_file}: {field}={value!r} cannot be written as tokenizer.json: {why}.")
+
+  if trainer.model_type != _SPM_BPE:
+    refuse("trainer_spec.model_type", trainer.model_type, "only BPE models are converted")
+  if norm.name != "identity" or norm.precompiled_charsmap:
+    refuse("normalizer_spec.name", norm.name, "only identity normalisation is converted")
+  for field, want in (
+    ("add_dummy_prefix", True),
+    ("escape_whitespaces", True),
+    ("remove_extra_whitespaces", False),
+  ):
+    if getattr(norm, field) != want:
+      refuse(f"normalizer_spec.{field}", getattr(norm, field), f"the converter assumes {want}")
+  if trainer.treat_whitespace_as_suffix:
+    refuse("trainer_spec.treat_whitespace_as_suffix", True, "the space must start a piece")
+  if not trainer.byte_fallback:
+    refuse("trainer_spec.byte_fallback", False, "unknown characters must become bytes")
+  pieces = list(proto.pieces)
+  for p in pieces:
+    # A user-defined piece of one character is an ordinary vocabulary entry that no merge
+    # touches (sentencepiece never merges it either); a longer one would need splitting first.
+    if p.type == _USER_DEFINED and len(p.piece) != 1:
+      refuse("user-defined piece", p.piece, "only single characters are converted")
+    if p.type == _UNUSED:
+      refuse("unused piece", p.piece, "sentencepiece re-splits unused pieces")
+  vocab = {p.piece: i for i, p in enumerate(pieces)}
+  normal = {p.piece: (p.score, i) for i, p in enumerate(pieces) if p.type == _NORMAL}
+  ranked = sorted(
+    (-score, i, piece[:k], piece[k:])
+    for piece, (score, i) in normal.items()
+    for k in range(1, len(piece))
+    if piece[:k] in normal and piece[k:] in normal
+  )
+  unk = next(p.piece for p in pieces if p.type == _UNKNOWN)
+  tk = Tokenizer(
+    models.BPE(
+      vocab=vocab,
+      merges=[(a, b) for _, _, a, b in ranked],
+      unk_token=unk,
+      byte_fallback=True,
+      fuse_unk=False,
+    )
+  )
+  # Prepend acts on the whole text (a special token written in it would start a new one).
+  tk.normalizer = normalizers.Sequence(
+    [normalizers.Prepend(_METASPACE), normalizers.Replace(" ", _METASPACE)]
+  )
+  # Decoding drops the one space that the dummy prefix put before the first piece.
+  tk.decoder = decoders.Sequence(
+    [
+      decoders.Replace(_METASPACE, " "),
+      decoders.ByteFallback(),
+      decoders.Fuse(),
+      decoders.Strip(" ", 1, 0),
+    ]
+  )
+  specials = [p.piece for p in pieces if p.type in (_CONTROL, _UNKNOWN)]
+  tk.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+  bos, eos = pieces[trainer.bos_id].piece, pieces[trainer.eos_id].piece
+  # tokenizer(prompt) = BOS + prompt, as the policy saw it; tokenizer(prompt, response) =
+  # BOS + prompt + response + EOS, the sequence the reward model scores.
+  tk.post_processor = processors.TemplateProcessing(
+    single=f"{bos} $A",
+    pair=f"{bos} $A $B {eos}",
+    special_tokens=[(bos, trainer.bos_id), (eos, trainer.eos_id)],
+  )
+  return tk
+
+
+def write_sentencepiece_as_hf(
+  model_file: str,
+  directory: str,
+  *,
+  model_max_length: int,
+  chat_template: str = WORLD_CHAT_TEMPLATE,
+) -> list[str]:
+  """Writes tokenizer.json (`tokenizer_from_sentencepiece`) and tokenizer_config.json (special
+  tokens, `chat_template`) for the sentencepiece model at `model_file`; returns the file names.
+
+  The special tokens are the project's fixed ids (tokenizer.py): pad 0, unk 1, bos 2, eos 3.
+  """
+  proto = _spm_proto(model_file)
+  trainer, pieces = proto.trainer_spec, proto.pieces
+  special = {
+    name + "_token": pieces[i].piece
+    for name, i in (
+      ("pad", trainer.pad_id),
+      ("unk", trainer.unk_id),
+      ("bos", trainer.bos_id),
+      ("eos", trainer.eos_id),
+    )
+    if i >= 0
+  }
+  if trainer.pad_id != tokenizer_lib.PAD_ID or trainer.eos_id != tokenizer_lib.EOS_ID:
+    raise ValueError(
+      f"{model_file} has pad id {trainer.pad_id} and eos id {trainer.eos_id}, not the project's "
+      f"{tokenizer_lib.PAD_ID} and {tokenizer_lib.EOS_ID}: it is not one tokenizer.py trained."
+    )
+  os.makedirs(directory, exist_ok=True)
+  tokenizer_from_sentencepiece(model_file).save(os.path.join(directory, "tokenizer.json"))
+  config = dict(
+    tokenizer_class="PreTrainedTokenizerFast",
+    model_max_length=model_max_length,
+    # Decoding must give back the text exactly (no " ." -> "." clean-up: the world writes " .").
+    clean_up_tokenization_spaces=False,
+    # No token_type_ids: GPT-2 would add their embeddings (transformers 4 returns them by default).
+    model_input_names=["input_ids", "attention_mask"],
+    chat_template=chat_template,
+    **special,
+  )
+  with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+    json.dump(config, f, indent=2, ensure_ascii=False)
+  return ["tokenizer.json", "tokenizer_config.json"]

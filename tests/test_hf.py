@@ -29,6 +29,7 @@ from instructgpt_jax import (
   train_state,
 )
 from instructgpt_jax import model as model_lib
+from instructgpt_jax import tokenizer as tokenizer_lib
 from tests import helpers
 
 torch = pytest.importorskip("torch")
@@ -312,6 +313,10 @@ def test_exported_policy_loads_in_transformers(tmp_path, case):
   cfg = helpers.tiny_model(vocab_size=VOCAB, d_ff=96, **EXPORT_CASES[case])
   params = _random_params(cfg)
   hf.export_policy(params, cfg, str(tmp_path), bos_id=1, eos_id=2, pad_id=0)
+  written = json.load(open(tmp_path / "config.json"))
+  if cfg.family == "llama":  # config.json's attention_bias tells whether q/k/v carry biases.
+    biases = [n for n in hf.SafetensorsReader(str(tmp_path)).names() if n.endswith("q_proj.bias")]
+    assert written["attention_bias"] == bool(biases) == cfg.qkv_bias
   model = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path)).eval()
   tokens, mask, positions = _batch(seq=16)
   ours = np.asarray(helpers.forward(cfg, params, tokens, mask))
@@ -459,6 +464,117 @@ def test_prompt_layout_without_bos(tmp_path):
   enc = data_lib.encode_prompts(tok, ["The sea"], 8)
   row = enc.tokens[0][enc.mask[0] == 1].tolist()
   assert row == tok.encode("The sea")
+
+
+# Beyond the world's lowercase words: capitals, names never seen, digits, runs of spaces, tabs,
+# newlines at either end, characters only byte fallback can write, specials' look-alikes.
+ODD_TEXTS = [
+  "",
+  " ",
+  "\n",
+  "  leading and trailing  ",
+  "Tami Is 12 Years Old .",
+  "QWERTZ Xylophonia-Vangelis met Zyx in 2031 !!",
+  "a\n\n  b\t c\n",
+  "\nstarts with a newline",
+  "é ü ✓ 日本語 🙂 ~ ^ `",
+  "what is 1234567890 ? answer : 42 .",
+  "s> </ <pad >",
+]
+
+
+def _world_texts(world_dir: str) -> list[str]:
+  """Every text of the world's files (prompts, responses, pretraining paragraphs), and each
+  with capitals, so pieces and byte fallback both get exercised."""
+  texts = []
+  for name in sorted(os.listdir(world_dir)):
+    if name.endswith(".jsonl"):
+      for line in open(os.path.join(world_dir, name), encoding="utf-8"):
+        row = json.loads(line)
+        texts += [row[k] for k in ("text", "prompt", "response") if k in row]
+  return texts + [t.title() for t in texts[::7]] + [t.upper() for t in texts[::13]] + ODD_TEXTS
+
+
+def test_world_tokenizer_written_as_tokenizer_json_encodes_exactly(tmp_path):
+  """The world's sentencepiece model, written as tokenizer.json, gives the same ids as
+  sentencepiece for every world text (through transformers' AutoTokenizer and through our own
+  HfTokenizer), decodes back to the text, and renders the prompt format in its chat template."""
+  from instructgpt_jax.workspace import Workspace  # pylint: disable=import-outside-toplevel
+
+  ws = Workspace(helpers.config("sft"), str(tmp_path / "run"))
+  sp = ws.tokenizer()
+  out = str(tmp_path / "hf")
+  hf_tokenizer.write_sentencepiece_as_hf(sp.path, out, model_max_length=192)
+  ref = transformers.AutoTokenizer.from_pretrained(out)
+  ours = hf_tokenizer.HfTokenizer.load(out)
+  assert (ref.pad_token_id, ref.unk_token_id, ref.bos_token_id, ref.eos_token_id) == (0, 1, 2, 3)
+  assert (ours.pad_id, ours.bos_id, ours.eos_id) == (sp.pad_id, sp.bos_id, sp.eos_id)
+  assert len(ref) == ours.vocab_size == sp.vocab_size
+  texts = _world_texts(os.path.join(ws.workdir, "world"))
+  assert len(texts) > 9000
+  want = sp.encode_batch(texts)
+  assert ours.encode_batch(texts) == want
+  assert [ref.encode(t, add_special_tokens=False) for t in texts] == want
+  assert [ref.decode(ids) for ids in want] == texts
+  assert [ours.decode(ids) for ids in want] == texts
+  # tokenizer(prompt) is the policy's input (BOS + prompt, as data.encode_prompts lays it out);
+  # tokenizer(prompt, response) the reward model's (BOS + prompt + response + EOS).
+  demo = json.loads(open(os.path.join(ws.workdir, "world", "demonstrations.jsonl")).readline())
+  prompt, response = demo["prompt"], demo["response"]
+  assert prompt.endswith("answer :")
+  enc = data_lib.encode_prompts(sp, [prompt], 64)
+  assert ref(prompt).input_ids == enc.tokens[0][enc.mask[0] == 1].tolist()
+  sft = data_lib.encode_sft(sp, [prompt], [response], 64, 32)
+  full = sft["tokens"][0][sft["mask"][0] == 1].tolist()
+  assert ref(prompt, response).input_ids == full
+  chat = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+  ids = lambda x: list(x["input_ids"] if hasattr(x, "keys") else x)
+  assert ids(ref.apply_chat_template(chat, tokenize=True)) == full
+  assert ids(ref.apply_chat_template(chat[:1], add_generation_prompt=True)) == ref(prompt).input_ids
+  with pytest.raises(Exception, match="only user and assistant"):
+    ref.apply_chat_template([{"role": "system", "content": "x"}], tokenize=False)
+
+
+def test_whitespace_only_pieces_convert_exactly(tmp_path):
+  """Texts with runs of spaces train pieces such as "▁▁▁▁"; they form as in sentencepiece."""
+  rng = np.random.default_rng(0)
+  words = "def return self value the of and Zed 42".split()
+  texts = [
+    "\n".join(
+      " " * int(rng.choice([0, 2, 4, 8])) + " ".join(rng.choice(words, 5)) for _ in range(3)
+    )
+    for _ in range(400)
+  ]
+  sp = tokenizer_lib.train_tokenizer(texts, str(tmp_path / "t.model"), 320)
+  tk = hf_tokenizer.tokenizer_from_sentencepiece(sp.path)
+  assert {"\u2581\u2581", "\u2581\u2581\u2581\u2581"} <= set(tk.get_vocab())
+  probe = texts + [t.replace(" ", "   ") for t in texts[:50]]
+  assert [e.ids for e in tk.encode_batch(probe, add_special_tokens=False)] == sp.encode_batch(probe)
+
+
+def test_unconvertible_sentencepiece_models_are_refused(tmp_path):
+  # A soft vocabulary size: the corpus is too small for a fixed one.
+  texts = ["the quick brown fox jumps over the lazy dog", "pack my box with five dozen jugs"] * 50
+  unigram = tokenizer_lib.train_tokenizer(
+    texts,
+    str(tmp_path / "u.model"),
+    60,
+    model_type="unigram",
+    byte_fallback=False,
+    hard_vocab_limit=False,
+  )
+  with pytest.raises(ValueError, match="model_type=1 cannot be written"):
+    hf_tokenizer.tokenizer_from_sentencepiece(unigram.path)
+  nfkc = tokenizer_lib.train_tokenizer(
+    texts,
+    str(tmp_path / "n.model"),
+    60,
+    normalization_rule_name="nmt_nfkc",
+    byte_fallback=False,
+    hard_vocab_limit=False,
+  )
+  with pytest.raises(ValueError, match="normalizer_spec.name='nmt_nfkc'"):
+    hf_tokenizer.tokenizer_from_sentencepiece(nfkc.path)
 
 
 # --------------------------------------------------------------------------------------

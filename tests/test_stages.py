@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from instructgpt_jax import data as data_lib
-from instructgpt_jax import inputs, loop, pipeline
+from instructgpt_jax import hf, inputs, loop, pipeline
 from instructgpt_jax import metrics as metrics_lib
 from instructgpt_jax.tools import upstream
 from instructgpt_jax.workspace import Workspace, ppo_snapshot_steps
@@ -282,6 +282,29 @@ def test_rm_breakdown_covers_every_pair_with_a_gold_difference(tiny_run):
   assert written["all"]["pairs"] == expected and "reward_model" in p.stdout
 
 
+def _export_hf(ws, stage: str, out: str) -> subprocess.CompletedProcess:
+  """`python -m instructgpt_jax.tools.export_hf` of the tiny run's `stage` to `out`."""
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+  p = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "instructgpt_jax.tools.export_hf",
+      "--config=configs/ppo.py:tiny",
+      f"--workdir={ws.workdir}",
+      f"--stage={stage}",
+      f"--out={out}",
+    ],
+    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert p.returncode == 0, p.stderr[-3000:]
+  return p
+
+
 def test_export_hf_writes_the_rm_in_its_own_shape(tiny_run, tmp_path):
   """`export_hf --stage=rm` on a run whose RM is shaped unlike the policy (tiny's rm.model: one
   more layer) writes the RM's own shape, and transformers scores as the project's reward."""
@@ -295,24 +318,7 @@ def test_export_hf_writes_the_rm_in_its_own_shape(tiny_run, tmp_path):
   rm_cfg = ws.models.reward
   assert rm_cfg.num_layers != ws.models.policy.num_layers
   out = str(tmp_path / "rm_hf")
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
-  p = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "instructgpt_jax.tools.export_hf",
-      "--config=configs/ppo.py:tiny",
-      f"--workdir={ws.workdir}",
-      "--stage=rm",
-      f"--out={out}",
-    ],
-    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
-  assert p.returncode == 0, p.stderr[-3000:]
+  _export_hf(ws, "rm", out)
   model = transformers.AutoModelForSequenceClassification.from_pretrained(out).eval()
   assert model.config.n_layer == rm_cfg.num_layers and model.config.num_labels == 1
   demos = inputs.sft_arrays(ws, "train")
@@ -329,6 +335,98 @@ def test_export_hf_writes_the_rm_in_its_own_shape(tiny_run, tmp_path):
     ).logits[:, 0]
   # tiny is the "gpt" family: the head's bias is folded into ln_f, so the logit is the reward.
   np.testing.assert_allclose(theirs.numpy(), ours, atol=1e-4, rtol=1e-4)
+
+
+def test_exported_policy_and_rm_run_in_transformers_as_in_the_project(tiny_run, tmp_path):
+  """Issue 22, item 1: the PPO-ptx and SFT policies and the RM, exported, load with
+  transformers' AutoTokenizer and AutoModelFor...; greedy `generate` writes the project's greedy
+  samples (ids and text), the logits agree, and the RM scores as the project's reward (plus
+  config.json's reward_bias, 0 for GPT-2), on the PPO-ptx policy's samples and on demonstrations
+  given as text. The export CLI prints the directory and no library log."""
+  import re  # pylint: disable=import-outside-toplevel
+
+  import jax  # pylint: disable=import-outside-toplevel
+  import torch  # pylint: disable=import-outside-toplevel
+  import transformers  # pylint: disable=import-outside-toplevel
+
+  from instructgpt_jax import model as model_lib  # pylint: disable=import-outside-toplevel
+  from instructgpt_jax import sampling, scoring  # pylint: disable=import-outside-toplevel
+
+  ws, _ = tiny_run
+  ours_tok = ws.tokenizer()
+  P, R = ws.config.data.prompt_len, ws.config.data.response_len
+  prompts = [r["prompt"] for r in ws.records("prompts", "validation")][:8]
+  enc = data_lib.encode_prompts(ours_tok, prompts, P)
+  assert len(enc.kept) >= 4
+  for stage in ("sft", "ppo/ppo_ptx"):  # The RM below scores the last one's samples.
+    policy_dir = str(tmp_path / stage.replace("/", "_"))
+    if stage == "sft":
+      hf.export_stage(ws, stage, policy_dir)
+    else:
+      p = _export_hf(ws, stage, policy_dir)
+      assert p.stdout.strip() == policy_dir
+      assert "orbax" not in p.stderr and not re.search(r"^[IW]\d{4} ", p.stderr, re.M), p.stderr
+    tok = transformers.AutoTokenizer.from_pretrained(policy_dir)
+    policy = transformers.AutoModelForCausalLM.from_pretrained(policy_dir).eval()
+    cfg = ws.models.for_stage(stage)
+    params = ws.load_params(stage, cfg)
+    out = sampling.generate_batched(
+      params, cfg, enc.tokens, enc.mask, jax.random.key(0), ws.mesh, ws.rules, batch_size=8,
+      max_new_tokens=R, eos_id=ours_tok.eos_id, pad_id=ours_tok.pad_id, greedy=True,
+    )  # fmt: skip
+    for row, k in enumerate(enc.kept):
+      ids = tok(prompts[k], return_tensors="pt").input_ids  # BOS + prompt, as encode_prompts.
+      assert ids[0].tolist() == enc.tokens[row][enc.mask[row] == 1].tolist()
+      with torch.no_grad():
+        theirs = policy.generate(ids, max_new_tokens=R, do_sample=False)[0, ids.shape[1] :]
+      ours = out["tokens"][row, P:][out["response_mask"][row, P:] == 1]
+      assert theirs.tolist() == ours.tolist(), (stage, prompts[k])
+      text = tok.decode(theirs, skip_special_tokens=True)
+      assert text == ours_tok.decode(ours), (stage, prompts[k], text)
+    # Teacher-forced on the samples, the two models' logits agree on every real token.
+    tokens, mask = out["tokens"], out["mask"]
+    positions = np.asarray(model_lib.positions_from_mask(mask))
+    with torch.no_grad():
+      theirs = policy(
+        input_ids=torch.tensor(tokens, dtype=torch.long),
+        attention_mask=torch.tensor(mask),
+        position_ids=torch.tensor(positions),
+      ).logits.numpy()
+    ours = np.asarray(helpers.forward(cfg, jax.device_get(params), tokens, mask))
+    real = mask == 1
+    assert np.abs(theirs - ours)[real].max() < 1e-4 * max(1.0, np.abs(ours[real]).max())
+
+  # The RM: our greedy samples as ids (right-padded with the pad id, as transformers reads the
+  # score at the last token that is not pad), demonstrations as text through the tokenizer.
+  rm_cfg = ws.models.reward
+  rm_dir = hf.export_stage(ws, "rm", str(tmp_path / "rm"))
+  rm = transformers.AutoModelForSequenceClassification.from_pretrained(rm_dir).eval()
+  assert transformers.AutoTokenizer.from_pretrained(rm_dir).pad_token_id == ours_tok.pad_id
+  bias = json.load(open(os.path.join(rm_dir, "config.json"))).get("reward_bias", 0.0)
+  reward = lambda t, m: scoring.score_with(
+    ws, scoring.reward_fn(rm_cfg), ws.load_reward_model()[0], t, m
+  )
+  rows = [t[m == 1] for t, m in zip(tokens, mask)]
+  width = max(len(r) for r in rows)
+  padded = np.full((len(rows), width), ours_tok.pad_id, np.int64)
+  for i, r in enumerate(rows):
+    padded[i, : len(r)] = r
+  with torch.no_grad():
+    scores = rm(
+      input_ids=torch.tensor(padded), attention_mask=torch.tensor(padded != ours_tok.pad_id)
+    ).logits
+  np.testing.assert_allclose(scores[:, 0].numpy() + bias, reward(tokens, mask), atol=1e-4)
+  demos = ws.records("demonstrations", "validation")[:8]
+  batch = tok(
+    [d["prompt"] for d in demos], [d["response"] for d in demos], padding=True, return_tensors="pt"
+  )
+  sft = data_lib.encode_sft(
+    ours_tok, [d["prompt"] for d in demos], [d["response"] for d in demos], P, R
+  )
+  assert len(sft["kept"]) >= 4
+  with torch.no_grad():
+    scores = rm(**batch).logits[:, 0].numpy()[sft["kept"]]
+  np.testing.assert_allclose(scores + bias, reward(sft["tokens"], sft["mask"]), atol=1e-4)
 
 
 def test_unknown_stage_lists_valid_ones():

@@ -5,7 +5,9 @@
 
 Give the same --config and overrides as the run (they fix the model's shape and tokenizer).
 --stage is a stage directory: pretrain, sft, rm (a sequence-classification model with one label),
-ppo/ppo or ppo/ppo_ptx. The directory loads with transformers' from_pretrained.
+ppo/ppo or ppo/ppo_ptx. The directory loads with transformers' from_pretrained, its tokenizer
+with AutoTokenizer (docs/hf.md). Library INFO logs are off, as in the main command (--verbosity=0
+shows them).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from instructgpt_jax import hf
+from instructgpt_jax import console, hf
 from instructgpt_jax.workspace import Workspace
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "The run's config file.")
@@ -29,6 +31,7 @@ def main(argv: list[str]) -> int:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if _CONFIG.value is None:
     raise app.UsageError("--config is required, e.g. --config=configs/ppo.py:small")
+  console.quiet_libraries()
   ws = Workspace(_CONFIG.value, _WORKDIR.value)
   print(hf.export_stage(ws, _STAGE.value, _OUT.value))
   return 0
