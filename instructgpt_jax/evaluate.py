@@ -546,6 +546,12 @@ def _eval_prompts(ws: Workspace, world: Any) -> tuple[list[str], list[str], str,
     tok, [prefix + t for t in texts], ws.config.data.prompt_len + cfg.fewshot_prompt_len
   )
   keep = [i for i in fewshot.kept.tolist() if i in plain][: cfg.num_prompts]
+  if not keep:
+    raise ValueError(
+      f"None of the {len(texts)} eval prompts fits data.prompt_len={ws.config.data.prompt_len} "
+      f"tokens alone and with the few-shot prefix (+ eval.fewshot_prompt_len="
+      f"{cfg.fewshot_prompt_len}); raise them."
+    )
   dropped = len(texts) - len(plain & set(fewshot.kept.tolist()))
   if dropped:
     logging.warning(

@@ -16,21 +16,19 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import matplotlib
+# Figures are made with matplotlib's object API and written as files: no pyplot, so importing
+# this module never changes the backend of a notebook (its inline plots) or needs a display.
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # Files only: no display on a TPU host or in CI.
-import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
-
-from instructgpt_jax import metrics as metrics_lib  # noqa: E402
+from instructgpt_jax import metrics as metrics_lib
 
 _DPI = 110
 
 
-def _save(fig: Any, path: str) -> str:
+def _save(fig: Figure, path: str) -> str:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.tight_layout()
   fig.savefig(path, dpi=_DPI)
-  plt.close(fig)
   return path
 
 
@@ -40,7 +38,8 @@ def overoptimization_png(curves: Mapping[str, Any], path: str) -> str:
   n = 1 point)."""
   bon = curves["best_of_n_rm"]
   start = next((p for p in bon if p["n"] == 1), None)
-  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+  fig = Figure(figsize=(10, 4))
+  axes = fig.subplots(1, 2)
   for ax, key, title in zip(axes, ("gold", "rm"), ("gold score", "reward (RM)")):
     ax.plot([p["sqrt_kl"] for p in bon], [p[key] for p in bon], "o-", label="best-of-n by RM")
     for p in bon:
@@ -61,7 +60,8 @@ def overoptimization_png(curves: Mapping[str, Any], path: str) -> str:
 def win_rates_png(policies: Mapping[str, Mapping[str, Any]], path: str) -> str:
   """Each policy's win rate against SFT with a bar of +-1 standard error, and the 0.5 line."""
   rows = [(n, r) for n, r in policies.items() if r.get("win_rate_vs_sft") is not None]
-  fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(rows) + 2), 4))
+  fig = Figure(figsize=(max(6, 0.6 * len(rows) + 2), 4))
+  ax = fig.subplots()
   xs = range(len(rows))
   ax.bar(
     xs,
@@ -83,8 +83,8 @@ def stage_curves_png(
 ) -> str:
   """One panel per metric in `keys` (those the rows hold), against the logged step."""
   keys = [k for k in keys if any(k in r for r in rows)]
-  fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(3.4 * max(1, len(keys)), 3))
-  axes = axes if len(keys) > 1 else [axes]
+  fig = Figure(figsize=(3.4 * max(1, len(keys)), 3))
+  axes = fig.subplots(1, max(1, len(keys)), squeeze=False)[0]
   for ax, key in zip(axes, keys):
     pts = [(r["step"], r[key]) for r in rows if key in r and "step" in r]
     ax.plot([s for s, _ in pts], [v for _, v in pts])

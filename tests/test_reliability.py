@@ -292,7 +292,8 @@ def test_eval_resumes_at_the_next_policy(reference, tmp_path, monkeypatch):
   assert sorted(os.listdir(wd / "eval" / "policies")) == ["base.json", "base_fewshot.json"]
   sampled.clear()
   evaluate.run(ws)
-  assert len(sampled) == 4  # sft, sft_t0.7, ppo and the best-of-n pool only.
+  # sft, sft_t0.7, ppo, the best-of-n pool and the over-optimisation curve's pool only.
+  assert len(sampled) == 5
   report = json.loads((wd / "report.json").read_text())
   assert report == json.loads((whole / "report.json").read_text())
 

@@ -12,12 +12,15 @@ from tests import helpers
 
 
 def test_rm_model_overrides_the_policy_shape_and_the_value_follows():
-  config = helpers.config("ppo", "small")
+  small = model_configs.resolve(helpers.config("ppo", "small"))
+  # small: the RM starts from the 4 x 192 policy's SFT model (configs/rm_base.py says why).
+  assert (small.policy.num_layers, small.policy.d_model) == (4, 192)
+  assert small.rm_trunk == small.policy and small.rm_init_from == "sft"
+  config = helpers.config("ppo")  # tiny: the RM has one layer more than the policy.
   models = model_configs.resolve(config)
   policy, rm_cfg = models.policy, models.reward
-  assert (policy.num_layers, policy.d_model) == (4, 128)
-  assert (rm_cfg.num_layers, rm_cfg.d_model, rm_cfg.head) == (4, 192, "scalar")
-  assert rm_cfg.num_params() > 2 * policy.num_params()
+  assert (rm_cfg.num_layers, rm_cfg.d_model, rm_cfg.head) == (policy.num_layers + 1, 64, "scalar")
+  assert rm_cfg.num_params() > policy.num_params()
   assert models.rm_trunk == rm_cfg.replace(head="lm") == models.rm_init
   assert config.rm.init_from == "rm_base" == models.rm_init_from == model_configs.RM_INIT_FROM[0]
   assert models.for_stage("rm/member_1") == rm_cfg and models.for_stage("ppo/ppo_ptx") == policy
