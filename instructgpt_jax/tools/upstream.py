@@ -24,7 +24,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from instructgpt_jax import console, loop, sampling, workspace
+from instructgpt_jax import console, loop, pipeline, workspace
 from instructgpt_jax import data as data_lib
 
 # (row name, stage, temperature)
@@ -55,27 +55,12 @@ def probe(ws: workspace.Workspace, num_prompts: int) -> dict[str, Any]:
   recs = [r for split in ("validation", "test") for r in ws.records("prompts", split)]
   enc = data_lib.encode_prompts(tok, [r["prompt"] for r in recs], d.prompt_len)
   prompts = [recs[i]["prompt"] for i in enc.kept.tolist()][:num_prompts]
-  enc = data_lib.encode_prompts(tok, prompts, d.prompt_len)
+  sample_texts = pipeline.stage_module("label").sample_texts  # The label stage's sampler.
   rows, invented, samples = {}, {}, {}
   for name, stage, temperature in POLICIES:
     params = ws.load_params(stage, ws.models.policy)
-    out = sampling.generate_batched(
-      params,
-      ws.models.policy,
-      enc.tokens,
-      enc.mask,
-      jax.random.key(ws.config.seed + SEED),
-      ws.mesh,
-      ws.rules,
-      batch_size=ws.config.label.batch_size,
-      max_new_tokens=d.response_len,
-      eos_id=tok.eos_id,
-      pad_id=tok.pad_id,
-      temperature=temperature,
-      progress_name=f"upstream {name}",
-    )
-    P = d.prompt_len
-    texts = [tok.decode(t[P:][m[P:] > 0]) for t, m in zip(out["tokens"], out["mask"])]
+    key = jax.random.key(ws.config.seed + SEED)
+    texts, _ = sample_texts(ws, params, prompts, key, temperature, ws.config.label.batch_size)
     analyses = [world.analyze(p, t) for p, t in zip(prompts, texts)]
     rows[name] = upstream_rates(analyses, texts)
     counts: collections.Counter[str] = collections.Counter()
