@@ -29,6 +29,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # reward (PPO, best-of-n, held-out accuracy) is their mean, the value function starts
       # from the first. Each member costs one more RM training and one more RM pass per reward.
       ensemble=1,
+      # Not in the paper: the reward adds a learned multiple of the response's token log-probs
+      # under the RM's own (tied) LM head, "mean" over its tokens or their "sum"; "none" is the
+      # paper's RM. The scale starts at `likelihood_init` (docs/findings.md, the RM).
+      likelihood="none",
+      likelihood_init=1.0,
+      # Not in the paper: preference-model pretraining (instructgpt_jax/preference_pretraining.py)
+      # on the pretraining text's paragraphs ranked above corrupted copies, `steps` steps (0:
+      # off, the paper's RM) before the human comparisons.
+      pmp=dict(
+        steps=0,
+        optim=common.optim(1e-3),
+        **common.loop(batch_size=64, log_every=5, checkpoint_every=100),
+      ),
       # Prompts per batch; the paper's 64. With the SFT-tuned rm_base it measured 0.593 held-out
       # (3 seeds) against 0.588 at 16 (docs/findings.md, history, RM comparisons only).
       **common.loop(batch_size=64, log_every=5, checkpoint_every=100),
@@ -36,4 +49,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   )
   if c.preset == "tiny":
     c.rm.update(common.loop(batch_size=8, log_every=5, checkpoint_every=20))
+    c.rm.pmp.update(common.loop(batch_size=8, log_every=5, checkpoint_every=20))
   return c

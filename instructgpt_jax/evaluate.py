@@ -321,7 +321,12 @@ def _best_of_n_pool(
     rm_cfg = ws.models.reward
     tokens, mask = _with_prompts(prompt_enc, response, n)
     rm_scores = scoring.score_with(
-      ws, scoring.ensemble_reward_fn(rm_cfg), ws.load_reward_model(), tokens, mask, cfg.batch_size
+      ws,
+      scoring.ensemble_reward_fn(ws, rm_cfg),
+      ws.load_reward_model(),
+      tokens,
+      mask,
+      cfg.batch_size,
     )
     rm_scores = rm_scores.reshape(-1, n).tolist()
   rows = lambda x: np.asarray(x).reshape(len(prompts), n).tolist()
@@ -401,7 +406,7 @@ def _penalised_reward(ws: Workspace, prompt_enc: Any, response: np.ndarray, ende
   tokens, mask = _with_prompts(prompt_enc, response, n)
   rm = scoring.score_with(
     ws,
-    scoring.ensemble_reward_fn(ws.models.reward),
+    scoring.ensemble_reward_fn(ws, ws.models.reward),
     ws.load_reward_model(),
     tokens,
     mask,

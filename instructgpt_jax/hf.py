@@ -619,6 +619,11 @@ def export_reward_model(
   """
   if cfg.head != "scalar":
     raise ValueError("export_reward_model needs head='scalar'; use export_policy for an LM.")
+  if cfg.reward_likelihood != "none":
+    raise ValueError(
+      f"This reward model adds a likelihood term (rm.likelihood={cfg.reward_likelihood!r}), which "
+      "a *ForSequenceClassification model cannot hold; only rm.likelihood='none' exports."
+    )
   if pad_id == eos_id:
     raise ValueError(
       f"pad_id == eos_id == {pad_id}: transformers would read the score one token before the "

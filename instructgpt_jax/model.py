@@ -37,6 +37,9 @@ Cache = dict[str, Array] | tuple[dict[str, Array], ...]
 
 FAMILIES = ("gpt", "llama")
 HEADS = ("lm", "scalar")
+# A reward model's optional likelihood term (not in the paper; objectives.sequence_rewards): the
+# response's mean or summed token log-prob under the RM's own tied LM head, times a learned scale.
+REWARD_LIKELIHOODS = ("none", "mean", "sum")
 ROPE_SCALINGS = ("none", "linear", "llama3")
 REMAT_POLICIES = ("none", "full", "dots")
 
@@ -66,6 +69,8 @@ class ModelConfig:
   rope_theta: float = 10000.0
   norm_eps: float = 1e-5
   head: str = "lm"
+  # With head "scalar": adds the learned `likelihood_scale` of REWARD_LIKELIHOODS' term.
+  reward_likelihood: str = "none"
   # Options that imported checkpoints need (hf.py); the defaults keep the original model.
   head_size: int = 0  # 0 means d_model // num_heads; Qwen3 uses wider heads than that.
   qkv_bias: bool = False  # Biases on query/key/value in the llama family (Qwen2).
@@ -83,6 +88,12 @@ class ModelConfig:
     _check_choice("head", self.head, HEADS)
     _check_choice("remat", self.remat, REMAT_POLICIES)
     _check_choice("rope_scaling", self.rope_scaling, ROPE_SCALINGS)
+    _check_choice("reward_likelihood", self.reward_likelihood, REWARD_LIKELIHOODS)
+    if self.reward_likelihood != "none" and not self.tie_embeddings:
+      raise ValueError(
+        f"reward_likelihood={self.reward_likelihood!r} reads the LM head through the tied "
+        "embedding, which this model does not have (tie_embeddings=False)."
+      )
     if not self.head_size and self.d_model % self.num_heads:
       raise ValueError(
         f"model.d_model={self.d_model} is not divisible by model.num_heads={self.num_heads}."
@@ -138,7 +149,7 @@ class ModelConfig:
     if self.head == "lm" and not self.tie_embeddings:
       total += d * self.vocab_size
     if self.head == "scalar":
-      total += d + 1
+      total += d + 1 + (self.reward_likelihood != "none")
     return total
 
 
@@ -599,6 +610,10 @@ class Transformer(nn.Module):
         bias_init=_logical(nn.initializers.zeros, ("scalar",)),
         name="scalar_head",
       )(hidden.astype(jnp.float32))[..., 0]
+      if cfg.reward_likelihood != "none":
+        # Read only by objectives.sequence_rewards, which needs the response's span; the
+        # reward model's stage sets its starting value (rm.init_state).
+        self.param("likelihood_scale", _logical(nn.initializers.zeros, ()), (), jnp.float32)
     return out
 
 

@@ -3,7 +3,8 @@
 The policy (`config.model`, or an imported checkpoint's shape with `model.init = "hf:/dir"`),
 the reward model's trunk as a language model (the policy's shape with the overrides of
 `rm.model`, from configs/rm_base.py; the `rm_base` stage trains it), and that trunk with the
-scalar head (the reward model, and the value function, which starts from it). The workspace
+scalar head (the reward model, with `rm.likelihood`'s term if set, and the value function, which
+starts from it). The workspace
 resolves them when it is made (`Workspace.models`); stages, tools and exports read them there.
 """
 
@@ -96,6 +97,6 @@ def resolve(config: ml_collections.ConfigDict) -> ModelConfigs:
   return ModelConfigs(
     policy=policy,
     rm_trunk=rm_trunk,
-    reward=rm_trunk.replace(head="scalar"),
+    reward=rm_trunk.replace(head="scalar", reward_likelihood=rm_section.get("likelihood", "none")),
     rm_init_from=init_from,
   )

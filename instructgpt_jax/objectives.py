@@ -2,7 +2,8 @@
 
 Pure functions of (params, model, arrays), shared by every stage: the LM loss is pretraining's
 objective, SFT's (with a response-only mask) and PPO's ptx term; span log-probs are PPO's ratio,
-its KL to the reference and eval's KL; the scalar head at the last real token is the reward.
+its KL to the reference and eval's KL; the scalar head at the last real token is the reward
+(plus, optionally, a likelihood term).
 The math on arrays (cross-entropy, pairwise and PPO losses) is in `losses.py`; this module
 applies the model. A stage that wants another objective writes its own instead of editing one
 here, so a forked SFT loss never changes PPO-ptx.
@@ -82,22 +83,56 @@ def span_logprobs(
 
 
 def sequence_rewards(
-  params: Any, apply_fn: Callable, tokens: jax.Array, mask: jax.Array
+  params: Any,
+  config: model_lib.ModelConfig,
+  tokens: jax.Array,
+  mask: jax.Array,
+  response_start: int,
 ) -> jax.Array:
-  """Reward per sequence: a scalar-head model at the last real token. [batch, seq] -> [batch]."""
-  values = apply_fn({"params": params}, tokens, mask)
+  """Reward per sequence: a scalar-head model at the last real token. [batch, seq] -> [batch].
+
+  With `config.reward_likelihood` (not in the paper) the reward adds `likelihood_scale` times
+  the mean ("mean") or sum ("sum") of the response's token log-probs under the model's own tied
+  LM head, so what the language model knows about its world is in the reward from the start.
+  The response occupies [response_start, seq) (static); the scalar head is read from the same
+  forward pass.
+  """
   idx, _ = losses.last_valid_index(mask)
-  return jnp.take_along_axis(values, idx[:, None], axis=1)[:, 0]
+  model = model_lib.Transformer(config)
+  if config.reward_likelihood == "none":
+    values = model.apply({"params": params}, tokens, mask)
+    return jnp.take_along_axis(values, idx[:, None], axis=1)[:, 0]
+  hidden = model.apply({"params": params}, tokens, mask, skip_head=True)  # [batch, seq, embed]
+  last = jnp.take_along_axis(hidden, idx[:, None, None], axis=1)[:, 0].astype(jnp.float32)
+  head = params["scalar_head"]
+  scalar = last @ jnp.asarray(head["kernel"], jnp.float32)[:, 0] + head["bias"][0]
+  seq = tokens.shape[1]
+  lp = losses.head_token_log_probs(
+    hidden[:, response_start - 1 : seq - 1],
+    params["token_embed"]["embedding"],
+    tokens[:, response_start:],
+  )
+  # A token counts when it and its predecessor are real, as in `span_logprobs`.
+  valid = (mask[:, response_start:] != 0) & (mask[:, response_start - 1 : seq - 1] != 0)
+  if config.reward_likelihood == "mean":
+    term = losses.masked_mean(lp, valid, axis=1)
+  else:
+    term = losses.masked_sum(lp, valid, axis=1)
+  return scalar + params["likelihood_scale"] * term
 
 
 def ensemble_rewards(
-  members: Sequence[Any], apply_fn: Callable, tokens: jax.Array, mask: jax.Array
+  members: Sequence[Any],
+  config: model_lib.ModelConfig,
+  tokens: jax.Array,
+  mask: jax.Array,
+  response_start: int,
 ) -> jax.Array:
   """The mean of `sequence_rewards` over the parameter trees of an RM ensemble (each member's
   demonstrations already score mean 0, so the mean does too). [batch, seq] -> [batch]."""
   if not members:
     raise ValueError("An RM ensemble needs at least one member.")
-  rewards = [sequence_rewards(p, apply_fn, tokens, mask) for p in members]
+  rewards = [sequence_rewards(p, config, tokens, mask, response_start) for p in members]
   return sum(rewards[1:], rewards[0]) / len(rewards)
 
 

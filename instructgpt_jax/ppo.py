@@ -215,9 +215,7 @@ def rollout(
     logp = _response_slice(out.logprobs, s)
   ref_logp = policy_logprobs(ref_params, s, tokens, mask)
   values = value_estimates(state.value.params, s, tokens, mask)
-  raw_score = objectives.ensemble_rewards(
-    rm_params, model_lib.Transformer(s.value_cfg).apply, tokens, mask
-  )
+  raw_score = objectives.ensemble_rewards(rm_params, s.value_cfg, tokens, mask, s.prompt_len)
   score = raw_score
   if s.ppo.missing_eos_penalty is not None:
     # A response that never ends gets a fixed low score (docs/rlhf-notes.md §11, the "EOS trick").

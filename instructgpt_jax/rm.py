@@ -10,6 +10,8 @@ Afterwards a bias is folded into the head so the demonstrations score mean 0.
 
 from __future__ import annotations
 
+import functools
+import os
 from typing import Any
 
 import flax.linen as nn
@@ -26,6 +28,7 @@ from instructgpt_jax import (
   model_configs,
   multihost,
   objectives,
+  preference_pretraining,
   scoring,
   train_state,
   workspace,
@@ -34,36 +37,57 @@ from instructgpt_jax import model as model_lib
 from instructgpt_jax.workspace import Workspace
 
 SCALAR_HEAD = "scalar_head"
+LIKELIHOOD_SCALE = "likelihood_scale"  # The likelihood term's learned scale (model.py).
 HELD_OUT_KEYS = ("tokens", "mask", "ranks", "slots")
 MEMBER_SEED_STRIDE = 1000  # Members' seeds lie this far apart, clear of the stages' offsets.
 
 
 def loss_fn(
-  params: Any, apply_fn: Any, batch: dict[str, jax.Array]
+  params: Any, config: model_lib.ModelConfig, batch: dict[str, jax.Array], response_start: int
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """batch: tokens/mask [prompts, K, seq], ranks [prompts, K] (-1 absent) -> pairwise loss."""
+  """batch: tokens/mask [prompts, K, seq], ranks [prompts, K] (-1 absent) -> pairwise loss.
+  Responses start at `response_start` (the project layout's prompt length)."""
   b, k, t = batch["tokens"].shape
   rewards = objectives.sequence_rewards(
-    params, apply_fn, batch["tokens"].reshape(b * k, t), batch["mask"].reshape(b * k, t)
+    params,
+    config,
+    batch["tokens"].reshape(b * k, t),
+    batch["mask"].reshape(b * k, t),
+    response_start,
   ).reshape(b, k)
   return losses.pairwise_rm_loss(rewards, batch["ranks"])
 
 
 def train_step(
-  state: train_state.TrainState, batch: dict[str, jax.Array], rng: jax.Array
+  state: train_state.TrainState,
+  batch: dict[str, jax.Array],
+  rng: jax.Array,
+  *,
+  config: model_lib.ModelConfig,
+  response_start: int,
 ) -> tuple[train_state.TrainState, dict[str, jax.Array]]:
-  """One optimizer step on the pairwise ranking loss."""
+  """One optimizer step on the pairwise ranking loss (bind `config` and `response_start` with
+  functools.partial)."""
   del rng  # Dropout is off for the RM (docs/rlhf-notes.md §10).
   (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-    state.params, state.apply_fn, batch
+    state.params, config, batch, response_start
   )
-  return state.apply_gradients(grads=grads), dict(metrics, grad_norm=optax.global_norm(grads))
+  metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+  if "likelihood_scale" in state.params:
+    metrics["likelihood_scale"] = state.params["likelihood_scale"]
+  return state.apply_gradients(grads=grads), metrics
 
 
-def trunk_with_scalar_head(lm_params: dict[str, Any], fresh_scalar: dict[str, Any]) -> dict:
-  """The LM's trunk with the scalar head of `fresh_scalar` (the unembedding is dropped)."""
+def trunk_with_scalar_head(
+  lm_params: dict[str, Any], fresh_scalar: dict[str, Any], likelihood_scale: float = 0.0
+) -> dict:
+  """The LM's trunk with the scalar head of `fresh_scalar` (the unembedding is dropped); a
+  reward model with a likelihood term (`fresh_scalar` has `likelihood_scale`) starts that
+  term's scale at `likelihood_scale`."""
   params = {k: v for k, v in lm_params.items() if k != "unembed"}
   params[SCALAR_HEAD] = fresh_scalar[SCALAR_HEAD]
+  if LIKELIHOOD_SCALE in fresh_scalar:
+    params[LIKELIHOOD_SCALE] = np.asarray(likelihood_scale, np.float32)
   return params
 
 
@@ -83,18 +107,21 @@ def init_state(
   *,
   member: int = 0,
   abstract: bool = False,
+  reward_params: Any | None = None,
+  optim: ml_collections.ConfigDict | None = None,
 ) -> tuple[train_state.TrainState, Any]:
   """The reward model on the mesh: `lm_params`' trunk (host or device arrays) and a fresh scalar
-  head (N(0, 1/sqrt(d+1)), docs/rlhf-notes.md §5), drawn from ensemble member `member`'s seed; returns
-  (state, shardings)."""
+  head (N(0, 1/sqrt(d+1)), docs/rlhf-notes.md §5), drawn from ensemble member `member`'s seed,
+  or a whole reward model's `reward_params`; with the optimizer of `optim` (default `rm.optim`).
+  Returns (state, shardings)."""
   cfg, rm_cfg = config.rm, models.reward
-  params = None
+  params = reward_params
   if lm_params is not None:
     fresh = model_lib.boxed_params(rm_cfg, jax.random.key(member_seed(config, member) + 20))
     params = trunk_with_scalar_head(
-      multihost.fetch(lm_params), multihost.fetch(nn.meta.unbox(fresh))
+      multihost.fetch(lm_params), multihost.fetch(nn.meta.unbox(fresh)), cfg.likelihood_init
     )
-  tx = train_state.make_optimizer(cfg.optim, total_steps, cfg.on_nonfinite == "skip")
+  tx = train_state.make_optimizer(optim or cfg.optim, total_steps, cfg.on_nonfinite == "skip")
   return train_state.create_train_state(
     rm_cfg, tx, mesh, rules, jax.random.key(config.seed), params, abstract=abstract
   )
@@ -118,21 +145,49 @@ def train_member(
   cfg, rm_cfg = ws.config.rm, ws.models.reward
   stage = workspace.rm_member_stage(member)
   seed = member_seed(ws.config, member)
+  name = "rm" if member == 0 else f"rm member {member}"
   state, shardings = init_state(
     ws.config,
     ws.models,
     ws.mesh,
     ws.rules,
-    steps,
+    cfg.pmp.steps or steps,
     ws.load_params(ws.models.rm_init_from, ws.models.rm_init),
     member=member,
+    optim=cfg.pmp.optim if cfg.pmp.steps else None,
   )
+  step_fn = functools.partial(train_step, config=rm_cfg, response_start=ws.config.data.prompt_len)
+  pmp_summary = {}
+  if cfg.pmp.steps:
+    # Preference-model pretraining (not in the paper): the corpus's corrupted pairs first, in
+    # `<stage>/pmp`, then a fresh optimizer for the human comparisons.
+    pmp = preference_pretraining.comparison_arrays(ws, seed + 23)
+    pmp = {k: pmp[k] for k in ("tokens", "mask", "ranks")}
+    state, pmp_rows = loop.train(
+      name=f"{name} pmp",
+      stage_dir=os.path.join(ws.stage_dir(stage), "pmp"),
+      state=state,
+      state_shardings=shardings,
+      step_fn=step_fn,
+      batches=ws.batches(pmp, cfg.pmp.batch_size, seed=seed + 24),
+      total_steps=cfg.pmp.steps,
+      mesh=ws.mesh,
+      rules=ws.rules,
+      seed=seed + 25,
+      loop_cfg=cfg.pmp,
+    )
+    pmp_summary = {"pmp_comparisons": int(pmp["tokens"].shape[0]), "pmp_steps": cfg.pmp.steps}
+    if pmp_rows:
+      pmp_summary["pmp_train_accuracy"] = pmp_rows[-1]["accuracy"]
+    state, shardings = init_state(
+      ws.config, ws.models, ws.mesh, ws.rules, steps, reward_params=multihost.fetch(state.params)
+    )
   state, rows = loop.train(
-    name="rm" if member == 0 else f"rm member {member}",
+    name=name,
     stage_dir=ws.stage_dir(stage),
     state=state,
     state_shardings=shardings,
-    step_fn=train_step,
+    step_fn=step_fn,
     batches=ws.batches(train, cfg.batch_size, seed=seed + 21),
     total_steps=steps,
     mesh=ws.mesh,
@@ -144,7 +199,7 @@ def train_member(
   # later user of the RM (PPO reward, value init) sees the normalised scale.
   demos = inputs.sft_arrays(ws, "train")
   demo_rewards = scoring.score_with(
-    ws, scoring.reward_fn(rm_cfg), state.params, demos["tokens"], demos["mask"]
+    ws, scoring.reward_fn(ws, rm_cfg), state.params, demos["tokens"], demos["mask"]
   )
   bias = float(losses.rm_normalization_bias(demo_rewards))
   params = multihost.fetch(state.params)
@@ -154,7 +209,10 @@ def train_member(
     "demo_bias": bias,
     "demo_reward_std": float(np.std(demo_rewards)),
     "train_accuracy": rows[-1]["accuracy"] if rows else None,
+    **pmp_summary,
   }
+  if LIKELIHOOD_SCALE in params:
+    summary["likelihood_scale"] = float(params[LIKELIHOOD_SCALE])
   return ws.save_params(stage, params, rm_cfg), summary
 
 
@@ -189,7 +247,7 @@ def held_out_accuracy(
   # temperature 1 (as PPO's first samples are). Absent when the file does not record sources.
   sft_ranks = inputs.ranks_among(merged, inputs.SFT_SOURCE)
   has_sft_pairs = ((sft_ranks >= 0).sum(axis=1) >= 2) & (sft_ranks.max(axis=1) > sft_ranks.min(1))
-  reward = scoring.reward_fn(ws.models.reward)
+  reward = scoring.reward_fn(ws, ws.models.reward)
   # One pass per member; the ensemble's scores are their mean, as `ensemble_rewards` computes.
   scores = [scoring.comparison_scores(ws, reward, p, merged) for p in members]
 
@@ -239,7 +297,11 @@ def run(ws: Workspace) -> dict[str, Any]:
     "comparisons": n,
     "demo_bias": first["demo_bias"],
     "demo_reward_std": first["demo_reward_std"],
+    "likelihood": ws.models.reward.reward_likelihood,
   }
+  for key in ("likelihood_scale", "pmp_comparisons", "pmp_steps", "pmp_train_accuracy"):
+    if key in first:
+      summary[key] = first[key]
   summary.update(held_out_accuracy(ws, tuple(params for params, _ in trained)))
   if cfg.ensemble > 1:  # Each member's seed, bias and own accuracy (when there are held-out pairs).
     accuracies = summary.get("members") or [{} for _ in trained]

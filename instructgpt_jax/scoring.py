@@ -47,17 +47,22 @@ def lm_loss(
   return total / max(count, 1.0)
 
 
-def reward_fn(model_cfg: model_lib.ModelConfig) -> ScoreFn:
-  """A scalar-head model's reward at each sequence's last real token."""
-  apply_fn = model_lib.Transformer(model_cfg).apply
-  return lambda params, tokens, mask: objectives.sequence_rewards(params, apply_fn, tokens, mask)
+def reward_fn(ws: Workspace, model_cfg: model_lib.ModelConfig) -> ScoreFn:
+  """A reward model's reward of each sequence (`objectives.sequence_rewards`), whose response
+  starts at `data.prompt_len` (the project layout)."""
+  start = ws.config.data.prompt_len
+  return lambda params, tokens, mask: objectives.sequence_rewards(
+    params, model_cfg, tokens, mask, start
+  )
 
 
-def ensemble_reward_fn(model_cfg: model_lib.ModelConfig) -> ScoreFn:
+def ensemble_reward_fn(ws: Workspace, model_cfg: model_lib.ModelConfig) -> ScoreFn:
   """An RM ensemble's mean reward; its `params` argument is the sequence of members'
   parameter trees (`Workspace.load_reward_model`)."""
-  apply_fn = model_lib.Transformer(model_cfg).apply
-  return lambda members, tokens, mask: objectives.ensemble_rewards(members, apply_fn, tokens, mask)
+  start = ws.config.data.prompt_len
+  return lambda members, tokens, mask: objectives.ensemble_rewards(
+    members, model_cfg, tokens, mask, start
+  )
 
 
 def loglik_fn(ws: Workspace, lm_cfg: model_lib.ModelConfig, temperature: float = 1.0) -> ScoreFn:

@@ -340,9 +340,7 @@ def test_exported_reward_model_scores_like_ours(tmp_path, family):
     mask[i, start:end] = 1
     tokens[i, end - 1] = eos
   tokens = np.where(mask == 1, tokens, pad)
-  ours = np.asarray(
-    objectives.sequence_rewards(params, model_lib.Transformer(cfg).apply, tokens, jnp.asarray(mask))
-  )
+  ours = np.asarray(objectives.sequence_rewards(params, cfg, tokens, jnp.asarray(mask), 4))
   hf.export_reward_model(params, cfg, str(tmp_path), pad_id=pad, eos_id=eos)
   model = transformers.AutoModelForSequenceClassification.from_pretrained(str(tmp_path)).eval()
   with torch.no_grad():
@@ -357,10 +355,14 @@ def test_exported_reward_model_scores_like_ours(tmp_path, family):
   np.testing.assert_allclose(score + bias, ours, atol=1e-5, rtol=1e-5)
   # Re-imported as a scalar-head model, the reward is ours again (bias included).
   back = hf.load_params(str(tmp_path), cfg)
-  again = objectives.sequence_rewards(
-    back, model_lib.Transformer(cfg).apply, tokens, jnp.asarray(mask)
-  )
+  again = objectives.sequence_rewards(back, cfg, tokens, jnp.asarray(mask), 4)
   np.testing.assert_allclose(np.asarray(again), ours, atol=1e-5, rtol=1e-5)
+
+
+def test_reward_export_refuses_a_likelihood_term(tmp_path):
+  cfg = helpers.tiny_model("gpt", vocab_size=VOCAB, head="scalar", reward_likelihood="mean")
+  with pytest.raises(ValueError, match="rm.likelihood='none'"):
+    hf.export_reward_model(helpers.init_params(cfg), cfg, str(tmp_path), pad_id=0, eos_id=2)
 
 
 def test_reward_export_refuses_pad_equal_to_eos(tmp_path):

@@ -182,6 +182,67 @@ def test_nlp_tasks_hold_no_eval_prompt_or_user(tiny_run):
   assert not {r["user_id"] for r in nlp} & {r["user_id"] for r in evals}
 
 
+def test_preference_pretraining_pairs_hold_no_eval_prompt_or_user(tiny_run):
+  """The pairs are the pretraining text's train paragraphs only: no prompt of any prompt file
+  and no user id of the eval prompts is in them."""
+  from instructgpt_jax import preference_pretraining  # pylint: disable=import-outside-toplevel
+
+  ws, _ = tiny_run
+  arrays = preference_pretraining.comparison_arrays(ws, seed=0)
+  n = arrays["tokens"].shape[0]
+  assert n > 0 and arrays["tokens"].shape[1] == 3
+  tok = ws.tokenizer()
+  texts = {
+    tok.decode([int(t) for t, m in zip(arrays["tokens"][i, k], arrays["mask"][i, k]) if m])
+    for i in range(n)
+    for k in range(3)
+  }
+  corpus = " ".join(r["text"] for r in ws.records("pretraining", "train"))
+  prompts = {
+    r["prompt"]
+    for kind in ("eval_prompts", "prompts", "rm_prompts")
+    for s in data_lib.SPLITS
+    for r in ws.records(kind, s)
+  }
+  users = {r["user_id"] for s in data_lib.SPLITS for r in ws.records("eval_prompts", s)}
+  assert prompts and users
+  for text in texts:
+    assert not any(p in text for p in prompts)
+    assert not any(f" {u} " in f" {text} " for u in users)
+  # Every original (rank 0) is the corpus's own text.
+  originals = [
+    tok.decode([int(t) for t, m in zip(arrays["tokens"][i, 0], arrays["mask"][i, 0]) if m])
+    for i in range(min(n, 20))
+  ]
+  assert all(o.split(" ", 1)[-1][:20] in corpus for o in originals)
+
+
+def test_rm_with_preference_pretraining_and_likelihood_term(tiny_run, tmp_path):
+  """Both methods beyond the paper on: the corpus phase runs first in `rm/pmp`, the reward's
+  learned scale is reported, and the demonstrations still score mean 0 under the full reward."""
+  from instructgpt_jax import scoring  # pylint: disable=import-outside-toplevel
+
+  ref, _ = tiny_run
+  workdir = str(tmp_path / "rm_variants")
+  shutil.copytree(ref.workdir, workdir, ignore=shutil.ignore_patterns("rm", "ppo", "eval"))
+  config = tiny_config(**{"rm.likelihood": "mean", "rm.likelihood_init": 0.5})
+  config.rm.pmp.steps = 3
+  ws = Workspace(config, workdir)
+  summary = pipeline.run(ws, "rm")["rm"]
+  assert summary["likelihood"] == "mean" and summary["pmp_steps"] == 3
+  assert summary["pmp_comparisons"] > 0
+  assert loop.stage_done(ws.stage_dir("rm")) is not None
+  assert os.path.isdir(os.path.join(ws.stage_dir("rm"), "pmp", "ckpt"))
+  params = ws.load_reward_model()[0]
+  assert float(params["likelihood_scale"]) == pytest.approx(summary["likelihood_scale"])
+  assert float(params["likelihood_scale"]) != 0.5  # Learned.
+  demos = inputs.sft_arrays(ws, "train")
+  rewards = scoring.score_with(
+    ws, scoring.reward_fn(ws, ws.models.reward), params, demos["tokens"], demos["mask"]
+  )
+  assert abs(float(np.mean(rewards))) < 1e-3
+
+
 def test_likelihood_baseline_matches_an_independent_count(tiny_run):
   ws, _ = tiny_run
   from instructgpt_jax import inputs, scoring  # pylint: disable=import-outside-toplevel
@@ -215,7 +276,9 @@ def test_rm_demonstrations_score_mean_zero(tiny_run):
   cfg = ws.models.reward
   params = ws.load_params("rm", cfg)
   demos = inputs.sft_arrays(ws, "train")
-  rewards = scoring.score_with(ws, scoring.reward_fn(cfg), params, demos["tokens"], demos["mask"])
+  rewards = scoring.score_with(
+    ws, scoring.reward_fn(ws, cfg), params, demos["tokens"], demos["mask"]
+  )
   assert abs(float(np.mean(rewards))) < 1e-3
 
 
@@ -325,7 +388,7 @@ def test_export_hf_writes_the_rm_in_its_own_shape(tiny_run, tmp_path):
   tokens, mask = demos["tokens"][:8], demos["mask"][:8]
   tokens = np.where(mask == 1, tokens, ws.tokenizer().pad_id)  # transformers finds the last
   ours = scoring.score_with(  # real token by the pad id.
-    ws, scoring.reward_fn(rm_cfg), ws.load_reward_model()[0], tokens, mask
+    ws, scoring.reward_fn(ws, rm_cfg), ws.load_reward_model()[0], tokens, mask
   )
   with torch.no_grad():
     theirs = model(
@@ -404,7 +467,7 @@ def test_exported_policy_and_rm_run_in_transformers_as_in_the_project(tiny_run, 
   assert transformers.AutoTokenizer.from_pretrained(rm_dir).pad_token_id == ours_tok.pad_id
   bias = json.load(open(os.path.join(rm_dir, "config.json"))).get("reward_bias", 0.0)
   reward = lambda t, m: scoring.score_with(
-    ws, scoring.reward_fn(rm_cfg), ws.load_reward_model()[0], t, m
+    ws, scoring.reward_fn(ws, rm_cfg), ws.load_reward_model()[0], t, m
   )
   rows = [t[m == 1] for t, m in zip(tokens, mask)]
   width = max(len(r) for r in rows)
@@ -453,7 +516,7 @@ def test_rm_ensemble_trains_each_member_resumes_and_scores_the_mean(tiny_run, tm
   members = ws.load_reward_model()
   assert len(members) == 2
   cfg = ws.models.reward
-  reward = scoring.reward_fn(cfg)
+  reward = scoring.reward_fn(ws, cfg)
   demos = inputs.sft_arrays(ws, "train")
   for params in members:
     assert (
@@ -470,7 +533,7 @@ def test_rm_ensemble_trains_each_member_resumes_and_scores_the_mean(tiny_run, tm
     for k, v in inputs.comparison_arrays(ws, "train").items()
     if k in ("tokens", "mask", "ranks")
   }
-  expected = scoring.pairwise_accuracy(ws, scoring.ensemble_reward_fn(cfg), members, pairs)
+  expected = scoring.pairwise_accuracy(ws, scoring.ensemble_reward_fn(ws, cfg), members, pairs)
   assert acc["heldout"]["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-6)
   assert acc["heldout"]["pairs"] == expected["pairs"]
   for got, params in zip(acc["members"], members):

@@ -446,8 +446,9 @@ def bench_ppo(p: dict[str, Any], ptx_coef: float | None = None) -> dict[str, flo
     tok, msk = out.tokens, out.mask
     logp_fn = jax.jit(lambda params, t, m: ppo.policy_logprobs(params, s, t, m))
     value_fn = jax.jit(lambda params, t, m: ppo.value_estimates(params, s, t, m))
-    apply_v = model_lib.Transformer(s.value_cfg).apply
-    reward_fn = jax.jit(lambda params, t, m: objectives.ensemble_rewards(params, apply_v, t, m))
+    reward_fn = jax.jit(
+      lambda params, t, m: objectives.ensemble_rewards(params, s.value_cfg, t, m, s.prompt_len)
+    )
     if s.ppo.recompute_logprobs:  # Otherwise the rollout uses the sampler's log-probs.
       parts["score_policy_logprobs"] = time_calls(lambda: logp_fn(pp, tok, msk), warm, iters)
     parts["score_reference"] = time_calls(lambda: logp_fn(ref_params, tok, msk), warm, iters)

@@ -142,7 +142,7 @@ def breakdown(
   judges = {
     "reward_model": lambda: scoring.score_with(
       ws,
-      scoring.ensemble_reward_fn(rm_cfg),
+      scoring.ensemble_reward_fn(ws, rm_cfg),
       ws.load_reward_model(),
       enc["tokens"],
       enc["mask"],
