@@ -25,6 +25,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       adaptive_kl=False,  # True: Ziegler et al.'s controller towards kl_target.
       kl_target=6.0,
       kl_horizon=10000,
+      # Not in the paper: "rloo" | "grpo" replace GAE and the value function by a baseline from
+      # `group_size` responses sampled per prompt (the rollout keeps rollout_batch_size
+      # responses); the policies are then named rloo / rloo_ptx or grpo / grpo_ptx.
+      estimator="gae",
+      group_size=4,
       gamma=1.0,  # GAE discount (paper: 1).
       lam=0.95,  # GAE lambda; the paper does not state it (docs/rlhf-notes.md §12).
       clip_eps=0.2,  # Policy ratio clip (paper: 0.2).

@@ -44,9 +44,25 @@ from instructgpt_jax import data as data_lib
 from instructgpt_jax import inputs, loop, multihost, plots, sampling, scoring
 from instructgpt_jax import metrics as metrics_lib
 from instructgpt_jax.sim import labelers as labelers_lib
-from instructgpt_jax.workspace import Workspace, ppo_snapshot_stage, ppo_snapshot_steps
+from instructgpt_jax.workspace import (
+  Workspace,
+  ppo_policy_name,
+  ppo_snapshot_stage,
+  ppo_snapshot_steps,
+)
 
-POLICIES = ("base", "base_fewshot", "sft", "ppo", "ppo_ptx")
+POLICIES = (
+  "base",
+  "base_fewshot",
+  "sft",
+  "ppo",
+  "ppo_ptx",
+  "dpo",
+  "rloo",
+  "rloo_ptx",
+  "grpo",
+  "grpo_ptx",
+)
 # Policy name -> the stage whose final parameters it is.
 POLICY_STAGES = {
   "base": "pretrain",
@@ -54,6 +70,13 @@ POLICY_STAGES = {
   "sft": "sft",
   "ppo": "ppo/ppo",
   "ppo_ptx": "ppo/ppo_ptx",
+  # Beyond the paper, reported when the workdir holds them: configs/dpo.py, and PPO's stage
+  # with --config.ppo.estimator=rloo|grpo (workspace.ppo_policy_name).
+  "dpo": "dpo",
+  "rloo": "ppo/rloo",
+  "rloo_ptx": "ppo/rloo_ptx",
+  "grpo": "ppo/grpo",
+  "grpo_ptx": "ppo/grpo_ptx",
 }
 # The RM-sized base model, prompted and few-shot (the paper's Figure 1 compares with GPT-3 both
 # ways); its parameters are those of rm_base's first phase, before the NLP tasks.
@@ -66,6 +89,9 @@ SEED_OFFSET = 40
 CONTROL_SEED, BEST_OF_N_SEED = 5, 6  # After the five policies' 0..4.
 RM_BASE_SEEDS = (7, 8)
 CURVE_SEED = 9  # The over-optimisation curve's samples (PPO snapshots: CURVE_SEED + 1 + step).
+# Policies added after the first five sample from these seeds, clear of the ones above.
+LATER_POLICY_SEEDS = {"dpo": 10, "rloo": 11, "rloo_ptx": 12, "grpo": 13, "grpo_ptx": 14}
+DPO_CURVE_SEED = 100_000  # Past every PPO snapshot's CURVE_SEED + 1 + step.
 JUDGE_SEED_OFFSET = 50
 BEST_OF_N_BY = ("rm", "gold")
 # eval.prompts -> (prompt file kind, its splits). "eval": the eval prompts of held-out users, the
@@ -101,7 +127,9 @@ def best_of_n_name(n: int, by: str) -> str:
 def sampled_policies(cfg: Any) -> list[Sampled]:
   """Every one-sample-per-prompt policy, in report order (eval config `cfg`)."""
   out = [
-    Sampled(name, POLICY_STAGES[name], cfg.temperature, name in FEWSHOT, k)
+    Sampled(
+      name, POLICY_STAGES[name], cfg.temperature, name in FEWSHOT, LATER_POLICY_SEEDS.get(name, k)
+    )
     for k, name in enumerate(POLICIES)
   ]
   if cfg.control_temperature is not None:
@@ -440,36 +468,51 @@ def overoptimization(ws: Workspace, world: Any, sft_params: Any) -> dict[str, An
       gold.reshape(-1, m), reward.reshape(-1, m), cfg.curve_best_of_n
     ),
   }
-  for variant in ws.config.ppo.variants:
+  names = [ppo_policy_name(ws.config.ppo, v) for v in ws.config.ppo.variants]
+  for variant in dict.fromkeys(["ppo", "ppo_ptx", *names]):  # Every kind the workdir holds.
     points = []
     for step in ppo_snapshot_steps(ws.config.ppo):
       stage = ppo_snapshot_stage(variant, step)
       if not os.path.isdir(os.path.join(ws.stage_dir(stage), "final")):
         continue
       params = ws.load_params(stage, ws.models.policy)
-      texts_, resp, logp, end = _sample(
-        ws,
-        params,
-        ws.models.policy,
-        prompts,
-        "",
-        seed + 1 + step,
-        cfg.temperature,
-        what=f"curve: {variant} at iteration {step}",
-      )
-      kl = float(np.mean(logp - _sft_logprob(ws, sft_params, prompt_enc, resp)))
-      points.append(
-        {
-          "step": step,
-          "kl": kl,
-          "sqrt_kl": math.sqrt(max(kl, 0.0)),
-          "gold": float(np.mean([world.analyze(p, t)["score"] for p, t in zip(prompts, texts_)])),
-          "rm": float(np.mean(_penalised_reward(ws, prompt_enc, resp, end, 1))),
-        }
-      )
+      what = f"curve: {variant} at iteration {step}"
+      point = _curve_point(ws, world, params, prompts, sft_params, seed + 1 + step, what)
+      points.append({"step": step, **point})
     if points:
       curves[variant] = points
+  if _has_params(ws, "dpo"):  # One point: DPO keeps no snapshots.
+    params = ws.load_params("dpo", ws.models.policy)
+    steps = (loop.stage_done(ws.stage_dir("dpo")) or {}).get("steps", 0)
+    point = _curve_point(
+      ws, world, params, prompts, sft_params, seed + DPO_CURVE_SEED, "curve: dpo"
+    )
+    curves["dpo"] = [{"step": steps, **point}]
   return curves
+
+
+def _curve_point(
+  ws: Workspace,
+  world: Any,
+  params: Any,
+  prompts: list[str],
+  sft_params: Any,
+  seed: int,
+  what: str,
+) -> dict[str, float]:
+  """A policy's point on the over-optimisation curve: one sample per prompt, its KL to SFT,
+  gold score and reward (the RM's, or the missing-EOS penalty)."""
+  prompt_enc = data_lib.encode_prompts(ws.tokenizer(), prompts, ws.config.data.prompt_len)
+  texts, resp, logp, end = _sample(
+    ws, params, ws.models.policy, prompts, "", seed, ws.config.eval.temperature, what=what
+  )
+  kl = float(np.mean(logp - _sft_logprob(ws, sft_params, prompt_enc, resp)))
+  return {
+    "kl": kl,
+    "sqrt_kl": math.sqrt(max(kl, 0.0)),
+    "gold": float(np.mean([world.analyze(p, t)["score"] for p, t in zip(prompts, texts)])),
+    "rm": float(np.mean(_penalised_reward(ws, prompt_enc, resp, end, 1))),
+  }
 
 
 # --- resuming -------------------------------------------------------------------------------------
@@ -630,7 +673,7 @@ def run(ws: Workspace) -> dict[str, Any]:
   curves = None
   if cfg.curve_best_of_n and _has_params(ws, "rm"):
     loop.raise_if_preempted("while evaluating (before the over-optimisation curve)")
-    stages = ("sft", "rm", "ppo") if loop.stage_done(ws.stage_dir("ppo")) else ("sft", "rm")
+    stages = ("sft", "rm") + tuple(s for s in ("ppo", "dpo") if loop.stage_done(ws.stage_dir(s)))
     curves = _resumable(
       ws,
       "overoptimization",

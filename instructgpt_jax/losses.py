@@ -385,12 +385,7 @@ def pairwise_rm_loss(rewards: ArrayLike, ranks: ArrayLike) -> tuple[Array, Metri
   pair); ``margin`` = mean r_i - r_j over pairs.
   """
   r = _f32(rewards)
-  ranks = jnp.asarray(ranks, dtype=jnp.int32)
-  present = ranks >= 0
-  # pair[b, i, j]: response i is strictly better than response j, both present.
-  better = ranks[:, :, None] < ranks[:, None, :]
-  pair = present[:, :, None] & present[:, None, :] & better
-  pair_f = pair.astype(jnp.float32)
+  pair_f = _pair_mask(ranks)  # [b, i, j]: response i strictly better than j, both present.
   diff = r[:, :, None] - r[:, None, :]  # [B, K, K], r_i - r_j
 
   pair_nll = -jax.nn.log_sigmoid(diff)
@@ -407,6 +402,64 @@ def pairwise_rm_loss(rewards: ArrayLike, ranks: ArrayLike) -> tuple[Array, Metri
     "margin": masked_mean(diff, pair_f),
   }
   return loss, metrics
+
+
+DPO_LOSSES = ("sigmoid", "ipo")
+
+
+def dpo_loss(
+  logps: ArrayLike,
+  ref_logps: ArrayLike,
+  ranks: ArrayLike,
+  beta: float,
+  loss: str = "sigmoid",
+  lengths: ArrayLike | None = None,
+) -> tuple[Array, Metrics]:
+  """DPO (Rafailov et al. 2023) or IPO (Azar et al. 2023) over all C(K, 2) pairs of a ranking.
+
+  Shapes: logps, ref_logps [B, K] (summed response log-probs under the policy and the frozen
+  reference), ranks [B, K] as `pairwise_rm_loss` (-1 absent) -> (scalar, metrics).
+  With h = log-ratio(winner) - log-ratio(loser), log-ratio = logp - ref_logp, a pair costs
+  "sigmoid": -log sigmoid(beta * h), which is `pairwise_rm_loss` of the implicit rewards
+  beta * log-ratio; "ipo": (h - 1 / (2 beta))^2, with each log-ratio divided by its response's
+  token count `lengths` [B, K] when given (TRL's per-token IPO). Pairs and prompts are weighed
+  as in `pairwise_rm_loss`, whose metrics it returns (accuracy: h > 0), with `chosen_reward`
+  and `rejected_reward` (beta * log-ratio, pair-weighted) added.
+  """
+  if loss not in DPO_LOSSES:
+    raise ValueError(f"dpo.loss={loss!r} is not one of {list(DPO_LOSSES)}.")
+  ratio = _f32(logps) - _f32(ref_logps)
+  if loss == "sigmoid":
+    total, metrics = pairwise_rm_loss(beta * ratio, ranks)
+  else:
+    if lengths is not None:
+      ratio = _safe_div(ratio, jnp.maximum(_f32(lengths), 1.0))
+    pair = _pair_mask(ranks)
+    h = ratio[:, :, None] - ratio[:, None, :]
+    per_pair = (h - 1.0 / (2.0 * beta)) ** 2
+    per_prompt_pairs = jnp.sum(pair, axis=(1, 2))
+    per_prompt = _safe_div(jnp.sum(per_pair * pair, axis=(1, 2)), per_prompt_pairs)
+    total = masked_mean(per_prompt, (per_prompt_pairs > 0).astype(jnp.float32))
+    metrics = {
+      "loss": total,
+      "accuracy": masked_mean((h > 0).astype(jnp.float32), pair),
+      "num_pairs": jnp.sum(pair),
+      "num_prompts": jnp.sum((per_prompt_pairs > 0).astype(jnp.float32)),
+      "margin": masked_mean(beta * h, pair),
+    }
+  pair = _pair_mask(ranks)
+  reward = beta * ratio
+  metrics["chosen_reward"] = masked_mean(jnp.broadcast_to(reward[:, :, None], pair.shape), pair)
+  metrics["rejected_reward"] = masked_mean(jnp.broadcast_to(reward[:, None, :], pair.shape), pair)
+  return total, metrics
+
+
+def _pair_mask(ranks: ArrayLike) -> Array:
+  """[B, K, K] float: 1 where response i is ranked strictly above response j, both present."""
+  ranks = jnp.asarray(ranks, dtype=jnp.int32)
+  present = ranks >= 0
+  better = ranks[:, :, None] < ranks[:, None, :]
+  return (present[:, :, None] & present[:, None, :] & better).astype(jnp.float32)
 
 
 def rm_normalization_bias(demo_rewards: ArrayLike, mask: ArrayLike | None = None) -> Array:
@@ -505,6 +558,32 @@ def gae(
   advantages = jnp.moveaxis(adv_t, 0, -1)
   returns = jnp.where(valid, advantages + v, 0.0)
   return advantages, returns
+
+
+def rloo_advantages(rewards: ArrayLike, group_size: int) -> Array:
+  """REINFORCE leave-one-out (Ahmadian et al. 2024): each sample's reward minus the mean of the
+  other samples of its prompt. rewards [B] with the k = `group_size` samples of a prompt
+  consecutive (B divisible by k, k >= 2) -> [B]."""
+  r = _f32(rewards).reshape(-1, group_size)
+  baseline = (jnp.sum(r, axis=1, keepdims=True) - r) / (group_size - 1)
+  return (r - baseline).reshape(-1)
+
+
+def grpo_advantages(rewards: ArrayLike, group_size: int, eps: float = 1e-4) -> Array:
+  """GRPO's group-normalised advantage (Shao et al. 2024): (r - mean) / (std + eps) over the
+  k = `group_size` consecutive samples of each prompt, with the unbiased (n - 1) standard
+  deviation as TRL computes it. rewards [B] -> [B]."""
+  r = _f32(rewards).reshape(-1, group_size)
+  mean = jnp.mean(r, axis=1, keepdims=True)
+  std = jnp.std(r, axis=1, keepdims=True, ddof=1)
+  return ((r - mean) / (std + eps)).reshape(-1)
+
+
+def k3_kl(logp: ArrayLike, ref_logp: ArrayLike) -> Array:
+  """Per-token KL(pi || pi_ref) estimate exp(d) - d - 1 with d = ref_logp - logp (Schulman's k3,
+  GRPO's loss term): unbiased, never negative. Any shape."""
+  d = _f32(ref_logp) - _f32(logp)
+  return jnp.exp(d) - d - 1.0
 
 
 def ppo_policy_loss(

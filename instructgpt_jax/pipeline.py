@@ -32,9 +32,14 @@ STAGE_MODULES = {
   "rm_base": "rm_base",
   "rm": "rm",
   "ppo": "ppo",
+  "dpo": "dpo",
   "eval": "evaluate",
 }
 STAGES = tuple(STAGE_MODULES)
+# Stages beyond the paper that run only when asked for (`--config=configs/dpo.py`), after the
+# stages they need and before the evaluation, which then reports them beside whatever else the
+# workdir holds.
+OPTIONAL_STAGES: dict[str, tuple[str, ...]] = {"dpo": ("pretrain", "sft", "label")}
 # The earlier stages a stage's output depends on, where not all of them: rm_base reads only the
 # data and the tokenizer, so a retrained SFT policy (or new comparisons) reuses it.
 STAGE_NEEDS: dict[str, tuple[str, ...]] = {"rm_base": ()}
@@ -56,6 +61,7 @@ STAGE_DOC = {
   "rm_base": "the RM-sized base model: pretraining, the NLP tasks, then the demonstrations",
   "rm": "the reward model on the rankings",
   "ppo": "PPO and PPO-ptx against the reward model",
+  "dpo": "DPO on the comparisons, from SFT with SFT as the reference",
   "eval": "every policy, judged by held-out labelers",
 }
 
@@ -80,9 +86,12 @@ def check_stage(stage: str) -> None:
 
 
 def stages_to_run(stage: str) -> list[str]:
-  """The stage and everything before it; PPO is followed by the evaluation report."""
+  """The stage and everything before it but the optional stages (an optional stage: the stages
+  it needs); PPO and DPO are followed by the evaluation report."""
   check_stage(stage)
-  todo = list(STAGES[: STAGES.index(stage) + 1])
+  if stage in OPTIONAL_STAGES:
+    return [*OPTIONAL_STAGES[stage], stage, "eval"]
+  todo = [s for s in STAGES[: STAGES.index(stage) + 1] if s == stage or s not in OPTIONAL_STAGES]
   if stage == "ppo":
     todo.append("eval")
   return todo

@@ -102,6 +102,7 @@ STAGE_METRICS = (
   ("rm", ("loss", "accuracy", "grad_norm")),
   ("ppo/ppo", ("score", "kl", "gold", "pg_loss", "vf_loss", "response_length")),
   ("ppo/ppo_ptx", ("score", "kl", "gold", "ptx_loss", "pg_loss", "response_length")),
+  ("dpo", ("loss", "accuracy", "chosen_reward", "rejected_reward", "grad_norm")),
 )
 
 

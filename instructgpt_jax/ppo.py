@@ -39,10 +39,18 @@ from instructgpt_jax import (
   train_state,
 )
 from instructgpt_jax import model as model_lib
-from instructgpt_jax.workspace import Workspace, ppo_snapshot_stage, ppo_snapshot_steps
+from instructgpt_jax.workspace import (
+  Workspace,
+  ppo_policy_name,
+  ppo_snapshot_stage,
+  ppo_snapshot_steps,
+)
 
 TrainState = train_state.TrainState
 VARIANTS = ("ppo", "ppo_ptx")
+# The advantage estimator (`ppo.estimator`): the paper's GAE with a value function, or, beyond
+# the paper, RLOO and GRPO, which sample `ppo.group_size` responses per prompt and need no value.
+ESTIMATORS = ("gae", "rloo", "grpo")
 
 
 @flax.struct.dataclass
@@ -76,6 +84,11 @@ class PPOSettings:
   def num_minibatches(self) -> int:
     return self.ppo.rollout_batch_size // self.ppo.minibatch_size
 
+  @property
+  def group_size(self) -> int:
+    """Responses sampled per prompt: 1 for GAE, `ppo.group_size` for RLOO and GRPO."""
+    return 1 if self.ppo.estimator == "gae" else self.ppo.group_size
+
 
 def ptx_coef_of(config: ml_collections.ConfigDict, variant: str) -> float:
   """ "ppo" is plain PPO (gamma = 0); "ppo_ptx" uses `config.ppo.ptx_coef`."""
@@ -98,6 +111,13 @@ def make_settings(
     raise ValueError(
       f"ppo.rollout_batch_size={cfg.rollout_batch_size} must be a multiple of "
       f"ppo.minibatch_size={cfg.minibatch_size}."
+    )
+  if cfg.estimator not in ESTIMATORS:
+    raise ValueError(f"ppo.estimator={cfg.estimator!r} is not one of {list(ESTIMATORS)}.")
+  if cfg.estimator != "gae" and (cfg.group_size < 2 or cfg.rollout_batch_size % cfg.group_size):
+    raise ValueError(
+      f"ppo.estimator={cfg.estimator!r} needs ppo.group_size >= 2 dividing "
+      f"ppo.rollout_batch_size={cfg.rollout_batch_size} (got {cfg.group_size})."
     )
   section = cfg.copy_and_resolve_references()
   section.ptx_coef = ptx_coef_of(config, variant)
@@ -195,7 +215,12 @@ def rollout(
   s: PPOSettings,
 ) -> dict[str, jax.Array]:
   """Samples responses and scores them; the score is the mean reward of the RM ensemble's
-  members `rm_params` (one tree unless `rm.ensemble` > 1). Every per-token entry is [batch, R]."""
+  members `rm_params` (one tree unless `rm.ensemble` > 1). Every per-token entry is [batch, R].
+  With RLOO or GRPO each prompt is sampled `group_size` times (consecutive rows), so prompts
+  [batch / group_size, P] give [batch] episodes."""
+  if s.group_size > 1:
+    prompts = jnp.repeat(prompts, s.group_size, axis=0)
+    prompt_mask = jnp.repeat(prompt_mask, s.group_size, axis=0)
   out = sampling.generate(
     state.policy.params,
     s.policy_cfg,
@@ -214,17 +239,27 @@ def rollout(
   else:  # The sampler's, which agree with a forward pass up to float rounding (fp32).
     logp = _response_slice(out.logprobs, s)
   ref_logp = policy_logprobs(ref_params, s, tokens, mask)
-  values = value_estimates(state.value.params, s, tokens, mask)
   raw_score = objectives.ensemble_rewards(rm_params, s.value_cfg, tokens, mask, s.prompt_len)
   score = raw_score
   if s.ppo.missing_eos_penalty is not None:
     # A response that never ends gets a fixed low score (docs/rlhf-notes.md §11, the "EOS trick").
     score = jnp.where(out.ended, raw_score, s.ppo.missing_eos_penalty)
   rewards, kl = losses.kl_penalized_rewards(score, logp, ref_logp, rmask, state.kl_coef)
-  if s.ppo.whiten_rewards:
-    rewards = losses.whiten(rewards, rmask, shift_mean=False)
-  advantages, returns = losses.gae(rewards, values, rmask, s.ppo.gamma, s.ppo.lam)
-  advantages = losses.whiten(advantages, rmask)
+  if s.ppo.estimator == "gae":
+    values = value_estimates(state.value.params, s, tokens, mask)
+    if s.ppo.whiten_rewards:
+      rewards = losses.whiten(rewards, rmask, shift_mean=False)
+    advantages, returns = losses.gae(rewards, values, rmask, s.ppo.gamma, s.ppo.lam)
+    advantages = losses.whiten(advantages, rmask)
+  else:
+    # One advantage per response, on each of its tokens; no value function. RLOO's reward
+    # carries the KL penalty (its sum over the response); GRPO's KL is a term of its loss.
+    values = returns = jnp.zeros_like(rmask)
+    if s.ppo.estimator == "rloo":
+      seq = losses.rloo_advantages(jnp.sum(rewards, axis=1), s.group_size)
+    else:
+      seq = losses.grpo_advantages(score, s.group_size)
+    advantages = seq[:, None] * rmask
   return {
     "tokens": tokens,
     "mask": mask,
@@ -248,6 +283,10 @@ def _policy_loss(params, s: PPOSettings, mb: dict[str, jax.Array], ptx: dict[str
   loss, metrics = losses.ppo_policy_loss(
     logp, mb["logp"], mb["advantages"], mb["rmask"], s.ppo.clip_eps
   )
+  if s.ppo.estimator == "grpo":  # The KL to the reference as a loss term, per token.
+    kl = losses.masked_mean(losses.k3_kl(logp, mb["ref_logp"]), mb["rmask"])
+    loss = loss + mb["kl_coef"] * kl
+    metrics = dict(metrics, kl_term=kl)
   if s.ppo.ptx_coef:
     apply_fn = model_lib.Transformer(s.policy_cfg).apply
     ptx_loss, _ = objectives.lm_loss_fn(params, apply_fn, ptx)
@@ -288,15 +327,15 @@ def ppo_update(
     policy, value = carry
     idx, ptx_mb = xs
     mb = jax.tree.map(lambda x: x[idx], batch)
+    mb["kl_coef"] = state.kl_coef
     (_, pm), pgrads = jax.value_and_grad(_policy_loss, has_aux=True)(policy.params, s, mb, ptx_mb)
-    (_, vm), vgrads = jax.value_and_grad(_value_loss, has_aux=True)(value.params, s, mb)
-    metrics = dict(
-      pm,
-      **vm,
-      policy_grad_norm=optax.global_norm(pgrads),
-      value_grad_norm=optax.global_norm(vgrads),
-    )
-    return (policy.apply_gradients(grads=pgrads), value.apply_gradients(grads=vgrads)), metrics
+    metrics = dict(pm, policy_grad_norm=optax.global_norm(pgrads))
+    policy = policy.apply_gradients(grads=pgrads)
+    if s.ppo.estimator == "gae":  # RLOO and GRPO have no value function to fit.
+      (_, vm), vgrads = jax.value_and_grad(_value_loss, has_aux=True)(value.params, s, mb)
+      metrics.update(vm, value_grad_norm=optax.global_norm(vgrads))
+      value = value.apply_gradients(grads=vgrads)
+    return (policy, value), metrics
 
   (policy, value), metrics = jax.lax.scan(one_update, (state.policy, state.value), (perms, ptx))
   return state.replace(policy=policy, value=value), jax.tree.map(jnp.mean, metrics)
@@ -319,7 +358,8 @@ def ppo_iteration(
   ro = jax.tree.map(jax.lax.stop_gradient, ro)
   ptx = {k: batch[k] for k in ("tokens", "mask", "loss_mask")}
   train_batch = {
-    k: ro[k] for k in ("tokens", "mask", "rmask", "logp", "values", "advantages", "returns")
+    k: ro[k]
+    for k in ("tokens", "mask", "rmask", "logp", "ref_logp", "values", "advantages", "returns")
   }
   state, metrics = ppo_update(state, train_batch, ptx, update_key, s)
   seq_kl = losses.sequence_kl(ro["logp"], ro["ref_logp"], ro["rmask"])
@@ -366,13 +406,15 @@ def _save_snapshot(ws: Workspace, variant: str, s: PPOSettings, step: int, state
   """Keeps the policy's parameters at the iterations of `ppo_snapshot_steps` (the over-optimisation
   curve samples each)."""
   if step in ppo_snapshot_steps(ws.config.ppo):
-    ws.save_params(ppo_snapshot_stage(variant, step), state.policy.params, s.policy_cfg)
+    name = ppo_policy_name(ws.config.ppo, variant)
+    ws.save_params(ppo_snapshot_stage(name, step), state.policy.params, s.policy_cfg)
 
 
 def train_variant(
   ws: Workspace, variant: str, prompts: dict[str, Any], ptx_arrays: dict[str, Any]
 ) -> dict[str, Any]:
-  """Trains one policy ("ppo": ptx_coef 0, "ppo_ptx": the config's) into ppo/<variant>."""
+  """Trains one policy ("ppo": ptx_coef 0, "ppo_ptx": the config's) into
+  ppo/<its ppo_policy_name>."""
   cfg = ws.config.ppo
   tok = ws.tokenizer()
   s = make_settings(ws.config, ws.models, tok.eos_id, tok.pad_id, variant)
@@ -382,12 +424,13 @@ def train_variant(
   state, shardings = init_state(ws.config, s, ws.mesh, ws.rules, sft_params, rm_params[0])
   updates = cfg.epochs * s.num_minibatches
   batches = PPOBatches(
-    ws.batches(prompts, cfg.rollout_batch_size, seed=seed + 1),
+    ws.batches(prompts, cfg.rollout_batch_size // s.group_size, seed=seed + 1),
     ws.batches(ptx_arrays, updates * cfg.ptx_batch_size, seed=seed + 2),
   )
+  name = ppo_policy_name(cfg, variant)
   state, rows = loop.train(
-    name=variant,
-    stage_dir=os.path.join(ws.stage_dir("ppo"), variant),
+    name=name,
+    stage_dir=os.path.join(ws.stage_dir("ppo"), name),
     state=state,
     state_shardings=shardings,
     step_fn=make_step(s),
@@ -401,8 +444,8 @@ def train_variant(
     const_shardings=(shardings.policy.params, (shardings.value.params,) * len(rm_params)),
     after_step=lambda step, st: _save_snapshot(ws, variant, s, step, st),
   )
-  ws.save_params(f"ppo/{variant}", state.policy.params, s.policy_cfg)
-  summary = {"iterations": cfg.iterations, "ptx_coef": s.ppo.ptx_coef}
+  ws.save_params(f"ppo/{name}", state.policy.params, s.policy_cfg)
+  summary = {"iterations": cfg.iterations, "ptx_coef": s.ppo.ptx_coef, "estimator": cfg.estimator}
   if rows:
     summary.update({k: rows[-1][k] for k in ("score", "kl", "eos_rate", "response_length")})
     summary["first_score"] = rows[0]["score"]
@@ -417,10 +460,11 @@ def run(ws: Workspace) -> dict[str, Any]:
   ptx_arrays = inputs.lm_arrays(ws, "train")
   summaries = {}
   for variant in ws.config.ppo.variants:
-    variant_dir = os.path.join(ws.stage_dir("ppo"), variant)
+    name = ppo_policy_name(ws.config.ppo, variant)
+    variant_dir = os.path.join(ws.stage_dir("ppo"), name)
     done = loop.stage_done(variant_dir)
     if done is None:
       done = train_variant(ws, variant, prompts, ptx_arrays)
       loop.mark_done(variant_dir, done)
-    summaries[variant] = done
+    summaries[name] = done
   return summaries

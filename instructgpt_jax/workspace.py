@@ -56,8 +56,17 @@ def rm_member_stage(member: int) -> str:
   return "rm" if member == 0 else f"rm/member_{member}"
 
 
+def ppo_policy_name(ppo_cfg: ml_collections.ConfigDict, variant: str) -> str:
+  """The policy a `ppo.variants` entry trains, named for the advantage estimator: "ppo" and
+  "ppo_ptx" with GAE (the paper's), "rloo", "rloo_ptx", "grpo", "grpo_ptx" with the others.
+  It lives in `ppo/<name>`."""
+  estimator = ppo_cfg.get("estimator", "gae")
+  return variant if estimator == "gae" else variant.replace("ppo", estimator, 1)
+
+
 def ppo_snapshot_stage(variant: str, step: int) -> str:
-  """The stage name of the `variant` policy kept after `step` PPO iterations."""
+  """The stage name of the `variant` policy (its `ppo_policy_name`) kept after `step` PPO
+  iterations."""
   return f"ppo/{variant}/snapshot_{step:05d}"
 
 

@@ -676,3 +676,32 @@ def test_outputs_are_float32(dtype):
   assert L.masked_mean(x, m).dtype == jnp.float32
   assert L.gae(x, x, m)[0].dtype == jnp.float32
   assert L.ppo_policy_loss(x, x, x, m)[0].dtype == jnp.float32
+
+
+def test_rloo_and_grpo_advantages_by_hand_and_as_trl_computes_them():
+  torch = pytest.importorskip("torch")
+  r = np.array([1.0, 2.0, 4.0, 0.0, 0.0, 3.0])  # Two prompts, three samples each.
+  # RLOO: r_i - mean of the other two.
+  np.testing.assert_allclose(
+    np.asarray(L.rloo_advantages(r, 3)),
+    [1 - 3, 2 - 2.5, 4 - 1.5, 0 - 1.5, 0 - 1.5, 3 - 0],
+    rtol=1e-6,
+  )
+  # TRL's RLOO: baseline = (sum of the group - r_i) / (k - 1).
+  t = torch.tensor(r).view(-1, 3)
+  trl_rloo = (t - (t.sum(1, keepdim=True) - t) / 2).view(-1)
+  np.testing.assert_allclose(np.asarray(L.rloo_advantages(r, 3)), trl_rloo.numpy(), rtol=1e-6)
+  # TRL's GRPO: (r - group mean) / (group std, unbiased, + 1e-4).
+  trl_grpo = ((t - t.mean(1, keepdim=True)) / (t.std(1, keepdim=True) + 1e-4)).view(-1)
+  np.testing.assert_allclose(np.asarray(L.grpo_advantages(r, 3)), trl_grpo.numpy(), rtol=1e-5)
+  # By hand, first group: mean 7/3, sample std sqrt(7/3).
+  np.testing.assert_allclose(
+    float(L.grpo_advantages(r, 3)[0]), (1 - 7 / 3) / (math.sqrt(7 / 3) + 1e-4), rtol=1e-5
+  )
+
+
+def test_k3_kl_is_zero_at_equal_policies_and_matches_its_formula():
+  logp, ref = np.array([-1.0, -2.0, -0.5]), np.array([-1.0, -1.5, -2.0])
+  d = ref - logp
+  np.testing.assert_allclose(np.asarray(L.k3_kl(logp, ref)), np.exp(d) - d - 1, rtol=1e-6)
+  assert float(L.k3_kl(logp, logp).sum()) == 0.0

@@ -139,3 +139,38 @@ def test_rollout_score_is_the_mean_of_the_rm_ensemble():
     rtol=1e-5,
     atol=1e-6,
   )
+
+
+def test_group_estimators_raise_the_score_without_a_value_function():
+  """RLOO and GRPO (group_size 4: 8 prompts sampled 4 times): the same one-program iteration
+  raises the RM score; each response's advantage is one number on all its tokens, and the value
+  function is neither read nor trained."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+  for estimator in ("rloo", "grpo"):
+    state, batch, step, ref, rm_params, s = _setup(estimator=estimator, group_size=4)
+    batch = dict(batch, prompts=batch["prompts"][:8], prompt_mask=batch["prompt_mask"][:8])
+    ro = jax.jit(
+      lambda st, ref, rmp, prompts, pmask, s=s: ppo.rollout(
+        st, ref, rmp, prompts, pmask, jax.random.key(3), s
+      )
+    )(state, ref, rm_params, batch["prompts"], batch["prompt_mask"])
+    adv, rmask = np.asarray(ro["advantages"]), np.asarray(ro["rmask"])
+    assert adv.shape == (32, R)
+    per_response = adv.sum(1) / np.maximum(rmask.sum(1), 1)
+    np.testing.assert_allclose(adv, per_response[:, None] * rmask, atol=1e-6)
+    groups = per_response.reshape(8, 4)
+    np.testing.assert_allclose(groups.mean(1), 0.0, atol=1e-4)  # Both baselines centre a group.
+    np.testing.assert_array_equal(
+      np.asarray(ro["tokens"])[:4, :P], np.repeat(batch["prompts"][:1], 4, 0)
+    )
+    value_before = jax.tree.map(np.asarray, state.value.params)
+    scores = []
+    for i in range(20):
+      state, m = step(state, batch, jax.random.key(i), ref, rm_params)
+      scores.append(float(m["score"]))
+      assert "vf_loss" not in m and (estimator == "grpo") == ("kl_term" in m)
+    assert np.mean(scores[-3:]) > np.mean(scores[:3]) + 0.1, (estimator, scores)
+    jax.tree.map(
+      np.testing.assert_array_equal, value_before, jax.tree.map(jnp.asarray, state.value.params)
+    )

@@ -243,6 +243,49 @@ def test_rm_with_preference_pretraining_and_likelihood_term(tiny_run, tmp_path):
   assert abs(float(np.mean(rewards))) < 1e-3
 
 
+def test_dpo_stage_trains_from_sft_and_joins_the_report(tiny_run, tmp_path):
+  """configs/dpo.py on a finished workdir: DPO runs after SFT and the labels (no other stage
+  reruns), and the evaluation reports it as a policy and as a point of the curve."""
+  ref, _ = tiny_run
+  workdir = str(tmp_path / "dpo")
+  shutil.copytree(ref.workdir, workdir, ignore=shutil.ignore_patterns("eval", "report*.json"))
+  ws = Workspace(helpers.config("dpo"), workdir)
+  summaries = pipeline.run(ws, "dpo")
+  assert list(summaries) == ["pretrain", "sft", "label", "dpo", "eval"]
+  dpo = summaries["dpo"]
+  assert dpo["loss_type"] == "sigmoid" and dpo["steps"] > 0 and dpo["beta"] == 0.1
+  params, sft = ws.load_params("dpo", ws.models.policy), ws.load_params("sft", ws.models.policy)
+  assert not np.allclose(params["token_embed"]["embedding"], sft["token_embed"]["embedding"])
+  with open(os.path.join(workdir, "report.json")) as f:
+    report = json.load(f)
+  assert report["policies"]["dpo"]["win_rate_vs_sft"] is not None
+  assert "ppo_ptx" in report["policies"]  # The workdir's other policies stay in the report.
+  (point,) = report["overoptimization"]["dpo"]
+  assert point["step"] == dpo["steps"] and point["kl"] > 0
+
+
+def test_rloo_estimator_trains_its_own_policy_and_joins_the_report(tiny_run, tmp_path):
+  """--config.ppo.estimator=rloo on a finished workdir: the PPO stage trains rloo_ptx into
+  ppo/rloo_ptx (no value updates), and the evaluation reports it and its curve."""
+  ref, _ = tiny_run
+  workdir = str(tmp_path / "rloo")
+  shutil.copytree(ref.workdir, workdir, ignore=shutil.ignore_patterns("ppo", "eval", "report*"))
+  config = tiny_config(**{"ppo.estimator": "rloo", "ppo.variants": ("ppo_ptx",)})
+  ws = Workspace(config, workdir)
+  summaries = pipeline.run(ws, "ppo")
+  assert list(summaries["ppo"]) == ["rloo_ptx"]
+  assert summaries["ppo"]["rloo_ptx"]["estimator"] == "rloo"
+  rows = metrics_lib.read_metrics(os.path.join(ws.stage_dir("ppo"), "rloo_ptx", "metrics.jsonl"))
+  assert rows and "vf_loss" not in rows[-1] and "ptx_loss" in rows[-1]
+  with open(os.path.join(workdir, "report.json")) as f:
+    report = json.load(f)
+  assert report["policies"]["rloo_ptx"]["win_rate_vs_sft"] is not None
+  assert "ppo_ptx" not in report["policies"]
+  assert [p["step"] for p in report["overoptimization"]["rloo_ptx"]] == ppo_snapshot_steps(
+    ws.config.ppo
+  )
+
+
 def test_likelihood_baseline_matches_an_independent_count(tiny_run):
   ws, _ = tiny_run
   from instructgpt_jax import inputs, scoring  # pylint: disable=import-outside-toplevel

@@ -376,12 +376,14 @@ def bench_generate(p: dict[str, Any]) -> dict[str, float]:
   return {"new_tokens_per_s": B * N / t["median"]}
 
 
-def ppo_setup(p: dict[str, Any], ptx_coef: float | None = None):
+def ppo_setup(p: dict[str, Any], ptx_coef: float | None = None, estimator: str = "gae"):
   """PPO state, batch, frozen models and settings for `ppo_iteration` on the preset's shapes
   (`bench_config`); the ptx batch is 8 rows of prompt + new tokens. `ptx_coef` replaces
-  configs/ppo.py's when given."""
+  configs/ppo.py's when given. With `estimator` "rloo" or "grpo" the batch holds
+  completions / group_size prompts, each sampled group_size times: the same completions."""
   ppo = pipeline.stage_module("ppo")
   config = bench_config(p)
+  config.ppo.estimator = estimator
   if ptx_coef is not None:
     config.ppo.ptx_coef = ptx_coef
   B, P, N = p["ppo_batch"], p["ppo_prompt"], p["ppo_new"]
@@ -393,9 +395,10 @@ def ppo_setup(p: dict[str, Any], ptx_coef: float | None = None):
   rm_params = (jax.tree.map(jnp.copy, state.value.params),)  # A one-member RM ensemble.
   ptx_rows, ptx_len = config.ppo.ptx_batch_size, P + N
   g = np.random.default_rng(5)
+  prompts = B // s.group_size
   batch = {
-    "prompts": g.integers(0, p["vocab"] - 1, (B, P)).astype(np.int32),
-    "prompt_mask": np.ones((B, P), np.int32),
+    "prompts": g.integers(0, p["vocab"] - 1, (prompts, P)).astype(np.int32),
+    "prompt_mask": np.ones((prompts, P), np.int32),
     "tokens": g.integers(0, p["vocab"], (ptx_rows, ptx_len)).astype(np.int32),
     "mask": np.ones((ptx_rows, ptx_len), np.int32),
     "loss_mask": np.ones((ptx_rows, ptx_len), np.int32),
@@ -498,6 +501,34 @@ def bench_ppo(p: dict[str, Any], ptx_coef: float | None = None) -> dict[str, flo
     note="rl_step_gflop: the peer step's sampling, reference forward, policy fwd+bwd",
   )
   return {"iteration_s": total["median"]}
+
+
+def bench_group_estimators(p: dict[str, Any], ptx_coef: float | None = None) -> None:
+  """The fused iteration with RLOO and with GRPO (no value model; `ppo.group_size` samples per
+  prompt, the same number of completions as PPO's), timed as `bench_ppo` times PPO's."""
+  warm, iters = 1 if p["ppo_iters"] > 2 else 0, p["ppo_iters"]
+  for estimator in ("rloo", "grpo"):
+    s, mesh, state, shardings, batch, ref_params, rm_params = ppo_setup(p, ptx_coef, estimator)
+    with sharding.use_rules(mesh, sharding.DEFAULT_RULES):
+      dev_batch = sharding.shard_batch(batch, mesh, sharding.DEFAULT_RULES)
+      step = jit_ppo_iteration(s, shardings, mesh)
+      box = {"state": jax.tree.map(jnp.copy, state)}
+
+      def run(step=step, box=box, dev_batch=dev_batch, ref_params=ref_params, rm_params=rm_params):
+        box["state"], m = step(box["state"], dev_batch, jax.random.key(6), ref_params, rm_params)
+        return m
+
+      total = time_calls(run, warm, iters)
+    emit(
+      f"{estimator}_iteration_time",
+      total["median"],
+      "s",
+      compile_s=round(total["compile"], 3),
+      completions=p["ppo_batch"],
+      group_size=s.group_size,
+      ptx_coef=s.ppo.ptx_coef,
+      note=f"fused ppo.ppo_iteration with ppo.estimator={estimator}: no value model",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -667,6 +698,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
       bench_generate(p)
     if "ppo" not in skip:
       bench_ppo(p, args.ppo_ptx_coef)
+      bench_group_estimators(p, args.ppo_ptx_coef)
     emit("wall_time", time.perf_counter() - t_start, "s")
     if args.compare:
       if not args.peer_python:
