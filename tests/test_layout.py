@@ -9,7 +9,7 @@ from tests import helpers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "instructgpt_jax")
-STAGE_MODULES = {"pretrain", "sft", "label", "rm_base", "rm", "ppo", "evaluate"}
+STAGE_MODULES = {"pretrain", "sft", "label", "rm_base", "rm", "ppo", "dpo", "evaluate"}
 # The entry point and the pipeline run stages; nothing else may import one.
 MAY_IMPORT_STAGES = {"instructgpt_jax.pipeline", "instructgpt_jax.main"}
 TOOLS = "instructgpt_jax.tools"

@@ -261,7 +261,8 @@ def test_dpo_stage_trains_from_sft_and_joins_the_report(tiny_run, tmp_path):
   assert report["policies"]["dpo"]["win_rate_vs_sft"] is not None
   assert "ppo_ptx" in report["policies"]  # The workdir's other policies stay in the report.
   (point,) = report["overoptimization"]["dpo"]
-  assert point["step"] == dpo["steps"] and point["kl"] > 0
+  # 16 prompts: the KL estimate's sign is noise; the point must be a real measurement.
+  assert point["step"] == dpo["steps"] and np.isfinite(point["kl"]) and 0 < point["gold"] <= 1
 
 
 def test_rloo_estimator_trains_its_own_policy_and_joins_the_report(tiny_run, tmp_path):
