@@ -73,8 +73,8 @@ def train_step(
     state.params, config, batch, response_start
   )
   metrics = dict(metrics, grad_norm=optax.global_norm(grads))
-  if "likelihood_scale" in state.params:
-    metrics["likelihood_scale"] = state.params["likelihood_scale"]
+  if LIKELIHOOD_SCALE in state.params:
+    metrics[LIKELIHOOD_SCALE] = state.params[LIKELIHOOD_SCALE]
   return state.apply_gradients(grads=grads), metrics
 
 
@@ -299,7 +299,7 @@ def run(ws: Workspace) -> dict[str, Any]:
     "demo_reward_std": first["demo_reward_std"],
     "likelihood": ws.models.reward.reward_likelihood,
   }
-  for key in ("likelihood_scale", "pmp_comparisons", "pmp_steps", "pmp_train_accuracy"):
+  for key in (LIKELIHOOD_SCALE, "pmp_comparisons", "pmp_steps", "pmp_train_accuracy"):
     if key in first:
       summary[key] = first[key]
   summary.update(held_out_accuracy(ws, tuple(params for params, _ in trained)))
