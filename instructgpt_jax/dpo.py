@@ -14,7 +14,6 @@ import functools
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -86,15 +85,22 @@ def train_step(
   return state.apply_gradients(grads=grads), dict(metrics, grad_norm=optax.global_norm(grads))
 
 
+def _slot_logliks(ws: Workspace, params: Any, arrays: dict[str, Any]) -> np.ndarray:
+  """The policy-shaped model `params`' summed response log-probs of every comparison slot:
+  tokens/mask [N, K, seq] -> [N, K]."""
+  n, k, t = arrays["tokens"].shape
+  flat = [arrays[key].reshape(n * k, t) for key in ("tokens", "mask")]
+  return scoring.score_with(ws, scoring.loglik_fn(ws, ws.models.policy), params, *flat).reshape(
+    n, k
+  )
+
+
 def with_reference(ws: Workspace, arrays: dict[str, Any], ref_params: Any) -> dict[str, Any]:
   """`arrays` (comparisons, tokens/mask [N, K, seq]) with the reference's summed response
   log-probs `ref_logps` [N, K] and the response token counts `lengths` [N, K] added."""
-  n, k, t = arrays["tokens"].shape
   P = ws.config.data.prompt_len
-  flat = [arrays[key].reshape(n * k, t) for key in ("tokens", "mask")]
-  ref = scoring.score_with(ws, scoring.loglik_fn(ws, ws.models.policy), ref_params, *flat)
   out = {key: arrays[key] for key in ("tokens", "mask", "ranks")}
-  out["ref_logps"] = ref.reshape(n, k).astype(np.float32)
+  out["ref_logps"] = _slot_logliks(ws, ref_params, arrays).astype(np.float32)
   out["lengths"] = arrays["mask"][:, :, P:].sum(axis=2).astype(np.float32)
   return out
 
@@ -102,10 +108,7 @@ def with_reference(ws: Workspace, arrays: dict[str, Any], ref_params: Any) -> di
 def preference_accuracy(ws: Workspace, params: Any, arrays: dict[str, Any]) -> dict[str, float]:
   """How often the implicit reward log pi / pi_SFT ranks the comparisons of `arrays` (with
   `ref_logps`) as the labelers did: pair-weighted accuracy and the pair count."""
-  n, k, t = arrays["tokens"].shape
-  flat = [arrays[key].reshape(n * k, t) for key in ("tokens", "mask")]
-  logps = scoring.score_with(ws, scoring.loglik_fn(ws, ws.models.policy), params, *flat)
-  ratio = logps.reshape(n, k) - arrays["ref_logps"]
+  ratio = _slot_logliks(ws, params, arrays) - arrays["ref_logps"]
   return scoring.ranking_accuracy(ratio, arrays["ranks"])
 
 
@@ -113,7 +116,8 @@ def run(ws: Workspace) -> dict[str, Any]:
   cfg = ws.config.dpo
   if cfg.beta <= 0:
     raise ValueError(f"dpo.beta={cfg.beta}: the KL strength must be positive.")
-  losses.dpo_loss(jnp.zeros((1, 2)), jnp.zeros((1, 2)), jnp.array([[0, 1]]), 1.0, cfg.loss)
+  if cfg.loss not in losses.DPO_LOSSES:  # Before any scoring or training.
+    raise ValueError(f"dpo.loss={cfg.loss!r} is not one of {list(losses.DPO_LOSSES)}.")
   sft = ws.load_params("sft", ws.models.policy)
   train = with_reference(ws, inputs.comparison_arrays(ws, "train"), sft)
   n = int(train["tokens"].shape[0])
