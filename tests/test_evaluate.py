@@ -86,7 +86,11 @@ def test_control_policy_samples_sft_at_the_control_temperature():
   assert policies["sft"].temperature == cfg.temperature
   # Fixed seeds: the control never shifts another policy's samples.
   assert len({p.seed for p in policies.values()}) == len(policies)
-  assert [policies[n].seed for n in evaluate.POLICIES] == list(range(len(evaluate.POLICIES)))
+  first_five = evaluate.POLICIES[:5]
+  assert [policies[n].seed for n in first_five] == list(range(5))
+  later = [policies[n].seed for n in evaluate.POLICIES[5:]]
+  assert later == [evaluate.LATER_POLICY_SEEDS[n] for n in evaluate.POLICIES[5:]]
+  assert min(later) > evaluate.CURVE_SEED
 
 
 def test_rm_sized_base_rows_follow_the_base_rows(tmp_path):
