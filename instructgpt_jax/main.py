@@ -23,6 +23,12 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string(
   "workdir", None, "Directory for checkpoints, metrics and the report (default: runs/<preset>)."
 )
+_PRINT_CONFIG = flags.DEFINE_bool(
+  "print_config",
+  False,
+  "Print every setting the run would use (the config files' chain and the overrides, resolved) "
+  "and exit.",
+)
 
 
 def main(argv: list[str]) -> int:
@@ -31,6 +37,9 @@ def main(argv: list[str]) -> int:
   config = _CONFIG.value
   if config is None:
     raise app.UsageError("--config is required, e.g. --config=configs/ppo.py")
+  if _PRINT_CONFIG.value:
+    print(config.copy_and_resolve_references(), end="")
+    return 0
   # Import JAX-heavy modules after flag parsing so `--help` is instant.
   from instructgpt_jax import checkpoint, loop  # pylint: disable=import-outside-toplevel
 

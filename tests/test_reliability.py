@@ -649,3 +649,28 @@ def test_half_written_and_corrupt_checkpoints_fall_back(tmp_path):
   assert len(os.listdir(tmp_path / "ckpt_damaged")) == 2
   assert ckpt.save(2, state, {"s": 2}, force=True)  # The damaged steps can be written again.
   ckpt.close()
+
+
+def test_print_config_shows_the_resolved_run_and_trains_nothing(tmp_path):
+  """One readable file per run: every section of the chain, with the overrides applied."""
+  p = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "instructgpt_jax.main",
+      "--config=configs/ppo.py:tiny",
+      "--config.ppo.kl_coef=0.05",
+      f"--workdir={tmp_path}",
+      "--print_config",
+    ],
+    cwd=ROOT,
+    env=ENV,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert p.returncode == 0, p.stderr
+  for section in ("model:", "sft:", "rm:", "ppo:", "eval:", "sharding:", "rules:"):
+    assert f"\n{section}" in p.stdout or f"\n  {section}" in p.stdout, section
+  assert "kl_coef: 0.05" in p.stdout
+  assert os.listdir(tmp_path) == []
