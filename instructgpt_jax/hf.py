@@ -24,6 +24,11 @@ EOS), which is the same token as long as the pad id differs from the EOS id (che
 head has no bias: GPT-2's is folded exactly into the final LayerNorm's bias; the RMSNorm of the
 llama family has no bias, so there the bias is stored as `reward_bias` in config.json and
 transformers' score is our reward minus `reward_bias` (differences, and so rankings, are equal).
+A reward model with the likelihood term (`rm.likelihood`, not in the paper) keeps its bias in
+`reward_bias` in every family (the final norm also feeds the LM head) and writes
+`reward_likelihood` and `likelihood_scale`; the same directory then loads as a causal LM too (tied
+embeddings), and the reward is the score plus `reward_bias` plus `likelihood_scale` times the
+mean (or sum) of the response tokens' log-probs under that causal LM (docs/hf.md).
 """
 
 from __future__ import annotations
@@ -311,9 +316,10 @@ def _layer_leaves(cfg: model_lib.ModelConfig) -> dict[Leaf, Callable[[Callable, 
 
 
 def _leaf_sources(
-  cfg: model_lib.ModelConfig, reader: SafetensorsReader, reward_bias: float
+  cfg: model_lib.ModelConfig, reader: SafetensorsReader, hf_cfg: Mapping[str, Any]
 ) -> Iterator[tuple[Leaf, Callable[[], np.ndarray]]]:
-  """Every leaf of our params tree with a thunk that builds it from the checkpoint."""
+  """Every leaf of our params tree with a thunk that builds it from the checkpoint (`hf_cfg`,
+  its config.json, holds the reward model's scalars)."""
   gpt = cfg.family == "gpt"
   get = reader.get
   layer_prefix = "h.{}." if gpt else "layers.{}."
@@ -346,7 +352,16 @@ def _leaf_sources(
         "written by export_reward_model."
       )
     yield ("scalar_head", "kernel"), lambda: get("score.weight").T
-    yield ("scalar_head", "bias"), lambda: np.full((1,), reward_bias, np.float32)
+    bias = float(hf_cfg.get("reward_bias", 0.0))
+    yield ("scalar_head", "bias"), lambda: np.full((1,), bias, np.float32)
+    if cfg.reward_likelihood != "none":
+      if hf_cfg.get("reward_likelihood") != cfg.reward_likelihood:
+        raise ValueError(
+          f"{reader.path} holds no reward_likelihood={cfg.reward_likelihood!r} reward model "
+          f"(its config.json says {hf_cfg.get('reward_likelihood')!r}); set rm.likelihood to match."
+        )
+      scale = float(hf_cfg["likelihood_scale"])
+      yield ("likelihood_scale",), lambda: np.asarray(scale, np.float32)
 
 
 def _tree_set(tree: dict, leaf: Leaf, value: Any) -> None:
@@ -393,7 +408,7 @@ def load_params(
   reader = SafetensorsReader(path)
   params: dict[str, Any] = {}
   dtype = np.dtype(cfg.param_dtype)
-  for leaf, build in _leaf_sources(cfg, reader, float(hf_cfg.get("reward_bias", 0.0))):
+  for leaf, build in _leaf_sources(cfg, reader, hf_cfg):
     if leaf not in flat_abstract:
       raise ValueError(f"Imported parameter {'/'.join(leaf)} does not exist in the model {cfg}.")
     value = np.asarray(build()).astype(dtype, copy=False)
@@ -501,7 +516,9 @@ def hf_config_for(
   out.update(
     model_type=model_type,
     architectures=[arch + suffix],
-    tie_word_embeddings=bool(cfg.tie_embeddings) and not sequence_classification,
+    # A reward model with the likelihood term also loads as a causal LM, through the tied head.
+    tie_word_embeddings=bool(cfg.tie_embeddings)
+    and (not sequence_classification or cfg.reward_likelihood != "none"),
     torch_dtype="float32",
     **ids,
   )
@@ -615,15 +632,11 @@ def export_reward_model(
 
   transformers scores the last token that is not `pad_id`; ours is the last real token, the EOS
   that ends every response, so `pad_id` must differ from `eos_id`. Feed it sequences right-padded
-  with `pad_id` (as the pipeline lays them out). The head's bias: see the module docstring.
+  with `pad_id` (as the pipeline lays them out). The head's bias and the likelihood term: see
+  the module docstring.
   """
   if cfg.head != "scalar":
     raise ValueError("export_reward_model needs head='scalar'; use export_policy for an LM.")
-  if cfg.reward_likelihood != "none":
-    raise ValueError(
-      f"This reward model adds a likelihood term (rm.likelihood={cfg.reward_likelihood!r}), which "
-      "a *ForSequenceClassification model cannot hold; only rm.likelihood='none' exports."
-    )
   if pad_id == eos_id:
     raise ValueError(
       f"pad_id == eos_id == {pad_id}: transformers would read the score one token before the "
@@ -636,7 +649,13 @@ def export_reward_model(
   w = _host(params["scalar_head"]["kernel"])[:, 0]  # [d]
   bias = float(_host(params["scalar_head"]["bias"])[0])
   tensors["score.weight"] = np.ascontiguousarray(w[None, :])
-  if cfg.family == "gpt":
+  if cfg.reward_likelihood != "none":
+    config.update(
+      reward_bias=bias,
+      reward_likelihood=cfg.reward_likelihood,
+      likelihood_scale=float(_host(params["likelihood_scale"])),
+    )
+  elif cfg.family == "gpt":
     # The final LayerNorm feeds only the score: w . (ln + delta) = w . ln + bias for
     # delta = bias * w / |w|^2, so the bias folds exactly into ln_f's bias.
     tensors["transformer.ln_f.bias"] = tensors["transformer.ln_f.bias"] + bias * w / float(w @ w)

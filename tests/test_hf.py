@@ -359,10 +359,46 @@ def test_exported_reward_model_scores_like_ours(tmp_path, family):
   np.testing.assert_allclose(np.asarray(again), ours, atol=1e-5, rtol=1e-5)
 
 
-def test_reward_export_refuses_a_likelihood_term(tmp_path):
-  cfg = helpers.tiny_model("gpt", vocab_size=VOCAB, head="scalar", reward_likelihood="mean")
-  with pytest.raises(ValueError, match="rm.likelihood='none'"):
-    hf.export_reward_model(helpers.init_params(cfg), cfg, str(tmp_path), pad_id=0, eos_id=2)
+@pytest.mark.parametrize("family", ["gpt", "llama"])
+def test_exported_likelihood_reward_model_scores_like_ours(tmp_path, family):
+  """The likelihood-term RM (not in the paper): the directory loads as a sequence classifier and
+  as a causal LM, and score + reward_bias + likelihood_scale * mean response log-prob is ours."""
+  cfg = helpers.tiny_model(
+    family, vocab_size=VOCAB, d_ff=96, head="scalar", reward_likelihood="mean"
+  )
+  params = _random_params(cfg)
+  params["scalar_head"]["bias"] = jnp.array([0.7])
+  params["likelihood_scale"] = jnp.asarray(0.8, jnp.float32)
+  pad, eos, start = 0, 2, 6
+  tokens = np.random.default_rng(4).integers(3, VOCAB, (3, 14)).astype(np.int32)
+  mask = np.zeros_like(tokens)
+  for i, (lo, end) in enumerate([(0, 14), (2, 10), (4, 12)]):  # Left-padded prompt [lo, 6).
+    mask[i, lo:end] = 1
+    tokens[i, end - 1] = eos
+  tokens = np.where(mask == 1, tokens, pad)
+  ours = np.asarray(objectives.sequence_rewards(params, cfg, tokens, jnp.asarray(mask), start))
+  hf.export_reward_model(params, cfg, str(tmp_path), pad_id=pad, eos_id=eos)
+  extra = json.load(open(tmp_path / "config.json"))
+  assert (extra["reward_likelihood"], extra["reward_bias"]) == ("mean", pytest.approx(0.7))
+  kwargs = dict(
+    input_ids=torch.tensor(tokens, dtype=torch.long),
+    attention_mask=torch.tensor(mask),
+    position_ids=torch.tensor(np.asarray(model_lib.positions_from_mask(jnp.asarray(mask)))),
+  )
+  classifier = transformers.AutoModelForSequenceClassification.from_pretrained(str(tmp_path))
+  lm = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path))
+  with torch.no_grad():
+    score = classifier.eval()(**kwargs).logits[:, 0].numpy()
+    logp = torch.log_softmax(lm.eval()(**kwargs).logits, -1).numpy()
+  # Response token t (t >= start, real, with a real predecessor) read at position t - 1.
+  picked = np.take_along_axis(logp[:, start - 1 : -1], tokens[:, start:, None], axis=2)[..., 0]
+  valid = (mask[:, start:] == 1) & (mask[:, start - 1 : -1] == 1)
+  mean_logp = (picked * valid).sum(1) / valid.sum(1)
+  theirs = score + extra["reward_bias"] + extra["likelihood_scale"] * mean_logp
+  np.testing.assert_allclose(theirs, ours, atol=1e-5, rtol=1e-5)
+  back = hf.load_params(str(tmp_path), cfg)
+  again = objectives.sequence_rewards(back, cfg, tokens, jnp.asarray(mask), start)
+  np.testing.assert_allclose(np.asarray(again), ours, atol=1e-5, rtol=1e-5)
 
 
 def test_reward_export_refuses_pad_equal_to_eos(tmp_path):
