@@ -123,3 +123,28 @@ def test_forward_flops_agree_with_xla_cost_analysis():
   assert cost["flops"] == pytest.approx(ours, rel=0.05)
   ours_gflop, peer_gflop = bench.rl_step_gflop(p)
   assert ours_gflop > peer_gflop > 0  # ours adds the value, reward and ptx work to the RLOO step's
+  # At ptx_coef 0 the program has no ptx term, and neither does the count: 3 ptx forwards less.
+  no_ptx, _ = bench.rl_step_gflop(p, ptx_coef=0.0)
+  ptx_fwd = bench._forward_flops(
+    cfg, 8, p["ppo_prompt"] + p["ppo_new"], p["ppo_prompt"] + p["ppo_new"]
+  )  # pylint: disable=protected-access
+  assert ours_gflop - no_ptx == pytest.approx(3 * ptx_fwd / 1e9)
+
+
+def test_compare_pairs_the_iteration_with_trl_ppo(monkeypatch):
+  out = []
+  monkeypatch.setattr(bench, "_EMIT", out.append)
+  ours = [
+    {"metric": "ppo_iteration_time", "value": 2.0},
+    {"metric": "ppo_iteration_gflops", "value": 150.0},
+  ]
+  peer = [
+    {"metric": "trl_ppo_step_time", "value": 3.0},
+    {"metric": "trl_ppo_step_gflops", "value": 100.0},
+    {"metric": "trl_rloo_step_time", "value": 1.0},
+  ]
+  bench.compare(ours, peer)
+  got = {r["metric"]: r["value"] for r in out}
+  assert got["ratio_ppo_iteration_time_vs_trl_ppo"] == pytest.approx(2 / 3)
+  assert got["ratio_ppo_gflops_vs_trl_ppo"] == pytest.approx(1.5)
+  assert got["ratio_ppo_iteration_time"] == pytest.approx(2.0)  # Against the RLOO step.

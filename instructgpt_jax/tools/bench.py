@@ -256,9 +256,10 @@ def _sampling_flops(cfg: model_lib.ModelConfig, rows: int, prompt: int, new: int
   return _forward_flops(cfg, rows, prompt, 1) + decode
 
 
-def rl_step_gflop(p: dict[str, Any]) -> tuple[float, float]:
-  """(ours, peer's lower bound): matmul GFLOP of one bench PPO-ptx iteration and of the TRL RLOO
-  step with the same completions (`ppo_batch` is the peer's `trl_batch`).
+def rl_step_gflop(p: dict[str, Any], ptx_coef: float = 1.0) -> tuple[float, float]:
+  """(ours, peer's lower bound): matmul GFLOP of one bench PPO iteration (PPO-ptx unless
+  `ptx_coef` is 0, which drops the ptx term from the program) and of the TRL RLOO step with the
+  same completions (`ppo_batch` is the peer's `trl_batch`).
 
   Ours: sampling; reference (LM head on the response), value and reward forwards; the policy,
   ptx and value updates at 3x their forwards, plus the fused head's recomputed response logits.
@@ -272,14 +273,9 @@ def rl_step_gflop(p: dict[str, Any]) -> tuple[float, float]:
   scalar_fwd = _forward_flops(cfg, B, S, 0)  # value and reward models: the policy's shape
   sample = _sampling_flops(cfg, B, P, R)
   head_recompute = B * R * 2 * cfg.vocab_size * cfg.d_model
+  ptx = 3 * _forward_flops(cfg, ptx_rows, S, S) if ptx_coef else 0.0
   ours = (
-    sample
-    + policy_fwd
-    + 2 * scalar_fwd
-    + 3 * policy_fwd
-    + head_recompute
-    + 3 * _forward_flops(cfg, ptx_rows, S, S)
-    + 3 * scalar_fwd
+    sample + policy_fwd + 2 * scalar_fwd + 3 * policy_fwd + head_recompute + ptx + 3 * scalar_fwd
   )
   peer = sample + policy_fwd + 3 * policy_fwd
   return ours / 1e9, peer / 1e9
@@ -491,7 +487,7 @@ def bench_ppo(p: dict[str, Any], ptx_coef: float | None = None) -> dict[str, flo
   )
   emit("ppo_iteration_compile_time", total["compile"], "s")
   emit("ppo_completion_tokens_per_s", B * N / total["median"], "tokens/s", **info)
-  ours_gflop, peer_gflop = rl_step_gflop(p)
+  ours_gflop, peer_gflop = rl_step_gflop(p, s.ppo.ptx_coef)
   emit("ppo_iteration_gflop", ours_gflop, "GFLOP", note="rl_step_gflop: matmul work, computed")
   emit("ppo_iteration_gflops", ours_gflop / total["median"], "GFLOP/s")
   emit(
@@ -578,12 +574,32 @@ def profile_train(p: dict[str, Any], logdir: str) -> None:
 
 # (our metric, peer metric, direction): "higher" = throughput (ratio > 1 is better for us),
 # "lower" = time (ratio < 1 is better for us).
+# (ratio's name, our metric, the peer's, which direction is better). TRL's PPOTrainer step is the
+# like-for-like peer of our iteration; its RLOO step does about half the work.
 RATIOS = (
-  ("train_tokens_per_s", "train_tokens_per_s", "higher"),
-  ("mfu_6N_attn_lmhead_vs_jax_peak", "mfu_6N_attn_lmhead_vs_jax_peak", "higher"),
-  ("generate_new_tokens_per_s", "generate_new_tokens_per_s", "higher"),
-  ("ppo_iteration_time", "trl_rloo_step_time", "lower"),
-  ("ppo_completion_tokens_per_s", "trl_rloo_completion_tokens_per_s", "higher"),
+  ("train_tokens_per_s", "train_tokens_per_s", "train_tokens_per_s", "higher"),
+  (
+    "mfu_6N_attn_lmhead_vs_jax_peak",
+    "mfu_6N_attn_lmhead_vs_jax_peak",
+    "mfu_6N_attn_lmhead_vs_jax_peak",
+    "higher",
+  ),
+  ("generate_new_tokens_per_s", "generate_new_tokens_per_s", "generate_new_tokens_per_s", "higher"),
+  ("ppo_iteration_time_vs_trl_ppo", "ppo_iteration_time", "trl_ppo_step_time", "lower"),
+  ("ppo_gflops_vs_trl_ppo", "ppo_iteration_gflops", "trl_ppo_step_gflops", "higher"),
+  (
+    "ppo_completion_tokens_per_s_vs_trl_ppo",
+    "ppo_completion_tokens_per_s",
+    "trl_ppo_completion_tokens_per_s",
+    "higher",
+  ),
+  ("ppo_iteration_time", "ppo_iteration_time", "trl_rloo_step_time", "lower"),
+  (
+    "ppo_completion_tokens_per_s",
+    "ppo_completion_tokens_per_s",
+    "trl_rloo_completion_tokens_per_s",
+    "higher",
+  ),
 )
 
 
@@ -593,8 +609,8 @@ def run_peer(
   cmd = [peer_python, PEER_SCRIPT, "--preset", preset]
   if jax_peak_gflops:
     cmd += ["--jax-peak-gflops", str(jax_peak_gflops)]
-  peer_skip = {"train": "train", "generate": "generate", "ppo": "trl"}
-  sk = [peer_skip[k] for k in skip if k in peer_skip]
+  peer_skip = {"train": ["train"], "generate": ["generate"], "ppo": ["trl", "trl_ppo"]}
+  sk = [section for k in skip for section in peer_skip.get(k, [])]
   if sk:
     cmd += ["--skip", ",".join(sk)]
   proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -614,10 +630,10 @@ def run_peer(
 def compare(ours: list[dict], peer: list[dict]) -> None:
   o = {r["metric"]: r["value"] for r in ours}
   pr = {r["metric"]: r["value"] for r in peer}
-  for mine, theirs, direction in RATIOS:
+  for name, mine, theirs, direction in RATIOS:
     if mine in o and theirs in pr and pr[theirs]:
       emit(
-        f"ratio_{mine}",
+        f"ratio_{name}",
         o[mine] / pr[theirs],
         "ours/peer",
         ours=o[mine],
