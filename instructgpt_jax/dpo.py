@@ -19,7 +19,16 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from instructgpt_jax import inputs, loop, losses, model_configs, objectives, scoring, train_state
+from instructgpt_jax import (
+  inputs,
+  loop,
+  losses,
+  model_configs,
+  objectives,
+  scoring,
+  seeds,
+  train_state,
+)
 from instructgpt_jax import model as model_lib
 from instructgpt_jax.workspace import Workspace
 
@@ -42,7 +51,13 @@ def init_state(
   cfg = config.dpo
   tx = train_state.make_optimizer(cfg.optim, total_steps, cfg.on_nonfinite == "skip")
   return train_state.create_train_state(
-    models.policy, tx, mesh, rules, jax.random.key(config.seed + 70), params, abstract=abstract
+    models.policy,
+    tx,
+    mesh,
+    rules,
+    jax.random.key(seeds.of(config.seed, "dpo.init")),
+    params,
+    abstract=abstract,
   )
 
 
@@ -138,11 +153,11 @@ def run(ws: Workspace) -> dict[str, Any]:
       beta=cfg.beta,
       loss=cfg.loss,
     ),
-    batches=ws.batches(train, cfg.batch_size, seed=ws.config.seed + 71),
+    batches=ws.batches(train, cfg.batch_size, seed=seeds.of(ws.config.seed, "dpo.data")),
     total_steps=steps,
     mesh=ws.mesh,
     rules=ws.rules,
-    seed=ws.config.seed + 72,
+    seed=seeds.of(ws.config.seed, "dpo.steps"),
     loop_cfg=cfg,
   )
   ws.save_params("dpo", state.params, ws.models.policy)

@@ -41,7 +41,7 @@ import numpy as np
 from absl import logging
 
 from instructgpt_jax import data as data_lib
-from instructgpt_jax import inputs, loop, multihost, plots, sampling, scoring
+from instructgpt_jax import inputs, loop, multihost, plots, sampling, scoring, seeds
 from instructgpt_jax import metrics as metrics_lib
 from instructgpt_jax.sim import labelers as labelers_lib
 from instructgpt_jax.workspace import (
@@ -83,16 +83,14 @@ POLICY_STAGES = {
 RM_BASE_POLICIES = ("rm_base", "rm_base_fewshot")
 RM_BASE_STAGE = "rm_base/pretrain"
 FEWSHOT = ("base_fewshot", "rm_base_fewshot")
-# Sampling seeds are `config.seed + SEED_OFFSET + k` with a fixed k per sampled set, so adding a
+# Sampling seeds are `seeds.of(config.seed, "eval.sampling") + k` with a fixed k per sampled set, so adding a
 # control never changes the samples of the policies that were there before it.
-SEED_OFFSET = 40
 CONTROL_SEED, BEST_OF_N_SEED = 5, 6  # After the five policies' 0..4.
 RM_BASE_SEEDS = (7, 8)
 CURVE_SEED = 9  # The over-optimisation curve's samples (PPO snapshots: CURVE_SEED + 1 + step).
 # Policies added after the first five sample from these seeds, clear of the ones above.
 LATER_POLICY_SEEDS = {"dpo": 10, "rloo": 11, "rloo_ptx": 12, "grpo": 13, "grpo_ptx": 14}
 DPO_CURVE_SEED = 100_000  # Past every PPO snapshot's CURVE_SEED + 1 + step.
-JUDGE_SEED_OFFSET = 50
 BEST_OF_N_BY = ("rm", "gold")
 # eval.prompts -> (prompt file kind, its splits). "eval": the eval prompts of held-out users, the
 # report. "ppo_heldout": the PPO pool's validation and test splits (users PPO never trained on),
@@ -112,7 +110,7 @@ class Sampled:
   stage: str
   temperature: float
   fewshot: bool
-  seed: int  # Offset from config.seed + SEED_OFFSET.
+  seed: int  # Added to the "eval.sampling" stream's seed (seeds.py).
 
 
 def control_name(temperature: float) -> str:
@@ -304,7 +302,7 @@ def _evaluate_policy(
   report row ("metrics"). pretrain_loss(stage) -> the stage's held-out LM loss."""
   model_cfg = ws.models.for_stage(policy.stage)
   params = sft_params if policy.stage == "sft" else ws.load_params(policy.stage, model_cfg)
-  seed = ws.config.seed + SEED_OFFSET + policy.seed
+  seed = seeds.of(ws.config.seed, "eval.sampling") + policy.seed
   texts, response, logp, ended = _sample(
     ws, params, model_cfg, prompts, prefix, seed, policy.temperature, what=policy.name
   )
@@ -337,7 +335,7 @@ def _best_of_n_pool(
   """n SFT samples per prompt at eval.temperature with what selects among them: texts, gold
   scores, the RM's scores (None without an RM) and EOS flags, each [N][n]."""
   cfg = ws.config.eval
-  seed = ws.config.seed + SEED_OFFSET + BEST_OF_N_SEED
+  seed = seeds.of(ws.config.seed, "eval.sampling") + BEST_OF_N_SEED
   texts, response, _, ended = _sample(
     ws, sft_params, ws.models.policy, prompts, "", seed, cfg.temperature, n, f"best-of-{n} pool"
   )
@@ -454,7 +452,7 @@ def overoptimization(ws: Workspace, world: Any, sft_params: Any) -> dict[str, An
   enc = data_lib.encode_prompts(tok, texts, ws.config.data.prompt_len)
   prompts = [texts[i] for i in enc.kept.tolist()][: cfg.curve_prompts]
   prompt_enc = data_lib.encode_prompts(tok, prompts, ws.config.data.prompt_len)
-  seed = ws.config.seed + SEED_OFFSET + CURVE_SEED
+  seed = seeds.of(ws.config.seed, "eval.sampling") + CURVE_SEED
   m = max(cfg.curve_best_of_n)
   sampled, response, _, ended = _sample(
     ws, sft_params, ws.models.policy, prompts, "", seed, cfg.temperature, m, "curve: best-of-n"
@@ -686,7 +684,9 @@ def run(ws: Workspace) -> dict[str, Any]:
   if "sft" in results:
     for name, r in results.items():
       # One judge stream per row, so adding a row never changes another row's judgements.
-      rng = np.random.default_rng([ws.config.seed + JUDGE_SEED_OFFSET, zlib.crc32(name.encode())])
+      rng = np.random.default_rng(
+        [seeds.of(ws.config.seed, "eval.judges"), zlib.crc32(name.encode())]
+      )
       wins = [
         labelers_lib.compare(judges[rng.integers(len(judges))], p, a, b, rng)
         for p, a, b in zip(prompts, r["texts"], results["sft"]["texts"])

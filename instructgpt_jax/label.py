@@ -28,7 +28,7 @@ import numpy as np
 from absl import logging
 
 from instructgpt_jax import data as data_lib
-from instructgpt_jax import inputs, loop, multihost, sampling
+from instructgpt_jax import inputs, loop, multihost, sampling, seeds
 from instructgpt_jax import metrics as metrics_lib
 from instructgpt_jax.sim import labelers as labelers_lib
 from instructgpt_jax.workspace import Workspace
@@ -199,8 +199,12 @@ def run(ws: Workspace) -> dict[str, Any]:
       "Some prompts fit no label source (only base_fewshot is configured and the few-shot "
       "prefix makes them too long): raise label.fewshot_prompt_len or add 'sft:1.0'."
     )
-  ks = np.random.default_rng(ws.config.seed + 30).integers(cfg.k_min, cfg.k_max + 1, size=len(recs))
-  assigned = assign_sources(source_fits, weights, ks, np.random.default_rng(ws.config.seed + 33))
+  ks = np.random.default_rng(seeds.of(ws.config.seed, "label.rankings")).integers(
+    cfg.k_min, cfg.k_max + 1, size=len(recs)
+  )
+  assigned = assign_sources(
+    source_fits, weights, ks, np.random.default_rng(seeds.of(ws.config.seed, "label.sources"))
+  )
   # Chunks of prompts are sampled and ranked with keys of their own, so a run resumed after
   # an interruption writes exactly what an uninterrupted one would.
   runs = {
@@ -245,7 +249,9 @@ def run(ws: Workspace) -> dict[str, Any]:
     lo, hi = chunk * cfg.chunk_prompts, min((chunk + 1) * cfg.chunk_prompts, len(recs))
     # texts[i][j]: response j of prompt lo + i, from source assigned[lo + i][j].
     texts: list[list[str]] = [[""] * int(k) for k in ks[lo:hi]]
-    chunk_key = jax.random.fold_in(jax.random.key(ws.config.seed + 31), chunk)
+    chunk_key = jax.random.fold_in(
+      jax.random.key(seeds.of(ws.config.seed, "label.sampling")), chunk
+    )
     for s, (policy, temperature) in enumerate(sources):
       slots = [(i, j) for i in range(hi - lo) for j, a in enumerate(assigned[lo + i]) if a == s]
       if not slots:
@@ -263,7 +269,7 @@ def run(ws: Workspace) -> dict[str, Any]:
       )
       for (i, j), text in zip(slots, sampled):
         texts[i][j] = text
-    rng = np.random.default_rng([ws.config.seed + 30, chunk])
+    rng = np.random.default_rng([seeds.of(ws.config.seed, "label.rankings"), chunk])
     new_rows = []
     for i, rec in enumerate(recs[lo:hi]):
       # The comparisons format refuses empty responses (an immediate EOS), so they are
@@ -309,7 +315,7 @@ def run(ws: Workspace) -> dict[str, Any]:
     "dropped_empty_responses": empty,
     "path": out_path,
     "labeler_agreement": labelers_lib.labeler_agreement(
-      train_pool, pairs, np.random.default_rng(ws.config.seed + 32)
+      train_pool, pairs, np.random.default_rng(seeds.of(ws.config.seed, "label.agreement"))
     ),
     "sample_gold_mean": float(np.mean(gold)),
     # SFT at temperature 1 (absent when it is not a source): the samples PPO starts from.

@@ -35,6 +35,7 @@ from instructgpt_jax import (
   model_configs,
   objectives,
   sampling,
+  seeds,
   sharding,
   train_state,
 )
@@ -150,7 +151,6 @@ def init_state(
   `abstract=True` gives ShapeDtypeStructs with shardings (dry run; nothing allocated).
   """
   cfg = config.ppo
-  seed = config.seed + 100
   skip = cfg.on_nonfinite == "skip"
   updates = cfg.iterations * s.num_minibatches
   policy, policy_sh = train_state.create_train_state(
@@ -158,7 +158,7 @@ def init_state(
     train_state.make_optimizer(cfg.optim, updates, skip),
     mesh,
     rules,
-    jax.random.key(seed),
+    jax.random.key(seeds.of(config.seed, "ppo.init")),
     policy_params,
     abstract=abstract,
   )
@@ -167,7 +167,7 @@ def init_state(
     train_state.make_optimizer(cfg.value_optim, updates, skip),
     mesh,
     rules,
-    jax.random.key(seed),
+    jax.random.key(seeds.of(config.seed, "ppo.init")),
     value_params,
     abstract=abstract,
   )
@@ -418,7 +418,6 @@ def train_variant(
   cfg = ws.config.ppo
   tok = ws.tokenizer()
   s = make_settings(ws.config, ws.models, tok.eos_id, tok.pad_id, variant)
-  seed = ws.config.seed + 100
   sft_params = ws.load_params("sft", s.policy_cfg)
   rm_params = ws.load_reward_model()  # The ensemble's members; the value starts from the first.
   state, shardings = init_state(ws.config, s, ws.mesh, ws.rules, sft_params, rm_params[0])
@@ -431,8 +430,8 @@ def train_variant(
     )
   updates = cfg.epochs * s.num_minibatches
   batches = PPOBatches(
-    ws.batches(prompts, prompts_per_rollout, seed=seed + 1),
-    ws.batches(ptx_arrays, updates * cfg.ptx_batch_size, seed=seed + 2),
+    ws.batches(prompts, prompts_per_rollout, seed=seeds.of(ws.config.seed, "ppo.prompts")),
+    ws.batches(ptx_arrays, updates * cfg.ptx_batch_size, seed=seeds.of(ws.config.seed, "ppo.ptx")),
   )
   name = ppo_policy_name(cfg, variant)
   state, rows = loop.train(
@@ -445,7 +444,7 @@ def train_variant(
     total_steps=cfg.iterations,
     mesh=ws.mesh,
     rules=ws.rules,
-    seed=seed + 3,
+    seed=seeds.of(ws.config.seed, "ppo.steps"),
     loop_cfg=cfg,
     const_args=(sft_params, rm_params),
     const_shardings=(shardings.policy.params, (shardings.value.params,) * len(rm_params)),

@@ -13,7 +13,7 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
-from instructgpt_jax import inputs, loop, model_configs, objectives, train_state
+from instructgpt_jax import inputs, loop, model_configs, objectives, seeds, train_state
 from instructgpt_jax.workspace import Workspace
 
 Batch = dict[str, jax.Array]
@@ -39,7 +39,7 @@ def init_state(
     tx,
     mesh,
     rules,
-    jax.random.key(config.seed),
+    jax.random.key(seeds.of(config.seed, "pretrain.init")),
     params,
     abstract=abstract,
   )
@@ -63,7 +63,7 @@ def run(ws: Workspace) -> dict[str, Any]:
   cfg = ws.config.pretrain
   arrays = inputs.lm_arrays(ws, "train")
   state, shardings = init_state(ws.config, ws.models, ws.mesh, ws.rules, cfg.steps)
-  batches = ws.batches(arrays, cfg.batch_size, seed=ws.config.seed)
+  batches = ws.batches(arrays, cfg.batch_size, seed=seeds.of(ws.config.seed, "pretrain.data"))
   state, rows = loop.train(
     name="pretrain",
     stage_dir=ws.stage_dir("pretrain"),
@@ -74,7 +74,7 @@ def run(ws: Workspace) -> dict[str, Any]:
     total_steps=cfg.steps,
     mesh=ws.mesh,
     rules=ws.rules,
-    seed=ws.config.seed + 1,
+    seed=seeds.of(ws.config.seed, "pretrain.steps"),
     loop_cfg=cfg,
   )
   summary = {"steps": cfg.steps, "train_rows": int(arrays["tokens"].shape[0])}

@@ -30,6 +30,7 @@ from instructgpt_jax import (
   objectives,
   preference_pretraining,
   scoring,
+  seeds,
   train_state,
   workspace,
 )
@@ -117,13 +118,21 @@ def init_state(
   cfg, rm_cfg = config.rm, models.reward
   params = reward_params
   if lm_params is not None:
-    fresh = model_lib.boxed_params(rm_cfg, jax.random.key(member_seed(config, member) + 20))
+    fresh = model_lib.boxed_params(
+      rm_cfg, jax.random.key(seeds.of(member_seed(config, member), "rm.head"))
+    )
     params = trunk_with_scalar_head(
       multihost.fetch(lm_params), multihost.fetch(nn.meta.unbox(fresh)), cfg.likelihood_init
     )
   tx = train_state.make_optimizer(optim or cfg.optim, total_steps, cfg.on_nonfinite == "skip")
   return train_state.create_train_state(
-    rm_cfg, tx, mesh, rules, jax.random.key(config.seed), params, abstract=abstract
+    rm_cfg,
+    tx,
+    mesh,
+    rules,
+    jax.random.key(seeds.of(config.seed, "rm.init")),
+    params,
+    abstract=abstract,
   )
 
 
@@ -161,7 +170,7 @@ def train_member(
   if cfg.pmp.steps:
     # Preference-model pretraining (not in the paper): the corpus's corrupted pairs first, in
     # `<stage>/pmp`, then a fresh optimizer for the human comparisons.
-    pmp = preference_pretraining.comparison_arrays(ws, seed + 23)
+    pmp = preference_pretraining.comparison_arrays(ws, seeds.of(seed, "rm.pmp_pairs"))
     pmp = {k: pmp[k] for k in ("tokens", "mask", "ranks")}
     state, pmp_rows = loop.train(
       name=f"{name} pmp",
@@ -169,11 +178,11 @@ def train_member(
       state=state,
       state_shardings=shardings,
       step_fn=step_fn,
-      batches=ws.batches(pmp, cfg.pmp.batch_size, seed=seed + 24),
+      batches=ws.batches(pmp, cfg.pmp.batch_size, seed=seeds.of(seed, "rm.pmp_data")),
       total_steps=cfg.pmp.steps,
       mesh=ws.mesh,
       rules=ws.rules,
-      seed=seed + 25,
+      seed=seeds.of(seed, "rm.pmp_steps"),
       loop_cfg=cfg.pmp,
     )
     pmp_summary = {"pmp_comparisons": int(pmp["tokens"].shape[0]), "pmp_steps": cfg.pmp.steps}
@@ -188,11 +197,11 @@ def train_member(
     state=state,
     state_shardings=shardings,
     step_fn=step_fn,
-    batches=ws.batches(train, cfg.batch_size, seed=seed + 21),
+    batches=ws.batches(train, cfg.batch_size, seed=seeds.of(seed, "rm.data")),
     total_steps=steps,
     mesh=ws.mesh,
     rules=ws.rules,
-    seed=seed + 22,
+    seed=seeds.of(seed, "rm.steps"),
     loop_cfg=cfg,
   )
   # Normalise: demonstrations score mean 0 (paper C.2), folded into the head's bias so every

@@ -34,13 +34,11 @@ from absl import logging
 from jax.sharding import Mesh
 
 from instructgpt_jax import data as data_lib
-from instructgpt_jax import inputs, loop, model_configs, objectives, scoring, train_state
+from instructgpt_jax import inputs, loop, model_configs, objectives, scoring, seeds, train_state
 from instructgpt_jax.workspace import Workspace
 
 Batch = dict[str, jax.Array]
 PHASES = ("pretrain", "nlp", "sft")
-# Per phase, the seed offsets of its batch order and of its steps' randomness.
-PHASE_SEEDS = {"pretrain": (61, 62), "nlp": (63, 64), "sft": (66, 67)}
 
 
 def phase_config(config: ml_collections.ConfigDict, phase: str) -> ml_collections.ConfigDict:
@@ -74,7 +72,7 @@ def init_state(
     tx,
     mesh,
     rules,
-    jax.random.key(config.seed + 60),
+    jax.random.key(seeds.of(config.seed, "rm_base.init")),
     params,
     abstract=abstract,
   )
@@ -182,7 +180,9 @@ def _tune_on_demonstrations(ws: Workspace, params: Any, summary: dict[str, Any])
   """Phase 3: the policy's SFT recipe on the RM-sized model (`rm_base.sft`); returns the new
   parameters and adds `sft_*` entries to `summary`."""
   scfg, lm_cfg = ws.config.rm_base.sft, ws.models.rm_trunk
-  arrays, counts = inputs.sft_train_rows(ws, scfg.pretrain_mix, ws.config.seed + 12, "rm_base.sft")
+  arrays, counts = inputs.sft_train_rows(
+    ws, scfg.pretrain_mix, seeds.of(ws.config.seed, "sft.pretrain_mix"), "rm_base.sft"
+  )
   steps = loop.steps_for_epochs(int(arrays["tokens"].shape[0]), scfg.batch_size, scfg.epochs)
   params, rows = _train_phase(ws, "sft", arrays, steps, params)
   summary.update(sft_steps=steps, sft_examples=counts["examples"])
@@ -201,7 +201,7 @@ def _train_phase(
   """Trains the RM-sized LM (around `params`, fresh when None) for `steps` steps of `phase` on
   `arrays` (tokens/mask/loss_mask [N, seq]) in `<workdir>/rm_base/<phase>`; returns the new
   parameters and the logged metric rows."""
-  cfg, (data_seed, step_seed) = phase_config(ws.config, phase), PHASE_SEEDS[phase]
+  cfg = phase_config(ws.config, phase)
   state, shardings = init_state(ws.config, ws.models, ws.mesh, ws.rules, steps, params, phase=phase)
   del params  # One copy of the parameters: the state holds them.
   state, rows = loop.train(
@@ -210,11 +210,13 @@ def _train_phase(
     state=state,
     state_shardings=shardings,
     step_fn=train_step,
-    batches=ws.batches(arrays, cfg.batch_size, seed=ws.config.seed + data_seed),
+    batches=ws.batches(
+      arrays, cfg.batch_size, seed=seeds.of(ws.config.seed, f"rm_base.{phase}.data")
+    ),
     total_steps=steps,
     mesh=ws.mesh,
     rules=ws.rules,
-    seed=ws.config.seed + step_seed,
+    seed=seeds.of(ws.config.seed, f"rm_base.{phase}.steps"),
     loop_cfg=cfg,
   )
   return state.params, rows

@@ -15,7 +15,7 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
-from instructgpt_jax import inputs, loop, model_configs, objectives, scoring, train_state
+from instructgpt_jax import inputs, loop, model_configs, objectives, scoring, seeds, train_state
 from instructgpt_jax.workspace import Workspace
 
 Batch = dict[str, jax.Array]
@@ -40,7 +40,7 @@ def init_state(
     tx,
     mesh,
     rules,
-    jax.random.key(config.seed),
+    jax.random.key(seeds.of(config.seed, "sft.init")),
     params,
     abstract=abstract,
   )
@@ -62,12 +62,14 @@ def train_step(
 
 def run(ws: Workspace) -> dict[str, Any]:
   cfg = ws.config.sft
-  arrays, counts = inputs.sft_train_rows(ws, cfg.pretrain_mix, ws.config.seed + 12)
+  arrays, counts = inputs.sft_train_rows(
+    ws, cfg.pretrain_mix, seeds.of(ws.config.seed, "sft.pretrain_mix")
+  )
   steps = loop.steps_for_epochs(int(arrays["tokens"].shape[0]), cfg.batch_size, cfg.epochs)
   model_cfg = ws.models.policy
   params = ws.load_params("pretrain", model_cfg)
   state, shardings = init_state(ws.config, ws.models, ws.mesh, ws.rules, steps, params)
-  batches = ws.batches(arrays, cfg.batch_size, seed=ws.config.seed + 10)
+  batches = ws.batches(arrays, cfg.batch_size, seed=seeds.of(ws.config.seed, "sft.data"))
   state, rows = loop.train(
     name="sft",
     stage_dir=ws.stage_dir("sft"),
@@ -78,7 +80,7 @@ def run(ws: Workspace) -> dict[str, Any]:
     total_steps=steps,
     mesh=ws.mesh,
     rules=ws.rules,
-    seed=ws.config.seed + 11,
+    seed=seeds.of(ws.config.seed, "sft.steps"),
     loop_cfg=cfg,
   )
   summary: dict[str, Any] = {"steps": steps, **counts}

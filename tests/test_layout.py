@@ -173,3 +173,22 @@ def test_the_checker_knows_every_stage_module():
   from instructgpt_jax import pipeline  # pylint: disable=import-outside-toplevel
 
   assert set(pipeline.STAGE_MODULES.values()) == STAGE_MODULES
+
+
+def test_every_seed_offset_is_named_in_the_seeds_table():
+  """A stage reads its random streams by name (`seeds.of`), never as `config.seed + 23`."""
+  import re  # pylint: disable=import-outside-toplevel
+
+  from instructgpt_jax import seeds  # pylint: disable=import-outside-toplevel
+
+  literal = re.compile(r"config\.seed\s*\+\s*\d")
+  offenders = []
+  for name, path in _modules().items():
+    with open(path, encoding="utf-8") as f:
+      for i, line in enumerate(f, 1):
+        if literal.search(line):
+          offenders.append(f"{name}:{i}: {line.strip()}")
+  assert not offenders, offenders
+  # Stages of the same kind share an initial key on purpose; data and step streams never do.
+  streams = {k: v for k, v in seeds.OFFSETS.items() if not k.endswith(".init")}
+  assert len(set(streams.values())) == len(streams)
