@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -403,15 +404,16 @@ def _best_of_n_rows(
 
 
 def best_of_n_curve(
-  gold: np.ndarray, reward: np.ndarray, ns: Sequence[int]
+  gold: np.ndarray, reward: np.ndarray, ns: Sequence[int], select_by: np.ndarray | None = None
 ) -> list[dict[str, Any]]:
-  """Best-of-n by the reward, for each n: the mean gold and reward of the pick and the KL bound.
+  """Best-of-n by `select_by` (default: the reward), for each n: the mean gold and reward of the
+  pick and the KL bound.
 
-  gold, reward: [N, M] for M >= max(ns) samples per prompt. n = 1 is the sampling policy itself
-  (its first sample, KL 0)."""
+  gold, reward, select_by: [N, M] for M >= max(ns) samples per prompt. n = 1 is the sampling
+  policy itself (its first sample, KL 0)."""
   out = []
   for n in ns:
-    pick = best_of_n_choice(reward, n)
+    pick = best_of_n_choice(reward if select_by is None else select_by, n)
     rows = np.arange(len(pick))
     kl = best_of_n_kl_bound(n)
     out.append(
@@ -442,11 +444,22 @@ def _penalised_reward(ws: Workspace, prompt_enc: Any, response: np.ndarray, ende
   return rm if penalty is None else np.where(np.asarray(ended, bool), rm, penalty)
 
 
+def _head_reward(ws: Workspace, prompt_enc: Any, response: np.ndarray, n: int) -> np.ndarray:
+  """The RM's scalar head alone, without its likelihood term (`rm.likelihood`), per sample."""
+  tokens, mask = _with_prompts(prompt_enc, response, n)
+  members = [
+    dict(m, likelihood_scale=jnp.zeros_like(m["likelihood_scale"])) for m in ws.load_reward_model()
+  ]
+  fn = scoring.ensemble_reward_fn(ws, ws.models.reward)
+  return scoring.score_with(ws, fn, members, tokens, mask, ws.config.eval.batch_size)
+
+
 def overoptimization(ws: Workspace, world: Any, sft_params: Any) -> dict[str, Any]:
   """Gold score and reward against KL to SFT, on the PPO pool's validation prompts (never the
   report's): best-of-n by the RM for each n of `eval.curve_best_of_n`, and every kept PPO
   policy (`ppo.snapshot_every`). Where PPO's gold stays below best-of-n's at the same KL, PPO
-  is what limits the result; where best-of-n's gold falls as its reward rises, the RM is."""
+  is what limits the result; where best-of-n's gold falls as its reward rises, the RM is; where
+  best-of-n by SFT's own likelihood (no feedback at all) matches it, the RM adds nothing."""
   cfg, tok = ws.config.eval, ws.tokenizer()
   texts = [r["prompt"] for r in ws.records("prompts", "validation")]
   enc = data_lib.encode_prompts(tok, texts, ws.config.data.prompt_len)
@@ -454,18 +467,30 @@ def overoptimization(ws: Workspace, world: Any, sft_params: Any) -> dict[str, An
   prompt_enc = data_lib.encode_prompts(tok, prompts, ws.config.data.prompt_len)
   seed = seeds.of(ws.config.seed, "eval.sampling") + CURVE_SEED
   m = max(cfg.curve_best_of_n)
-  sampled, response, _, ended = _sample(
+  sampled, response, logp, ended = _sample(
     ws, sft_params, ws.models.policy, prompts, "", seed, cfg.temperature, m, "curve: best-of-n"
   )
   repeated = [p for p in prompts for _ in range(m)]
   gold = np.array([world.analyze(p, t)["score"] for p, t in zip(repeated, sampled)])
   reward = _penalised_reward(ws, prompt_enc, response, ended, m)
+  gold, reward = gold.reshape(-1, m), reward.reshape(-1, m)
   curves: dict[str, Any] = {
     "prompts": len(prompts),
-    "best_of_n_rm": best_of_n_curve(
-      gold.reshape(-1, m), reward.reshape(-1, m), cfg.curve_best_of_n
+    "best_of_n_rm": best_of_n_curve(gold, reward, cfg.curve_best_of_n),
+    # Controls that use no feedback: SFT's own likelihood of its sample (what sharpening alone
+    # buys). With `rm.likelihood`, also the RM's parts alone: its scalar head (what the RM
+    # learned from the comparisons) and its likelihood term; "rm" is the whole RM's reward of
+    # each pick.
+    "best_of_n_sft_likelihood": best_of_n_curve(
+      gold, reward, cfg.curve_best_of_n, select_by=logp.reshape(-1, m)
     ),
   }
+  if ws.models.reward.reward_likelihood != "none":
+    head = _head_reward(ws, prompt_enc, response, m).reshape(-1, m)
+    curves["best_of_n_rm_head"] = best_of_n_curve(gold, reward, cfg.curve_best_of_n, head)
+    curves["best_of_n_rm_likelihood_term"] = best_of_n_curve(
+      gold, reward, cfg.curve_best_of_n, reward - head
+    )
   names = [ppo_policy_name(ws.config.ppo, v) for v in ws.config.ppo.variants]
   for variant in dict.fromkeys(["ppo", "ppo_ptx", *names]):  # Every kind the workdir holds.
     points = []

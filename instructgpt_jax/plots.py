@@ -34,8 +34,9 @@ def _save(fig: Figure, path: str) -> str:
 
 def overoptimization_png(curves: Mapping[str, Any], path: str) -> str:
   """Two panels, gold score and RM reward against sqrt(KL to SFT): best-of-n by the RM (each
-  point labelled with its n) and each PPO variant's kept policies, which start from SFT (the
-  n = 1 point)."""
+  point labelled with its n), best-of-n by the other selectors of the same samples (dotted; the
+  reward panel shows the whole RM's reward of their picks) and each PPO variant's kept
+  policies, which start from SFT (the n = 1 point)."""
   bon = curves["best_of_n_rm"]
   start = next((p for p in bon if p["n"] == 1), None)
   fig = Figure(figsize=(10, 4))
@@ -46,6 +47,10 @@ def overoptimization_png(curves: Mapping[str, Any], path: str) -> str:
       ax.annotate(str(p["n"]), (p["sqrt_kl"], p[key]), textcoords="offset points", xytext=(3, 3))
     for name, points in curves.items():
       if name in ("best_of_n_rm", "prompts") or not isinstance(points, list):
+        continue
+      if name.startswith("best_of_n_"):  # Other selectors of the same samples: the controls.
+        label = "best-of-n by " + name[len("best_of_n_") :].replace("_", " ")
+        ax.plot([p["sqrt_kl"] for p in points], [p[key] for p in points], "o:", label=label)
         continue
       pts = ([start] if start else []) + list(points)
       ax.plot([p["sqrt_kl"] for p in pts], [p[key] for p in pts], "s--", label=name)

@@ -52,6 +52,12 @@ def test_best_of_n_curve_hand_computed_and_n1_is_the_sampling_policy():
   assert curve[1]["rm"] == pytest.approx((3.0 + 0.5) / 2)
   assert curve[2]["gold"] == pytest.approx((0.1 + 0.0) / 2)  # The RM over-optimised.
   assert curve[2]["sqrt_kl"] == pytest.approx(math.sqrt(math.log(4) - 0.75))
+  # Another selector of the same samples: picks by it, reports the reward of its picks.
+  by = np.array([[0.0, 0.0, 5.0, 0.0], [0.0, 0.0, 0.0, 5.0]])
+  other = evaluate.best_of_n_curve(gold, reward, (1, 4), select_by=by)
+  assert other[0]["gold"] == curve[0]["gold"]  # n = 1: the same first sample.
+  assert other[1]["gold"] == pytest.approx((0.5 + 1.0) / 2)
+  assert other[1]["rm"] == pytest.approx((0.0 + 0.4) / 2)
 
 
 def test_best_of_n_kl_bound_values():

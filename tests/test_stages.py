@@ -1,10 +1,12 @@
 """Integration: every stage on the tiny preset, through the same entry point users run."""
 
+import dataclasses
 import json
 import os
 import shutil
 import subprocess
 import sys
+import types
 
 import matplotlib.image
 import numpy as np
@@ -241,6 +243,21 @@ def test_rm_with_preference_pretraining_and_likelihood_term(tiny_run, tmp_path):
     ws, scoring.reward_fn(ws, ws.models.reward), params, demos["tokens"], demos["mask"]
   )
   assert abs(float(np.mean(rewards))) < 1e-3
+  # The curve's head-only selector: the reward less likelihood_scale x the mean response
+  # log-prob under the RM's own tied LM head, computed here from the logits.
+  from instructgpt_jax import evaluate  # pylint: disable=import-outside-toplevel
+
+  P = ws.config.data.prompt_len
+  tokens, mask = demos["tokens"][:6], demos["mask"][:6]
+  enc = types.SimpleNamespace(tokens=tokens[:, :P], mask=mask[:, :P])
+  head = evaluate._head_reward(ws, enc, np.stack([tokens[:, P:], mask[:, P:]]), 1)  # pylint: disable=protected-access
+  lm_cfg = dataclasses.replace(ws.models.reward, head="lm", reward_likelihood="none")
+  lp = np.asarray(helpers.token_logprobs(params, lm_cfg, tokens, mask))[:, P:]
+  valid = (mask[:, P:] != 0) & (mask[:, P - 1 : -1] != 0)
+  mean_lp = (lp * valid).sum(1) / valid.sum(1)
+  np.testing.assert_allclose(
+    head + float(params["likelihood_scale"]) * mean_lp, rewards[:6], atol=2e-4, rtol=1e-4
+  )
 
 
 def test_dpo_stage_trains_from_sft_and_joins_the_report(tiny_run, tmp_path):
@@ -631,6 +648,10 @@ def test_overoptimization_curve_and_plots(tiny_run):
   assert bon[0]["kl"] == 0.0 and all(b["kl"] > a["kl"] for a, b in zip(bon, bon[1:]))
   # Best-of-n by the RM picks the highest reward, so its mean reward never falls with n.
   assert all(b["rm"] >= a["rm"] - 1e-6 for a, b in zip(bon, bon[1:]))
+  # The no-feedback control (SFT's own likelihood) picks from the same samples: equal at n = 1.
+  control = curves["best_of_n_sft_likelihood"]
+  assert [p["n"] for p in control] == [p["n"] for p in bon]
+  assert control[0]["gold"] == bon[0]["gold"] and control[0]["rm"] == bon[0]["rm"]
   steps = ppo_snapshot_steps(ws.config.ppo)
   for variant in ws.config.ppo.variants:
     assert [p["step"] for p in curves[variant]] == steps
