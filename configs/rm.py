@@ -17,6 +17,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.rm.update(
     dict(
       epochs=1,  # Paper: 1 epoch; more over-fit.
+      # The share of the training comparisons used (a fixed random subset): with 0.25, 0.5 and
+      # 1, the curve of RM accuracy against the number of comparisons (docs/findings.md).
+      comparisons_fraction=1.0,
       # Paper: lr 9e-6 at batch 64 for the 6B RM; our small model from scratch needs more.
       optim=common.optim(1e-3),
       # The trunk the scalar head is put on. rm_base: the RM-sized model pretrained, tuned on

@@ -293,6 +293,13 @@ def run(ws: Workspace) -> dict[str, Any]:
   if ws.models.rm_init_from == "rm_base":
     _check_rm_base_trained(ws)
   arrays = inputs.comparison_arrays(ws, "train")
+  if not 0.0 < cfg.comparisons_fraction <= 1.0:
+    raise ValueError(f"rm.comparisons_fraction={cfg.comparisons_fraction} must be in (0, 1].")
+  if cfg.comparisons_fraction < 1.0:  # A fixed random subset: the accuracy-vs-data curve.
+    total = int(arrays["tokens"].shape[0])
+    rng = np.random.default_rng(seeds.of(ws.config.seed, "rm.subset"))
+    keep = np.sort(rng.permutation(total)[: max(1, round(total * cfg.comparisons_fraction))])
+    arrays = {k: arrays[k][keep] for k in ("tokens", "mask", "ranks")}
   n = int(arrays["tokens"].shape[0])
   steps = loop.steps_for_epochs(n, cfg.batch_size, cfg.epochs)
   train = {k: arrays[k] for k in ("tokens", "mask", "ranks")}

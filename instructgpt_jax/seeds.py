@@ -26,6 +26,7 @@ OFFSETS: dict[str, int] = {
   "rm.pmp_pairs": 23,
   "rm.pmp_data": 24,
   "rm.pmp_steps": 25,
+  "rm.subset": 26,  # Which comparisons rm.comparisons_fraction < 1 keeps.
   # label: responses per prompt and each chunk's ranking noise share one stream by design
   "label.rankings": 30,
   "label.sampling": 31,

@@ -224,13 +224,17 @@ def test_rm_with_preference_pretraining_and_likelihood_term(tiny_run, tmp_path):
   learned scale is reported, and the demonstrations still score mean 0 under the full reward."""
   from instructgpt_jax import scoring  # pylint: disable=import-outside-toplevel
 
-  ref, _ = tiny_run
+  ref, ref_summaries = tiny_run
   workdir = str(tmp_path / "rm_variants")
   shutil.copytree(ref.workdir, workdir, ignore=shutil.ignore_patterns("rm", "ppo", "eval"))
-  config = tiny_config(**{"rm.likelihood": "mean", "rm.likelihood_init": 0.5})
+  config = tiny_config(
+    **{"rm.likelihood": "mean", "rm.likelihood_init": 0.5, "rm.comparisons_fraction": 0.5}
+  )
   config.rm.pmp.steps = 3
   ws = Workspace(config, workdir)
   summary = pipeline.run(ws, "rm")["rm"]
+  # Half of the comparisons, a fixed subset (the accuracy-against-data curve).
+  assert summary["comparisons"] == round(0.5 * ref_summaries["rm"]["comparisons"])
   assert summary["likelihood"] == "mean" and summary["pmp_steps"] == 3
   assert summary["pmp_comparisons"] > 0
   assert loop.stage_done(ws.stage_dir("rm")) is not None
