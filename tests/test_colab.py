@@ -40,12 +40,16 @@ def test_ppo_step_by_step_notebook_runs(tmp_path):
     nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": ROOT}}
   )
   client.execute()
+  # A cell's stdout may arrive in several chunks that split a line (print writes its pieces
+  # one by one, and stderr's warnings come between): join its stdout chunks as they came.
   text = "\n".join(
-    o.get("text", "")
+    "".join(
+      o.get("text", "")
+      for o in c.get("outputs", [])
+      if o.get("output_type") == "stream" and o.get("name") == "stdout"
+    )
     for c in nb.cells
     if c.cell_type == "code"
-    for o in c.get("outputs", [])
-    if o.get("output_type") == "stream"
   )
   assert "reward = -beta * kl + score at the end: True" in text
   assert "response:" in text and "RM score:" in text
