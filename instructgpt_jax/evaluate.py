@@ -84,8 +84,8 @@ POLICY_STAGES = {
 RM_BASE_POLICIES = ("rm_base", "rm_base_fewshot")
 RM_BASE_STAGE = "rm_base/pretrain"
 FEWSHOT = ("base_fewshot", "rm_base_fewshot")
-# Sampling seeds are `seeds.of(config.seed, "eval.sampling") + k` with a fixed k per sampled set, so adding a
-# control never changes the samples of the policies that were there before it.
+# Sampling seeds are `seeds.of(config.seed, "eval.sampling") + k` with a fixed k per sampled
+# set, so adding a control never changes the samples of the policies that were there before it.
 CONTROL_SEED, BEST_OF_N_SEED = 5, 6  # After the five policies' 0..4.
 RM_BASE_SEEDS = (7, 8)
 CURVE_SEED = 9  # The over-optimisation curve's samples (PPO snapshots: CURVE_SEED + 1 + step).

@@ -418,16 +418,17 @@ def train_variant(
   cfg = ws.config.ppo
   tok = ws.tokenizer()
   s = make_settings(ws.config, ws.models, tok.eos_id, tok.pad_id, variant)
+  prompts_per_rollout = cfg.rollout_batch_size // s.group_size
+  shards = sharding.batch_divisor(ws.mesh, ws.rules)
+  if prompts_per_rollout % shards:  # Refused before any parameter is loaded.
+    raise ValueError(
+      f"ppo.rollout_batch_size // ppo.group_size = {prompts_per_rollout} prompts per rollout "
+      f"cannot be split over the mesh's {shards} data-parallel shards; raise "
+      "ppo.rollout_batch_size or lower ppo.group_size."
+    )
   sft_params = ws.load_params("sft", s.policy_cfg)
   rm_params = ws.load_reward_model()  # The ensemble's members; the value starts from the first.
   state, shardings = init_state(ws.config, s, ws.mesh, ws.rules, sft_params, rm_params[0])
-  prompts_per_rollout = cfg.rollout_batch_size // s.group_size
-  if prompts_per_rollout % sharding.batch_divisor(ws.mesh, ws.rules):
-    raise ValueError(
-      f"ppo.rollout_batch_size // ppo.group_size = {prompts_per_rollout} prompts per rollout "
-      f"cannot be split over the mesh's {sharding.batch_divisor(ws.mesh, ws.rules)} data-parallel "
-      "shards; raise ppo.rollout_batch_size or lower ppo.group_size."
-    )
   updates = cfg.epochs * s.num_minibatches
   batches = PPOBatches(
     ws.batches(prompts, prompts_per_rollout, seed=seeds.of(ws.config.seed, "ppo.prompts")),

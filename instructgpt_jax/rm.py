@@ -292,17 +292,17 @@ def run(ws: Workspace) -> dict[str, Any]:
     raise ValueError(f"rm.ensemble={cfg.ensemble}: the reward model needs at least one member.")
   if ws.models.rm_init_from == "rm_base":
     _check_rm_base_trained(ws)
-  arrays = inputs.comparison_arrays(ws, "train")
   if not 0.0 < cfg.comparisons_fraction <= 1.0:
     raise ValueError(f"rm.comparisons_fraction={cfg.comparisons_fraction} must be in (0, 1].")
+  arrays = inputs.comparison_arrays(ws, "train")
+  train = {k: arrays[k] for k in ("tokens", "mask", "ranks")}
   if cfg.comparisons_fraction < 1.0:  # A fixed random subset: the accuracy-vs-data curve.
-    total = int(arrays["tokens"].shape[0])
+    total = int(train["tokens"].shape[0])
     rng = np.random.default_rng(seeds.of(ws.config.seed, "rm.subset"))
     keep = np.sort(rng.permutation(total)[: max(1, round(total * cfg.comparisons_fraction))])
-    arrays = {k: arrays[k][keep] for k in ("tokens", "mask", "ranks")}
-  n = int(arrays["tokens"].shape[0])
+    train = {k: v[keep] for k, v in train.items()}
+  n = int(train["tokens"].shape[0])
   steps = loop.steps_for_epochs(n, cfg.batch_size, cfg.epochs)
-  train = {k: arrays[k] for k in ("tokens", "mask", "ranks")}
   trained = [load_or_train_member(ws, i, train, steps) for i in range(cfg.ensemble)]
   first = trained[0][1]
   summary: dict[str, Any] = {

@@ -572,9 +572,8 @@ def profile_train(p: dict[str, Any], logdir: str) -> None:
 # Peer comparison
 # ---------------------------------------------------------------------------------------------
 
-# (our metric, peer metric, direction): "higher" = throughput (ratio > 1 is better for us),
-# "lower" = time (ratio < 1 is better for us).
-# (ratio's name, our metric, the peer's, which direction is better). TRL's PPOTrainer step is the
+# (ratio's name, our metric, the peer's, direction): "higher" = throughput (ratio > 1 is better
+# for us), "lower" = time (ratio < 1 is better for us). TRL's PPOTrainer step is the
 # like-for-like peer of our iteration; its RLOO step does about half the work.
 RATIOS = (
   ("train_tokens_per_s", "train_tokens_per_s", "train_tokens_per_s", "higher"),
