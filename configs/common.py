@@ -98,6 +98,21 @@ def loop(batch_size: int, log_every: int, checkpoint_every: int) -> dict:
   )
 
 
+def lora(rank: int = 0) -> ml_collections.ConfigDict:
+  """A policy stage's LoRA section (not in the paper; instructgpt_jax/lora.py): rank 0 trains
+  every weight, rank r > 0 trains rank-r adapters on a frozen base, and the stage saves the
+  merged model. PPO's and DPO's reference is then the base itself: one copy in memory."""
+  return ml_collections.ConfigDict(
+    dict(
+      rank=rank,
+      alpha=16.0,  # The update is scaled by alpha / rank (the LoRA paper's convention).
+      # Modules whose kernel is adapted: every linear layer of a block (QLoRA's choice); the
+      # LoRA paper adapted ("query", "value") only.
+      targets=("query", "key", "value", "out", "wi", "wi_gate", "wi_up", "wo"),
+    )
+  )
+
+
 def get_config(stage: str, arg: str | None) -> ml_collections.ConfigDict:
   """The run, model, sharding and data sections; the stage files add their own."""
   preset = preset_name(arg)

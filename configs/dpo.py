@@ -22,6 +22,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       epochs=1,  # Passes over the comparisons, as the RM makes.
       # The policy's PPO learning rate; SFT's 1e-3 would move far from the reference.
       optim=common.optim(1e-4, "cosine", warmup_steps=5, warmup_init_fraction=0.1),
+      lora=common.lora(),  # `--config.dpo.lora.rank=8`: adapters on SFT, SFT the reference.
       # Prompts per batch, each with all its C(K, 2) pairs (K <= 9 responses).
       **common.loop(batch_size=32, log_every=5, checkpoint_every=50),
     )

@@ -47,6 +47,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # 10-iteration warmup from 0.1x.
       optim=common.optim(1e-4, "constant", warmup_steps=10, warmup_init_fraction=0.1),
       value_optim=common.optim(1e-4, "constant", warmup_steps=10, warmup_init_fraction=0.1),
+      # Not in the paper: `--config.ppo.lora.rank=8` trains adapters on SFT (the policy); the
+      # reference is SFT itself, so PPO holds one copy of it. The value model trains fully.
+      lora=common.lora(),
       # The rollout's log-probs come from the sampler; True recomputes them with a forward
       # pass (one more policy forward per iteration; worth it with bf16 compute, where the
       # cached decode and the full pass round differently).

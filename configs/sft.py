@@ -24,6 +24,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # the rows are pretraining text packed to prompt_len + response_len, loss on every token.
       pretrain_mix=0.1,
       optim=common.optim(1e-3),  # Cosine to 10 %, no warmup (paper C.1).
+      lora=common.lora(),  # Not in the paper: `--config.sft.lora.rank=8` trains adapters only.
       **common.loop(batch_size=32, log_every=25, checkpoint_every=200),
     )
   )

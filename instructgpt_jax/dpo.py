@@ -22,6 +22,7 @@ from jax.sharding import Mesh
 from instructgpt_jax import (
   inputs,
   loop,
+  lora,
   losses,
   model_configs,
   objectives,
@@ -47,8 +48,10 @@ def init_state(
   abstract: bool = False,
 ) -> tuple[train_state.TrainState, Any]:
   """The SFT policy's `params` with DPO's optimizer on the mesh (dropout off, so the policy's
-  log-probs are those of the model that is evaluated); returns (state, shardings)."""
+  log-probs are those of the model that is evaluated); returns (state, shardings). With
+  `dpo.lora` the state holds fresh adapters and `params` (SFT) are the frozen base."""
   cfg = config.dpo
+  lora_cfg = lora.LoraConfig.from_config(cfg.lora, "dpo")
   tx = train_state.make_optimizer(cfg.optim, total_steps, cfg.on_nonfinite == "skip")
   return train_state.create_train_state(
     models.policy,
@@ -56,8 +59,9 @@ def init_state(
     mesh,
     rules,
     jax.random.key(seeds.of(config.seed, "dpo.init")),
-    params,
+    None if lora_cfg.enabled else params,
     abstract=abstract,
+    lora_cfg=lora_cfg,
   )
 
 
@@ -86,17 +90,23 @@ def train_step(
   state: train_state.TrainState,
   batch: Batch,
   rng: jax.Array,
+  base: Any = None,
   *,
   config: model_lib.ModelConfig,
   prompt_len: int,
   beta: float,
   loss: str,
+  lora_cfg: lora.LoraConfig = lora.OFF,
 ) -> tuple[train_state.TrainState, dict[str, jax.Array]]:
-  """One optimizer step on the DPO (or IPO) loss; bind the keywords with functools.partial."""
+  """One optimizer step on the DPO (or IPO) loss; bind the keywords with functools.partial.
+  With LoRA `state.params` are the adapters and `base` the frozen SFT model."""
   del rng  # Deterministic: no dropout, no sampling.
-  (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-    state.params, config, batch, prompt_len, beta, loss
-  )
+
+  def objective(params):
+    merged = lora.policy_params(base, params, lora_cfg)
+    return loss_fn(merged, config, batch, prompt_len, beta, loss)
+
+  (_, metrics), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
   return state.apply_gradients(grads=grads), dict(metrics, grad_norm=optax.global_norm(grads))
 
 
@@ -140,6 +150,8 @@ def run(ws: Workspace) -> dict[str, Any]:
   held_out = [inputs.comparison_arrays(ws, s) for s in ("validation", "test")]
   held_out = [with_reference(ws, a, sft) for a in held_out if a["tokens"].shape[0]]
   state, shardings = init_state(ws.config, ws.models, ws.mesh, ws.rules, steps, sft)
+  lora_cfg = lora.LoraConfig.from_config(cfg.lora, "dpo")
+  base = (sft,) if lora_cfg.enabled else ()  # Otherwise the state holds the only copy.
   del sft
   state, rows = loop.train(
     name="dpo",
@@ -152,6 +164,7 @@ def run(ws: Workspace) -> dict[str, Any]:
       prompt_len=ws.config.data.prompt_len,
       beta=cfg.beta,
       loss=cfg.loss,
+      lora_cfg=lora_cfg,
     ),
     batches=ws.batches(train, cfg.batch_size, seed=seeds.of(ws.config.seed, "dpo.data")),
     total_steps=steps,
@@ -159,17 +172,21 @@ def run(ws: Workspace) -> dict[str, Any]:
     rules=ws.rules,
     seed=seeds.of(ws.config.seed, "dpo.steps"),
     loop_cfg=cfg,
+    const_args=base,
+    const_shardings=(train_state.param_shardings(ws.models.policy, ws.mesh, ws.rules),) * len(base),
   )
-  ws.save_params("dpo", state.params, ws.models.policy)
+  policy = lora.merged(base[0], state.params, lora_cfg) if lora_cfg.enabled else state.params
+  policy = ws.save_params("dpo", policy, ws.models.policy)
   summary: dict[str, Any] = {
     "loss_type": cfg.loss,
     "beta": cfg.beta,
     "steps": steps,
     "comparisons": n,
+    "lora_rank": lora_cfg.rank,
   }
   if held_out:
     merged = {k: np.concatenate([a[k] for a in held_out]) for k in TRAIN_KEYS}
-    summary["heldout"] = preference_accuracy(ws, state.params, merged)
+    summary["heldout"] = preference_accuracy(ws, policy, merged)
   if rows:
     summary["train"] = {"accuracy": rows[-1]["accuracy"], "loss": rows[-1]["loss"]}
   return summary

@@ -39,6 +39,7 @@ from instructgpt_jax import (
   sharding,
   train_state,
 )
+from instructgpt_jax import lora as lora_lib
 from instructgpt_jax import model as model_lib
 from instructgpt_jax.workspace import (
   Workspace,
@@ -80,6 +81,11 @@ class PPOSettings:
   response_len: int
   eos_id: int
   pad_id: int
+
+  @property
+  def lora(self) -> lora_lib.LoraConfig:
+    """`ppo.lora`: with a rank, the policy trains adapters on SFT, which is also the reference."""
+    return lora_lib.LoraConfig.from_config(self.ppo.lora, "ppo")
 
   @property
   def num_minibatches(self) -> int:
@@ -159,8 +165,9 @@ def init_state(
     mesh,
     rules,
     jax.random.key(seeds.of(config.seed, "ppo.init")),
-    policy_params,
+    None if s.lora.enabled else policy_params,  # LoRA: SFT is the base, a step argument.
     abstract=abstract,
+    lora_cfg=s.lora,
   )
   value, value_sh = train_state.create_train_state(
     s.value_cfg,
@@ -221,8 +228,9 @@ def rollout(
   if s.group_size > 1:
     prompts = jnp.repeat(prompts, s.group_size, axis=0)
     prompt_mask = jnp.repeat(prompt_mask, s.group_size, axis=0)
+  policy = lora_lib.policy_params(ref_params, state.policy.params, s.lora)
   out = sampling.generate(
-    state.policy.params,
+    policy,
     s.policy_cfg,
     prompts,
     prompt_mask,
@@ -235,7 +243,7 @@ def rollout(
   tokens, mask = out.tokens, out.mask
   rmask = _response_slice(out.response_mask, s).astype(jnp.float32)
   if s.ppo.recompute_logprobs:  # A full forward pass: the first minibatch's ratio is exactly 1.
-    logp = policy_logprobs(state.policy.params, s, tokens, mask)
+    logp = policy_logprobs(policy, s, tokens, mask)
   else:  # The sampler's, which agree with a forward pass up to float rounding (fp32).
     logp = _response_slice(out.logprobs, s)
   ref_logp = policy_logprobs(ref_params, s, tokens, mask)
@@ -278,7 +286,10 @@ def rollout(
   }
 
 
-def _policy_loss(params, s: PPOSettings, mb: dict[str, jax.Array], ptx: dict[str, jax.Array]):
+def _policy_loss(
+  params, s: PPOSettings, mb: dict[str, jax.Array], ptx: dict[str, jax.Array], base: Any = None
+):
+  params = lora_lib.policy_params(base, params, s.lora)  # LoRA: `params` are the adapters.
   logp = policy_logprobs(params, s, mb["tokens"], mb["mask"])
   loss, metrics = losses.ppo_policy_loss(
     logp, mb["logp"], mb["advantages"], mb["rmask"], s.ppo.clip_eps
@@ -309,10 +320,12 @@ def ppo_update(
   ptx: dict[str, jax.Array],
   rng: jax.Array,
   s: PPOSettings,
+  base: Any = None,
 ) -> tuple[PPOState, dict[str, jax.Array]]:
   """`epochs x num_minibatches` policy and value updates, scanned on device.
 
-  batch: rollout arrays [B, ...]; ptx: tokens/mask/loss_mask [updates * ptx_batch, seq].
+  batch: rollout arrays [B, ...]; ptx: tokens/mask/loss_mask [updates * ptx_batch, seq]; base:
+  the frozen model the policy's LoRA adapters apply to (SFT), with `ppo.lora` only.
   """
   n = batch["tokens"].shape[0]
   mb_size = n // s.num_minibatches
@@ -328,7 +341,9 @@ def ppo_update(
     idx, ptx_mb = xs
     mb = jax.tree.map(lambda x: x[idx], batch)
     mb["kl_coef"] = state.kl_coef
-    (_, pm), pgrads = jax.value_and_grad(_policy_loss, has_aux=True)(policy.params, s, mb, ptx_mb)
+    (_, pm), pgrads = jax.value_and_grad(_policy_loss, has_aux=True)(
+      policy.params, s, mb, ptx_mb, base
+    )
     metrics = dict(pm, policy_grad_norm=optax.global_norm(pgrads))
     policy = policy.apply_gradients(grads=pgrads)
     if s.ppo.estimator == "gae":  # RLOO and GRPO have no value function to fit.
@@ -361,7 +376,7 @@ def ppo_iteration(
     k: ro[k]
     for k in ("tokens", "mask", "rmask", "logp", "ref_logp", "values", "advantages", "returns")
   }
-  state, metrics = ppo_update(state, train_batch, ptx, update_key, s)
+  state, metrics = ppo_update(state, train_batch, ptx, update_key, s, ref_params)
   seq_kl = losses.sequence_kl(ro["logp"], ro["ref_logp"], ro["rmask"])
   kl_mean = jnp.mean(seq_kl)
   if s.ppo.adaptive_kl:
@@ -402,12 +417,21 @@ class PPOBatches:
     self.ptx.set_state(loop.decode_iterator_state(state["ptx"]))
 
 
-def _save_snapshot(ws: Workspace, variant: str, s: PPOSettings, step: int, state: Any) -> None:
+def _policy(s: PPOSettings, state: PPOState, sft_params: Any) -> Any:
+  """The policy's parameters as a plain model (with LoRA: SFT with the adapters merged)."""
+  if s.lora.enabled:
+    return lora_lib.merged(sft_params, state.policy.params, s.lora)
+  return state.policy.params
+
+
+def _save_snapshot(
+  ws: Workspace, variant: str, s: PPOSettings, step: int, state: Any, sft_params: Any
+) -> None:
   """Keeps the policy's parameters at the iterations of `ppo_snapshot_steps` (the over-optimisation
   curve samples each)."""
   if step in ppo_snapshot_steps(ws.config.ppo):
     name = ppo_policy_name(ws.config.ppo, variant)
-    ws.save_params(ppo_snapshot_stage(name, step), state.policy.params, s.policy_cfg)
+    ws.save_params(ppo_snapshot_stage(name, step), _policy(s, state, sft_params), s.policy_cfg)
 
 
 def train_variant(
@@ -448,10 +472,13 @@ def train_variant(
     seed=seeds.of(ws.config.seed, "ppo.steps"),
     loop_cfg=cfg,
     const_args=(sft_params, rm_params),
-    const_shardings=(shardings.policy.params, (shardings.value.params,) * len(rm_params)),
-    after_step=lambda step, st: _save_snapshot(ws, variant, s, step, st),
+    const_shardings=(
+      train_state.param_shardings(s.policy_cfg, ws.mesh, ws.rules),  # SFT: the reference.
+      (shardings.value.params,) * len(rm_params),
+    ),
+    after_step=lambda step, st: _save_snapshot(ws, variant, s, step, st, sft_params),
   )
-  ws.save_params(f"ppo/{name}", state.policy.params, s.policy_cfg)
+  ws.save_params(f"ppo/{name}", _policy(s, state, sft_params), s.policy_cfg)
   summary = {"iterations": cfg.iterations, "ptx_coef": s.ppo.ptx_coef, "estimator": cfg.estimator}
   if rows:
     summary.update({k: rows[-1][k] for k in ("score", "kl", "eos_rate", "response_length")})

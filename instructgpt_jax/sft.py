@@ -8,6 +8,7 @@ packed to the demonstrations' length with the loss on every token (`inputs.mix_p
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -15,7 +16,16 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
-from instructgpt_jax import inputs, loop, model_configs, objectives, scoring, seeds, train_state
+from instructgpt_jax import (
+  inputs,
+  loop,
+  lora,
+  model_configs,
+  objectives,
+  scoring,
+  seeds,
+  train_state,
+)
 from instructgpt_jax.workspace import Workspace
 
 Batch = dict[str, jax.Array]
@@ -32,8 +42,10 @@ def init_state(
   abstract: bool = False,
 ) -> tuple[train_state.TrainState, Any]:
   """The base model's `params` with SFT's optimizer and residual dropout (the policy's model
-  trains with `sft.dropout`) on the mesh; returns (state, shardings)."""
+  trains with `sft.dropout`) on the mesh; returns (state, shardings). With `sft.lora` the state
+  holds fresh adapters instead and `params` are the frozen base, passed to `train_step`."""
   cfg = config.sft
+  lora_cfg = lora.LoraConfig.from_config(cfg.lora, "sft")
   tx = train_state.make_optimizer(cfg.optim, total_steps, cfg.on_nonfinite == "skip")
   return train_state.create_train_state(
     models.policy.replace(dropout=cfg.dropout),
@@ -41,21 +53,32 @@ def init_state(
     mesh,
     rules,
     jax.random.key(seeds.of(config.seed, "sft.init")),
-    params,
+    None if lora_cfg.enabled else params,
     abstract=abstract,
+    lora_cfg=lora_cfg,
   )
 
 
 def train_step(
-  state: train_state.TrainState, batch: Batch, rng: jax.Array
+  state: train_state.TrainState,
+  batch: Batch,
+  rng: jax.Array,
+  base: Any = None,
+  *,
+  lora_cfg: lora.LoraConfig = lora.OFF,
 ) -> tuple[train_state.TrainState, dict[str, jax.Array]]:
   """One optimizer step on the response-token LM loss, dropout on.
 
   batch: tokens/mask [batch, prompt_len + response_len], loss_mask [batch, seq] (1 on the
-  response tokens).
+  response tokens). With LoRA (`lora_cfg`, bound by functools.partial) `state.params` are the
+  adapters and `base` the frozen base model.
   """
-  grad_fn = jax.value_and_grad(objectives.lm_loss_fn, has_aux=True)
-  (_, metrics), grads = grad_fn(state.params, state.apply_fn, batch, rng, False)
+
+  def loss_fn(params):
+    merged = lora.policy_params(base, params, lora_cfg)
+    return objectives.lm_loss_fn(merged, state.apply_fn, batch, rng, False)
+
+  (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   new_state = state.apply_gradients(grads=grads)
   return new_state, dict(metrics, grad_norm=optax.global_norm(grads))
 
@@ -67,26 +90,33 @@ def run(ws: Workspace) -> dict[str, Any]:
   )
   steps = loop.steps_for_epochs(int(arrays["tokens"].shape[0]), cfg.batch_size, cfg.epochs)
   model_cfg = ws.models.policy
+  lora_cfg = lora.LoraConfig.from_config(cfg.lora, "sft")
   params = ws.load_params("pretrain", model_cfg)
   state, shardings = init_state(ws.config, ws.models, ws.mesh, ws.rules, steps, params)
+  base = (params,) if lora_cfg.enabled else ()
   batches = ws.batches(arrays, cfg.batch_size, seed=seeds.of(ws.config.seed, "sft.data"))
   state, rows = loop.train(
     name="sft",
     stage_dir=ws.stage_dir("sft"),
     state=state,
     state_shardings=shardings,
-    step_fn=train_step,
+    step_fn=functools.partial(train_step, lora_cfg=lora_cfg),
     batches=batches,
     total_steps=steps,
     mesh=ws.mesh,
     rules=ws.rules,
     seed=seeds.of(ws.config.seed, "sft.steps"),
     loop_cfg=cfg,
+    const_args=base,
+    const_shardings=(train_state.param_shardings(model_cfg, ws.mesh, ws.rules),) * len(base),
   )
-  summary: dict[str, Any] = {"steps": steps, **counts}
+  summary: dict[str, Any] = {"steps": steps, "lora_rank": lora_cfg.rank, **counts}
+  policy = state.params
+  if lora_cfg.enabled:  # Later stages read a plain model: the base with the adapters merged.
+    policy = ws.save_params("sft", lora.merged(params, state.params, lora_cfg), model_cfg)
   val = inputs.sft_arrays(ws, "validation")
   if val["tokens"].shape[0]:
-    summary["validation_loss"] = scoring.lm_loss(ws, state.params, model_cfg, val)
+    summary["validation_loss"] = scoring.lm_loss(ws, policy, model_cfg, val)
   if rows:
     summary["final_loss"] = rows[-1]["loss"]
   return summary

@@ -52,6 +52,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
   ("norm", None),
   ("scalar", None),
   ("layers", None),
+  ("lora_rank", None),  # LoRA adapters' rank axis (lora.py): small, never sharded.
 )
 
 

@@ -17,8 +17,8 @@ import optax
 from flax.training import train_state as flax_train_state
 from jax.sharding import Mesh
 
+from instructgpt_jax import lora, sharding
 from instructgpt_jax import model as model_lib
-from instructgpt_jax import sharding
 
 TrainState = flax_train_state.TrainState
 SCHEDULES = ("cosine", "constant", "linear")
@@ -82,17 +82,25 @@ def create_train_state(
   params: Any | None = None,
   *,
   abstract: bool = False,
+  lora_cfg: lora.LoraConfig | None = None,
 ) -> tuple[TrainState, Any]:
   """A train state on the mesh, fresh or around given (unboxed) `params`; returns (state, shardings).
 
   Given params are resharded to the rules of this model (e.g. SFT weights onto an RM mesh).
   `abstract=True` returns the state as ShapeDtypeStructs carrying their shardings and allocates
-  nothing (the dry run compiles steps on it).
+  nothing (the dry run compiles steps on it). With an enabled `lora_cfg` the state's params are
+  fresh LoRA adapters for this model (`lora.boxed_adapters`; the base is passed to the step).
   """
   apply_fn = model_lib.Transformer(model_cfg).apply
+  adapters = lora_cfg is not None and lora_cfg.enabled
+  if adapters and params is not None:
+    raise ValueError("A LoRA train state starts from fresh adapters; pass the base to the step.")
 
   def boxed_state(rng_or_params, fresh: bool):
-    p = model_lib.boxed_params(model_cfg, rng_or_params) if fresh else rng_or_params
+    if fresh and adapters:
+      p = lora.boxed_adapters(model_cfg, lora_cfg, rng_or_params)
+    else:
+      p = model_lib.boxed_params(model_cfg, rng_or_params) if fresh else rng_or_params
     return TrainState.create(apply_fn=apply_fn, params=p, tx=tx)
 
   boxed = jax.eval_shape(lambda r: boxed_state(r, True), rng)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -22,6 +23,7 @@ from instructgpt_jax import data as data_lib
 from instructgpt_jax import (
   hf,
   hf_tokenizer,
+  lora,
   objectives,
   preferences,
   sampling,
@@ -157,6 +159,29 @@ def test_import_logits_match_transformers(checkpoints, kind, scan_layers):
   tokens, mask, positions = _batch()
   ours = np.asarray(helpers.forward(cfg, params, tokens, mask))
   _assert_close(ours, _theirs(model, tokens, mask, positions), mask)
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_lora_adapts_an_imported_checkpoint(checkpoints, kind):
+  """LoRA on an imported model (GQA; Qwen2's q/k/v biases): fresh adapters keep transformers'
+  logits, every linear layer of a block is adapted, and the LM loss's gradient reaches B."""
+  path, model = checkpoints[kind]
+  cfg = hf.model_config_from_hf(hf.read_config(path))
+  params = hf.load_params(path, cfg)
+  lcfg = lora.LoraConfig(rank=4)
+  adapters = nn.meta.unbox(lora.boxed_adapters(cfg, lcfg, jax.random.key(0)))
+  layer = adapters["layer_1"]
+  assert set(layer["attn"]) == {"query", "key", "value", "out"}
+  assert set(layer["mlp"]) == {"wi_gate", "wi_up", "wo"}
+  tokens, mask, positions = _batch()
+  ours = np.asarray(helpers.forward(cfg, lora.merge(params, adapters, lcfg), tokens, mask))
+  _assert_close(ours, _theirs(model, tokens, mask, positions), mask)
+  batch = {"tokens": tokens, "mask": mask, "loss_mask": mask}
+  apply_fn = model_lib.Transformer(cfg).apply
+  grads = jax.grad(
+    lambda a: objectives.lm_loss_fn(lora.merge(params, a, lcfg), apply_fn, batch)[0]
+  )(adapters)
+  assert float(jnp.abs(grads["layer_1"]["attn"]["value"]["lora_b"]).max()) > 0
 
 
 def test_llama3_rope_scaling_is_needed_for_parity(checkpoints):

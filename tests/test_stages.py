@@ -11,12 +11,13 @@ import types
 import matplotlib.image
 import numpy as np
 import pytest
+from flax import traverse_util
 
 from instructgpt_jax import data as data_lib
 from instructgpt_jax import hf, inputs, loop, pipeline
 from instructgpt_jax import metrics as metrics_lib
 from instructgpt_jax.tools import upstream
-from instructgpt_jax.workspace import Workspace, ppo_snapshot_steps
+from instructgpt_jax.workspace import Workspace, ppo_snapshot_stage, ppo_snapshot_steps
 from tests import helpers
 
 STAGE_DIRS = ("pretrain", "sft", "label", "rm_base", "rm", "ppo", "eval")
@@ -308,6 +309,43 @@ def test_rloo_estimator_trains_its_own_policy_and_joins_the_report(tiny_run, tmp
   assert "ppo_ptx" not in report["policies"]
   assert [p["step"] for p in report["overoptimization"]["rloo_ptx"]] == ppo_snapshot_steps(
     ws.config.ppo
+  )
+
+
+def test_lora_in_every_policy_stage_saves_the_merged_model(tiny_run, tmp_path):
+  """SFT, DPO and PPO-ptx with `<stage>.lora.rank=4` on a finished workdir: each saves a plain
+  model in which only the adapted kernels moved from the model it started from (the embedding
+  and the norms are that model's own), and PPO's kept snapshots are merged models too."""
+  from instructgpt_jax import dpo, ppo, sft  # pylint: disable=import-outside-toplevel
+
+  ref, _ = tiny_run
+  workdir = str(tmp_path / "lora")
+  shutil.copytree(ref.workdir, workdir, ignore=shutil.ignore_patterns("ppo", "eval", "report*"))
+  config = helpers.config("dpo")
+  for section in (config.sft, config.dpo, config.ppo):
+    section.lora.rank = 4
+  config.ppo.variants = ("ppo_ptx",)
+  ws = Workspace(config, workdir)
+  cfg = ws.models.policy
+  steps = (("sft", sft, "pretrain"), ("dpo", dpo, "sft"), ("ppo/ppo_ptx", ppo, "sft"))
+  for stage, module, start in steps:
+    if stage == "sft":
+      shutil.rmtree(ws.stage_dir("sft"))
+    summary = module.run(ws)
+    before, after = ws.load_params(start, cfg), ws.load_params(stage, cfg)
+    flat_b, flat_a = (traverse_util.flatten_dict(p) for p in (before, after))
+    for path, value in flat_b.items():
+      if path[-1] == "kernel" and path[-2] in config.sft.lora.targets:
+        continue  # An adapted kernel.
+      np.testing.assert_array_equal(flat_a[path], value, err_msg=f"{stage} {path}")
+    wo = ("layer_1", "mlp", "wo", "kernel")
+    assert not np.allclose(flat_a[wo], flat_b[wo]), stage
+    if stage != "ppo/ppo_ptx":
+      assert summary["lora_rank"] == 4
+  # A kept snapshot loads as the policy's own shape (a plain model, not adapters).
+  first = ppo_snapshot_stage("ppo_ptx", ppo_snapshot_steps(ws.config.ppo)[0])
+  np.testing.assert_array_equal(
+    ws.load_params(first, cfg)["token_embed"]["embedding"], before["token_embed"]["embedding"]
   )
 
 
