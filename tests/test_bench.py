@@ -1,6 +1,8 @@
 """The benchmark and the dry run: no recompilation across PPO iterations, dry-run memory that
 shrinks with FSDP, and a quick smoke run of bench.py. Nothing here asserts on a timing."""
 
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -148,3 +150,33 @@ def test_compare_pairs_the_iteration_with_trl_ppo(monkeypatch):
   assert got["ratio_ppo_iteration_time_vs_trl_ppo"] == pytest.approx(2 / 3)
   assert got["ratio_ppo_gflops_vs_trl_ppo"] == pytest.approx(1.5)
   assert got["ratio_ppo_iteration_time"] == pytest.approx(2.0)  # Against the RLOO step.
+
+
+def test_ablation_table_means_spreads_and_costs(tmp_path):
+  """Two fake seeds of PPO-ptx and RLOO-ptx: the table's means, half-ranges, loop seconds from
+  metrics.jsonl, and the cost per 0.01 of gold over SFT; RLOO's FLOPs lack the value model's."""
+  from instructgpt_jax.tools import ablation  # pylint: disable=import-outside-toplevel
+
+  config = helpers.config("ppo")
+  done = {"iterations": 3, "ptx_coef": 1.0}
+  for seed, (gold, sft) in enumerate(((0.80, 0.70), (0.84, 0.72))):
+    run = tmp_path / f"s{seed}"
+    policies = {"sft": {"gold_score": sft}}
+    for name, estimator in (("ppo_ptx", "gae"), ("rloo_ptx", "rloo")):
+      stage = run / "ppo" / name
+      stage.mkdir(parents=True)
+      (stage / "DONE.json").write_text(json.dumps(dict(done, estimator=estimator)))
+      (stage / "metrics.jsonl").write_text(json.dumps({"step": 3, "steps_per_s": 0.1}) + "\n")
+      policies[name] = {"gold_score": gold, "win_rate_vs_sft": 0.6 + seed / 10}
+    (run / "report.json").write_text(json.dumps({"policies": policies}))
+  table = ablation.collect(config, [str(tmp_path / "s0"), str(tmp_path / "s1")])
+  row = table["rows"]["ppo_ptx"]
+  assert row["seconds"] == [pytest.approx(30.0)] * 2
+  rloo = table["rows"]["rloo_ptx"]["flops"][0]
+  assert 0 < rloo < row["flops"][0]
+  text = ablation.format_table(table)
+  ppo_line = next(line for line in text.splitlines() if line.startswith("| ppo_ptx"))
+  cells = [c.strip() for c in ppo_line.split("|")[1:-1]]
+  assert cells[1] == "0.650 ± 0.050" and cells[2] == "0.820 ± 0.020"
+  # Gold gain 0.820 - 0.710 = 0.11, so 30 s / 11 per 0.01.
+  assert cells[-2] == f"{30 / 11:.0f}" and cells[-1] == f"{row['flops'][0] / 1e12 / 11:.1f}"

@@ -256,28 +256,71 @@ def _sampling_flops(cfg: model_lib.ModelConfig, rows: int, prompt: int, new: int
   return _forward_flops(cfg, rows, prompt, 1) + decode
 
 
+def rl_iteration_flops(
+  policy: model_lib.ModelConfig,
+  reward: model_lib.ModelConfig,
+  *,
+  rows: int,
+  prompt: int,
+  new: int,
+  ptx_rows: int = 0,
+  ptx_seq: int = 0,
+  estimator: str = "gae",
+  reward_head_positions: int = 0,
+) -> float:
+  """Matmul FLOPs of one fused RL iteration (`ppo.ppo_iteration`) over `rows` responses.
+
+  Sampling; the reference forward (LM head on the response); the reward forward (its LM head on
+  `reward_head_positions` per row: the response for a likelihood-term RM, else none); the policy
+  update at 3x its forward plus the fused head's recomputed response logits; the ptx update
+  (`ptx_rows` rows of `ptx_seq`, 0: none); with "gae" the value forward and its update at 3x
+  (RLOO and GRPO have no value model). The value model has the reward model's shape.
+  """
+  S = prompt + new
+  policy_fwd = _forward_flops(policy, rows, S, new)
+  value_fwd = _forward_flops(reward, rows, S, 0)
+  total = (
+    _sampling_flops(policy, rows, prompt, new)
+    + policy_fwd  # the reference
+    + _forward_flops(reward, rows, S, reward_head_positions)
+    + 3 * policy_fwd
+    + rows * new * 2 * policy.vocab_size * policy.d_model  # the fused head's recompute
+  )
+  if ptx_rows:
+    total += 3 * _forward_flops(policy, ptx_rows, ptx_seq, ptx_seq)
+  if estimator == "gae":
+    total += 4 * value_fwd  # its forward in the rollout, then forward + backward in the update
+  return total
+
+
+def dpo_step_flops(policy: model_lib.ModelConfig, *, rows: int, prompt: int, new: int) -> float:
+  """Matmul FLOPs of one DPO step over `rows` responses (prompts x K slots): the policy's
+  forward and backward (3x, head on the response) plus the fused head's recomputed logits. The
+  reference's log-probs are computed once before training (`dpo_reference_flops`)."""
+  fwd = _forward_flops(policy, rows, prompt + new, new)
+  return 3 * fwd + rows * new * 2 * policy.vocab_size * policy.d_model
+
+
+def dpo_reference_flops(policy: model_lib.ModelConfig, *, rows: int, prompt: int, new: int):
+  """One forward of the reference over every comparison slot (`rows`), before DPO trains."""
+  return _forward_flops(policy, rows, prompt + new, new)
+
+
 def rl_step_gflop(p: dict[str, Any], ptx_coef: float = 1.0) -> tuple[float, float]:
   """(ours, peer's lower bound): matmul GFLOP of one bench PPO iteration (PPO-ptx unless
   `ptx_coef` is 0, which drops the ptx term from the program) and of the TRL RLOO step with the
-  same completions (`ppo_batch` is the peer's `trl_batch`).
-
-  Ours: sampling; reference (LM head on the response), value and reward forwards; the policy,
-  ptx and value updates at 3x their forwards, plus the fused head's recomputed response logits.
-  The peer's lower bound: sampling, one reference forward and the policy's forward + backward
-  (head on the response only; TRL forms every position's logits, so it does at least this).
+  same completions (`ppo_batch` is the peer's `trl_batch`). Ours: `rl_iteration_flops` with the
+  reward and value models in the policy's shape and 8 ptx rows (bench_config's). The peer's
+  lower bound: sampling, one reference forward and the policy's forward + backward (head on the
+  response only; TRL forms every position's logits, so it does at least this).
   """
   cfg = model_config(p)
-  B, P, R, ptx_rows = p["ppo_batch"], p["ppo_prompt"], p["ppo_new"], 8  # 8: bench_config's
-  S = P + R
-  policy_fwd = _forward_flops(cfg, B, S, R)
-  scalar_fwd = _forward_flops(cfg, B, S, 0)  # value and reward models: the policy's shape
-  sample = _sampling_flops(cfg, B, P, R)
-  head_recompute = B * R * 2 * cfg.vocab_size * cfg.d_model
-  ptx = 3 * _forward_flops(cfg, ptx_rows, S, S) if ptx_coef else 0.0
-  ours = (
-    sample + policy_fwd + 2 * scalar_fwd + 3 * policy_fwd + head_recompute + ptx + 3 * scalar_fwd
+  B, P, R = p["ppo_batch"], p["ppo_prompt"], p["ppo_new"]
+  ours = rl_iteration_flops(
+    cfg, cfg, rows=B, prompt=P, new=R, ptx_rows=8 if ptx_coef else 0, ptx_seq=P + R
   )
-  peer = sample + policy_fwd + 3 * policy_fwd
+  policy_fwd = _forward_flops(cfg, B, P + R, R)
+  peer = _sampling_flops(cfg, B, P, R) + policy_fwd + 3 * policy_fwd
   return ours / 1e9, peer / 1e9
 
 
