@@ -428,14 +428,16 @@ def best_of_n_curve(
   return out
 
 
-def _penalised_reward(ws: Workspace, prompt_enc: Any, response: np.ndarray, ended: Any, n: int):
-  """The reward PPO maximises for each sample [N*n]: the RM's score, or the fixed
-  `ppo.missing_eos_penalty` for a response that never ends."""
+def _penalised_reward(
+  ws: Workspace, members: Sequence[Any], prompt_enc: Any, response: np.ndarray, ended: Any, n: int
+):
+  """The reward PPO maximises for each sample [N*n]: the RM's score (the mean of its ensemble
+  `members`), or the fixed `ppo.missing_eos_penalty` for a response that never ends."""
   tokens, mask = _with_prompts(prompt_enc, response, n)
   rm = scoring.score_with(
     ws,
     scoring.ensemble_reward_fn(ws, ws.models.reward),
-    ws.load_reward_model(),
+    members,
     tokens,
     mask,
     ws.config.eval.batch_size,
@@ -444,14 +446,14 @@ def _penalised_reward(ws: Workspace, prompt_enc: Any, response: np.ndarray, ende
   return rm if penalty is None else np.where(np.asarray(ended, bool), rm, penalty)
 
 
-def _head_reward(ws: Workspace, prompt_enc: Any, response: np.ndarray, n: int) -> np.ndarray:
+def _head_reward(
+  ws: Workspace, members: Sequence[Any], prompt_enc: Any, response: np.ndarray, n: int
+) -> np.ndarray:
   """The RM's scalar head alone, without its likelihood term (`rm.likelihood`), per sample."""
   tokens, mask = _with_prompts(prompt_enc, response, n)
-  members = [
-    dict(m, likelihood_scale=jnp.zeros_like(m["likelihood_scale"])) for m in ws.load_reward_model()
-  ]
+  heads = [dict(m, likelihood_scale=jnp.zeros_like(m["likelihood_scale"])) for m in members]
   fn = scoring.ensemble_reward_fn(ws, ws.models.reward)
-  return scoring.score_with(ws, fn, members, tokens, mask, ws.config.eval.batch_size)
+  return scoring.score_with(ws, fn, heads, tokens, mask, ws.config.eval.batch_size)
 
 
 def overoptimization(ws: Workspace, world: Any, sft_params: Any) -> dict[str, Any]:
@@ -472,7 +474,8 @@ def overoptimization(ws: Workspace, world: Any, sft_params: Any) -> dict[str, An
   )
   repeated = [p for p in prompts for _ in range(m)]
   gold = np.array([world.analyze(p, t)["score"] for p, t in zip(repeated, sampled)])
-  reward = _penalised_reward(ws, prompt_enc, response, ended, m)
+  members = ws.load_reward_model()  # Read once: every point below is scored by it.
+  reward = _penalised_reward(ws, members, prompt_enc, response, ended, m)
   gold, reward = gold.reshape(-1, m), reward.reshape(-1, m)
   curves: dict[str, Any] = {
     "prompts": len(prompts),
@@ -486,7 +489,7 @@ def overoptimization(ws: Workspace, world: Any, sft_params: Any) -> dict[str, An
     ),
   }
   if ws.models.reward.reward_likelihood != "none":
-    head = _head_reward(ws, prompt_enc, response, m).reshape(-1, m)
+    head = _head_reward(ws, members, prompt_enc, response, m).reshape(-1, m)
     curves["best_of_n_rm_head"] = best_of_n_curve(gold, reward, cfg.curve_best_of_n, head)
     curves["best_of_n_rm_likelihood_term"] = best_of_n_curve(
       gold, reward, cfg.curve_best_of_n, reward - head
@@ -500,7 +503,7 @@ def overoptimization(ws: Workspace, world: Any, sft_params: Any) -> dict[str, An
         continue
       params = ws.load_params(stage, ws.models.policy)
       what = f"curve: {variant} at iteration {step}"
-      point = _curve_point(ws, world, params, prompts, sft_params, seed + 1 + step, what)
+      point = _curve_point(ws, world, members, params, prompts, sft_params, seed + 1 + step, what)
       points.append({"step": step, **point})
     if points:
       curves[variant] = points
@@ -508,7 +511,7 @@ def overoptimization(ws: Workspace, world: Any, sft_params: Any) -> dict[str, An
     params = ws.load_params("dpo", ws.models.policy)
     steps = (loop.stage_done(ws.stage_dir("dpo")) or {}).get("steps", 0)
     point = _curve_point(
-      ws, world, params, prompts, sft_params, seed + DPO_CURVE_SEED, "curve: dpo"
+      ws, world, members, params, prompts, sft_params, seed + DPO_CURVE_SEED, "curve: dpo"
     )
     curves["dpo"] = [{"step": steps, **point}]
   return curves
@@ -517,6 +520,7 @@ def overoptimization(ws: Workspace, world: Any, sft_params: Any) -> dict[str, An
 def _curve_point(
   ws: Workspace,
   world: Any,
+  members: Sequence[Any],
   params: Any,
   prompts: list[str],
   sft_params: Any,
@@ -534,7 +538,7 @@ def _curve_point(
     "kl": kl,
     "sqrt_kl": math.sqrt(max(kl, 0.0)),
     "gold": float(np.mean([world.analyze(p, t)["score"] for p, t in zip(prompts, texts)])),
-    "rm": float(np.mean(_penalised_reward(ws, prompt_enc, resp, end, 1))),
+    "rm": float(np.mean(_penalised_reward(ws, members, prompt_enc, resp, end, 1))),
   }
 
 

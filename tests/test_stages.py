@@ -255,7 +255,8 @@ def test_rm_with_preference_pretraining_and_likelihood_term(tiny_run, tmp_path):
   P = ws.config.data.prompt_len
   tokens, mask = demos["tokens"][:6], demos["mask"][:6]
   enc = types.SimpleNamespace(tokens=tokens[:, :P], mask=mask[:, :P])
-  head = evaluate._head_reward(ws, enc, np.stack([tokens[:, P:], mask[:, P:]]), 1)  # pylint: disable=protected-access
+  response = np.stack([tokens[:, P:], mask[:, P:]])
+  head = evaluate._head_reward(ws, [params], enc, response, 1)  # pylint: disable=protected-access
   lm_cfg = dataclasses.replace(ws.models.reward, head="lm", reward_likelihood="none")
   lp = np.asarray(helpers.token_logprobs(params, lm_cfg, tokens, mask))[:, P:]
   valid = (mask[:, P:] != 0) & (mask[:, P - 1 : -1] != 0)
