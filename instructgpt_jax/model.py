@@ -483,41 +483,68 @@ class Transformer(nn.Module):
 
   config: ModelConfig
 
-  @nn.compact
   def __call__(
     self,
     tokens: Array,
     mask: Array,
     *,
     positions: Array | None = None,
-    cache: Cache | None = None,
-    cache_index: Array | int = 0,
     deterministic: bool = True,
     head_span: tuple[int, int] | None = None,
-    skip_head: bool = False,
-  ):
-    """Runs the model.
+  ) -> Array:
+    """The head's output: logits [batch, seq, vocab] (fp32) for head "lm", values [batch, seq]
+    (fp32) for "scalar".
 
     Args:
       tokens: [batch, seq] token ids.
-      mask: key validity, [batch, seq] without a cache or [batch, cache_len] with one (1 = real
-        token that later positions may attend to).
-      positions: [batch, seq]; defaults to `positions_from_mask(mask)` (no cache only).
-      cache: KV cache from `init_cache`; `tokens` are written at `cache_index`.
-      cache_index: where `tokens` start in the cache (used only with a cache).
+      mask: [batch, seq] key validity (1 = a real token that later positions may attend to).
+      positions: [batch, seq]; defaults to `positions_from_mask(mask)`.
       deterministic: False turns dropout on (needs a "dropout" rng).
       head_span: (start, length), static: the head (and final norm) only on positions
-        [start, start + length), so the outputs and hidden states have `length` positions. The
-        LM loss needs no logits for the last position, PPO only those of the response: the
-        unembedding is the largest matmul of a small model.
-      skip_head: return the final hidden states [batch, seq, embed] (after the final norm) in
-        place of the head's output, for losses that fuse the unembedding with the log-softmax
-        (`losses.head_lm_loss`, `losses.head_token_log_probs`; see `unembedding`).
-
-    Returns:
-      logits [batch, seq, vocab] (fp32) for head "lm", values [batch, seq] (fp32) for "scalar";
-      followed by the new cache when a cache was given, and the hidden states if asked.
+        [start, start + length), so the output has `length` positions. The LM loss needs no
+        logits for the last position, PPO only those of the response: the unembedding is the
+        largest matmul of a small model.
     """
+    return self._run(tokens, mask, positions, None, 0, deterministic, head_span, head=True)
+
+  def hidden(
+    self,
+    tokens: Array,
+    mask: Array,
+    *,
+    positions: Array | None = None,
+    deterministic: bool = True,
+    head_span: tuple[int, int] | None = None,
+  ) -> Array:
+    """The final hidden states [batch, seq, embed] (after the final norm), arguments as
+    `__call__`'s: for losses that fuse the unembedding with the log-softmax
+    (`losses.head_lm_loss`, `losses.head_token_log_probs`; see `unembedding`) and for the
+    reward's scalar head read at one position."""
+    return self._run(tokens, mask, positions, None, 0, deterministic, head_span, head=False)
+
+  def decode_step(
+    self, tokens: Array, mask: Array, positions: Array, cache: Cache, cache_index: Array | int
+  ) -> tuple[Array, Cache]:
+    """Runs `tokens` [batch, new] at `positions` [batch, new] against the KV cache (from
+    `init_cache`), writing their keys and values at `cache_index`; `mask` [batch, cache_len] is
+    the validity of every cache slot. Returns the hidden states [batch, new, embed] and the new
+    cache (the sampler applies the head to the positions it needs)."""
+    return self._run(tokens, mask, positions, cache, cache_index, True, None, head=False)
+
+  @nn.compact
+  def _run(
+    self,
+    tokens: Array,
+    mask: Array,
+    positions: Array | None,
+    cache: Cache | None,
+    cache_index: Array | int,
+    deterministic: bool,
+    head_span: tuple[int, int] | None,
+    head: bool,
+  ):
+    """The one implementation behind the public methods (one compact method holds every
+    parameter): the trunk, then the head when `head`; with a cache, also the new cache."""
     cfg = self.config
     if positions is None:
       if cache is not None:
@@ -572,13 +599,12 @@ class Transformer(nn.Module):
       x = jax.lax.slice_in_dim(x, head_span[0], head_span[0] + head_span[1], axis=1)
     hidden = Norm(cfg, name="ln_final")(x)
 
-    if skip_head:
+    if not head:
       # The head's parameters are still created at init (they are looked up by name).
       if self.is_initializing():
         self._head(embed, hidden)
       return hidden if cache is None else (hidden, cache)
-    out = self._head(embed, hidden)
-    return out if cache is None else (out, cache)
+    return self._head(embed, hidden)  # No cache here: decode_step returns hidden states.
 
   def _head(self, embed: nn.Embed, hidden: Array) -> Array:
     """LM logits [batch, seq, vocab] (fp32) or scalar values [batch, seq] (fp32)."""
@@ -626,7 +652,7 @@ def boxed_params(config: ModelConfig, rng: Array) -> Any:
 def unembedding(params: Mapping[str, Any]) -> Array:
   """The LM head's matrix `[vocab, embed]` in an LM's params (tied or not), for the fused losses.
 
-  `Transformer(...)(..., skip_head=True)` followed by `losses.head_lm_loss(hidden,
+  `Transformer(...).hidden(...)` followed by `losses.head_lm_loss(hidden,
   unembedding(params), ...)` gives `lm_loss` of the logits without forming them all at once.
   """
   if "unembed" in params:

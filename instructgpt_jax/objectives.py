@@ -47,7 +47,7 @@ def lm_loss_fn(
     deterministic=deterministic,
     rngs=rngs,
     head_span=(0, seq - 1),
-    skip_head=True,
+    method="hidden",
   )
   return losses.head_lm_loss(
     hidden, model_lib.unembedding(params), batch["tokens"][:, 1:], batch["loss_mask"][:, 1:]
@@ -71,7 +71,7 @@ def span_logprobs(
   temperature must be the sampling one (docs/rlhf-notes.md §9).
   """
   hidden = model_lib.Transformer(config).apply(
-    {"params": params}, tokens, mask, head_span=(start - 1, length), skip_head=True
+    {"params": params}, tokens, mask, head_span=(start - 1, length), method="hidden"
   )
   targets = jax.lax.slice_in_dim(tokens, start, start + length, axis=1).astype(jnp.int32)
   # The unembedding fused with the log-softmax, in chunks: no [batch, length, vocab] logits.
@@ -102,7 +102,7 @@ def sequence_rewards(
   if config.reward_likelihood == "none":
     values = model.apply({"params": params}, tokens, mask)
     return jnp.take_along_axis(values, idx[:, None], axis=1)[:, 0]
-  hidden = model.apply({"params": params}, tokens, mask, skip_head=True)  # [batch, seq, embed]
+  hidden = model.apply({"params": params}, tokens, mask, method="hidden")  # [batch, seq, embed]
   last = jnp.take_along_axis(hidden, idx[:, None, None], axis=1)[:, 0].astype(jnp.float32)
   head = params["scalar_head"]
   scalar = last @ jnp.asarray(head["kernel"], jnp.float32)[:, 0] + head["bias"][0]

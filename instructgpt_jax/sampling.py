@@ -238,10 +238,10 @@ def generate(
     variables,
     prompt_tokens,
     mask,
-    positions=model_lib.positions_from_mask(prompt_mask),
-    cache=cache,
-    cache_index=0,
-    skip_head=True,
+    model_lib.positions_from_mask(prompt_mask),
+    cache,
+    0,
+    method="decode_step",
   )
   last_real = P - 1 - jnp.argmax(prompt_mask[:, ::-1], axis=-1)  # P - 1 for left padding
   # Only the last real position's logits are needed: the head runs on one row per prompt.
@@ -270,13 +270,7 @@ def generate(
     slot = P + i - 1  # where `prev` (response token i - 1) sits; its key validity is in `mask`
     positions = (prompt_len + i - 1)[:, None]
     hidden, cache = model.apply(
-      variables,
-      prev[:, None],
-      mask,
-      positions=positions,
-      cache=cache,
-      cache_index=slot,
-      skip_head=True,
+      variables, prev[:, None], mask, positions, cache, slot, method="decode_step"
     )
     logits = _lm_logits(hidden[:, 0], head)
     tok, tokens, mask, logprobs, done = emit(i, logits, tokens, mask, logprobs, done)

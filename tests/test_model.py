@@ -10,30 +10,19 @@ from tests import helpers
 
 
 def _decode_all(cfg, params, tokens, mask, prefill):
-  """Prefill `prefill` tokens, then decode one token at a time through the cache."""
+  """Prefill `prefill` tokens, then decode one token at a time through the cache; the logits
+  are the decoded hidden states times the unembedding."""
   model = model_lib.Transformer(cfg)
   B, T = tokens.shape
   positions = model_lib.positions_from_mask(mask)
   cache = model_lib.init_cache(cfg, B, T)
-  logits, cache = model.apply(
-    {"params": params},
-    tokens[:, :prefill],
-    mask,
-    positions=positions[:, :prefill],
-    cache=cache,
-    cache_index=0,
-  )
-  outs = [logits]
-  for t in range(prefill, T):
-    logits, cache = model.apply(
-      {"params": params},
-      tokens[:, t : t + 1],
-      mask,
-      positions=positions[:, t : t + 1],
-      cache=cache,
-      cache_index=t,
+  spans = [(0, prefill)] + [(t, t + 1) for t in range(prefill, T)]
+  outs = []
+  for a, b in spans:
+    hidden, cache = model.apply(
+      {"params": params}, tokens[:, a:b], mask, positions[:, a:b], cache, a, method="decode_step"
     )
-    outs.append(logits)
+    outs.append(hidden @ model_lib.unembedding(params).T)
   return jnp.concatenate(outs, axis=1)
 
 

@@ -86,11 +86,11 @@ def test_kv_cache_matches_full_forward(family):
   full_mask = jnp.concatenate([pmask, jnp.ones((4, R), jnp.int32)], axis=1)
   ref = model.apply({"params": params}, full_tokens, full_mask)
 
-  step = jax.jit(
-    lambda *a: model.apply(
-      {"params": params}, a[0], a[1], positions=a[2], cache=a[3], cache_index=a[4]
-    )
-  )
+  def step(*a):
+    hidden, cache = model.apply({"params": params}, *a, method="decode_step")
+    return hidden @ model_lib.unembedding(params).T, cache
+
+  step = jax.jit(step)
   cache = model_lib.init_cache(cfg, 4, S)
   key_mask = jnp.concatenate([pmask, jnp.zeros((4, R), jnp.int32)], axis=1)
   logits, cache = step(tokens, key_mask, model_lib.positions_from_mask(pmask), cache, 0)
