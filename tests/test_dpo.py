@@ -1,8 +1,10 @@
-"""DPO and IPO over K-way rankings against hand computations and a torch computation of TRL's
-per-pair formulas (TRL 1.16 keeps them inside DPOTrainer._compute_loss, which needs a model)."""
+"""DPO and IPO over K-way rankings against hand computations, a torch computation of TRL's
+per-pair formulas, and TRL's own DPOTrainer loss (`_compute_loss`, run on given log-probs)."""
 
+import collections
 import itertools
 import math
+import types
 
 import jax
 import jax.numpy as jnp
@@ -67,6 +69,75 @@ def test_k_way_rankings_match_trl_formulas_per_pair(kind):
   loss, m = L.dpo_loss(logps, ref, ranks, beta, kind, lengths=lengths if kind == "ipo" else None)
   assert float(loss) == pytest.approx(np.mean(per_prompt), rel=1e-5)
   assert int(m["num_pairs"]) == sum(len(_pairs(r)) for r in ranks)
+
+
+class _LogProbModel:
+  """Stands in for the policy in TRL's DPOTrainer._compute_loss: its "forward" returns given
+  per-token log-probs [2B, T] (chosen rows first), plus the statistics TRL logs."""
+
+  def __init__(self, torch, per_token_logps):
+    self.torch, self.logps = torch, per_token_logps
+
+  def __call__(self, **_):
+    zeros = self.torch.zeros_like(self.logps)
+    return types.SimpleNamespace(
+      log_probs=self.logps, entropy=zeros, mean_logits=zeros, is_top1=zeros.bool()
+    )
+
+
+def _trl_dpo_loss(torch, trl, kind, beta, logps, ref, lengths):
+  """TRL's DPOTrainer._compute_loss on pairs (row i of each [B]: chosen, rejected) whose
+  summed log-probs are `logps` / `ref` [2, B] and completion lengths `lengths` [2, B]."""
+  B, T = logps.shape[1], int(lengths.max())
+  per_token = torch.zeros(2 * B, T, dtype=torch.float64)
+  completion = torch.zeros(2 * B, T + 1, dtype=torch.long)
+  for row, (lp, n) in enumerate(zip(logps.reshape(-1), lengths.reshape(-1))):
+    per_token[row, : int(n)] = float(lp) / int(n)  # Sums to the sequence's log-prob.
+    completion[row, 1 : int(n) + 1] = 1
+  stub = types.SimpleNamespace(
+    model=types.SimpleNamespace(training=True),
+    accelerator=types.SimpleNamespace(
+      device="cpu", gather_for_metrics=lambda x: x, gather=lambda x: x
+    ),
+    aux_loss_enabled=False,
+    ld_alpha=None,
+    precompute_ref_logps=True,
+    f_divergence_type="reverse_kl",
+    loss_types=[kind],
+    loss_weights=[1.0],
+    beta=beta,
+    use_weighting=False,
+    _metrics={"train": collections.defaultdict(list)},
+    _total_train_tokens=0,
+    _tp_size=1,
+  )
+  inputs = {
+    "input_ids": torch.ones(2 * B, T + 1, dtype=torch.long),
+    "attention_mask": torch.ones(2 * B, T + 1, dtype=torch.long),
+    "completion_mask": completion,
+    "ref_chosen_logps": torch.tensor(ref[0]),
+    "ref_rejected_logps": torch.tensor(ref[1]),
+  }
+  model = _LogProbModel(torch, per_token)
+  return float(trl.DPOTrainer._compute_loss(stub, model, inputs, False))  # pylint: disable=protected-access
+
+
+@pytest.mark.parametrize("kind", ["sigmoid", "ipo"])
+def test_pairs_match_trl_dpo_trainer_loss(kind):
+  """Rankings of two responses are TRL's chosen/rejected pairs: our loss equals the loss of
+  TRL's DPOTrainer itself on the same log-probs (IPO: both average per completion token)."""
+  torch = pytest.importorskip("torch")
+  trl = pytest.importorskip("trl")
+  rng = np.random.default_rng(1)
+  B, beta = 6, 0.3
+  logps, ref = rng.normal(-15, 4, (2, B)), rng.normal(-15, 4, (2, B))
+  lengths = rng.integers(2, 10, (2, B)).astype(np.float64)
+  theirs = _trl_dpo_loss(torch, trl, kind, beta, logps, ref, lengths)
+  ranks = np.tile(np.array([[0, 1]]), (B, 1))  # slot 0 (chosen) above slot 1 (rejected)
+  ours, _ = L.dpo_loss(
+    logps.T, ref.T, ranks, beta, kind, lengths=lengths.T if kind == "ipo" else None
+  )
+  assert float(ours) == pytest.approx(theirs, rel=1e-5)
 
 
 def test_unknown_loss_is_refused():
