@@ -153,9 +153,18 @@ def comparison_arrays(ws: Workspace, split: str) -> dict[str, Any]:
     d.prompt_len,
     d.response_len,
   )
-  dropped = {k: v for k, v in arrays.items() if k.startswith("n_dropped") and v}
-  if dropped:
-    logging.warning("rm/%s: of %d comparisons: %s", split, len(recs), dropped)
+  messages = {
+    "n_dropped_prompt": "{k} of {n} comparisons dropped: prompt longer than {P} tokens "
+    "(data.prompt_len)",
+    "n_dropped_responses": "{k} responses of {n} comparisons dropped: longer than {R} tokens "
+    "(data.response_len); the others keep their ranks",
+    "n_dropped_no_pairs": "{k} of {n} comparisons dropped: no two different ranks left",
+  }
+  for key, message in messages.items():
+    if arrays[key]:
+      k, n = f"{arrays[key]:,}", f"{len(recs):,}"
+      text = message.format(k=k, n=n, P=d.prompt_len, R=d.response_len)
+      logging.warning("[comparisons/%s] %s", split, text)
   # A list, so batching (which takes the numpy arrays) leaves it out.
   arrays["sources"] = [list(recs[i].get("sources") or []) for i in arrays["kept"]]
   return arrays

@@ -350,6 +350,23 @@ def test_lora_in_every_policy_stage_saves_the_merged_model(tiny_run, tmp_path):
   )
 
 
+def test_dropped_comparisons_are_one_readable_line(tiny_run, tmp_path, caplog):
+  """Responses too long for data.response_len are counted in words, with the setting named."""
+  ref, _ = tiny_run
+  workdir = str(tmp_path / "short")
+  stages = ("pretrain", "sft", "rm_base", "rm", "ppo", "eval", "report*")
+  shutil.copytree(ref.workdir, workdir, ignore=shutil.ignore_patterns(*stages))
+  config = helpers.config("rm")
+  config.data.response_len = 6
+  with caplog.at_level("WARNING"):
+    inputs.comparison_arrays(Workspace(config, workdir), "train")
+  (line,) = [r.getMessage() for r in caplog.records if "responses of" in r.getMessage()]
+  assert (
+    line.startswith("[comparisons/train] ") and "longer than 6 tokens (data.response_len)" in line
+  )
+  assert "{" not in line
+
+
 def test_likelihood_baseline_matches_an_independent_count(tiny_run):
   ws, _ = tiny_run
   from instructgpt_jax import inputs, scoring  # pylint: disable=import-outside-toplevel
