@@ -144,10 +144,15 @@ def merge(base: Mapping[str, Any], adapters: Mapping[str, Any], cfg: LoraConfig)
   return traverse_util.unflatten_dict(flat)
 
 
+@functools.lru_cache(maxsize=8)
+def _jitted_merge(cfg: LoraConfig):
+  return jax.jit(functools.partial(merge, cfg=cfg))
+
+
 def merged(base: Any, adapters: Any, cfg: LoraConfig) -> Any:
-  """`merge` as one compiled program on the mesh (the arrays keep the base's shardings): the
-  model a LoRA stage saves, and the policy a PPO snapshot keeps."""
-  return jax.jit(functools.partial(merge, cfg=cfg))(base, adapters)
+  """`merge` as one compiled program on the mesh (compiled once per config and shapes; the
+  arrays keep the base's shardings): the model a LoRA stage saves, and each PPO snapshot."""
+  return _jitted_merge(cfg)(base, adapters)
 
 
 def policy_params(base: Any, params: Any, cfg: LoraConfig) -> Any:
