@@ -3,7 +3,10 @@
 import os
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
+
+pytestmark = pytest.mark.slow  # Every test here runs stages or processes.
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

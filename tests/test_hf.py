@@ -822,6 +822,7 @@ def test_docs_examples_parse():
   assert [c["ranking"] for c in comparisons[-3:]] == [[1, 0, 2], [1, 1, 0], [0, 1, 1]]
 
 
+@pytest.mark.slow
 def test_pipeline_runs_from_an_imported_checkpoint(tmp_path):
   """SFT, labelling and the RM on the built-in world, from a Qwen2 checkpoint and its tokenizer:
   the pretrain stage is skipped, and SFT starts from the imported weights."""
@@ -850,6 +851,7 @@ def test_pipeline_runs_from_an_imported_checkpoint(tmp_path):
   assert np.abs(emb(base) - emb(sft)).max() < 0.5
 
 
+@pytest.mark.slow
 def test_hf_notebook_runs_on_a_random_checkpoint(tmp_path):
   """colabs/hf_model.ipynb imports a small random-weight Qwen2 checkpoint with its tokenizer and
   runs SFT, labelling, the RM, PPO-ptx and the evaluation on the built-in world (issue 11,

@@ -17,6 +17,9 @@ import sys
 import time
 
 import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow  # Every test here runs stages or processes.
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEVICES = 8  # Over all processes: the mesh is the same whatever the process count.

@@ -42,6 +42,8 @@ from instructgpt_jax import data as data_lib
 from instructgpt_jax.sim import labelers as labelers_lib
 from tests import helpers
 
+pytestmark = pytest.mark.slow  # Every test here runs stages or processes.
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(
   os.environ,

@@ -110,6 +110,7 @@ def test_nlp_tasks_are_optional(tmp_path):
   assert "nlp_tasks_jsonl" not in str(e.value)
 
 
+@pytest.mark.slow
 def test_rm_base_ends_with_the_sft_recipe_on_the_rm_shape(tmp_path):
   """Phase 3 (paper 3.5: the RM starts from the SFT model) runs the policy's SFT recipe on the
   RM-sized model, after pretraining and the NLP tasks, reading only data; epochs=0 skips it."""

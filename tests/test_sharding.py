@@ -90,6 +90,7 @@ def test_non_divisible_parameter_is_named():
     )
 
 
+@pytest.mark.slow
 def test_rules_are_overridable_from_the_command_line():
   """Parallelism is configuration: replicating every weight by a flag grows the state 8x/device."""
   replicated = tuple(

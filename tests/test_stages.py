@@ -20,6 +20,8 @@ from instructgpt_jax.tools import upstream
 from instructgpt_jax.workspace import Workspace, ppo_snapshot_stage, ppo_snapshot_steps
 from tests import helpers
 
+pytestmark = pytest.mark.slow  # Every test here runs stages or processes.
+
 STAGE_DIRS = ("pretrain", "sft", "label", "rm_base", "rm", "ppo", "eval")
 
 
