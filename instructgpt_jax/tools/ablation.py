@@ -1,7 +1,7 @@
 """The method comparison: every RL and preference method a set of workdirs trained (one workdir
 per seed), judged as the report judges them, with the cost of each.
 
-  python -m instructgpt_jax.tools.ablation --config=configs/ppo.py --workdirs=RUN0,RUN1
+  python -m instructgpt_jax.tools.ablation --config=configs/dpo.py --workdirs=RUN0,RUN1
 
 reads each workdir's report.json (win rate against SFT, gold score, KL to SFT, pretraining loss,
 hallucination, constraints) and, per method, its training: the loop's wall time from its
@@ -30,7 +30,10 @@ from instructgpt_jax import metrics as metrics_lib
 from instructgpt_jax.tools import bench
 
 _CONFIG = config_flags.DEFINE_config_file(
-  "config", None, "The config the workdirs were made with, e.g. configs/ppo.py.", lock_config=True
+  "config",
+  None,
+  "configs/dpo.py (it holds the PPO and DPO sections), with the workdirs' overrides.",
+  lock_config=True,
 )
 _WORKDIRS = flags.DEFINE_list("workdirs", None, "Finished workdirs, one per seed.")
 
