@@ -9,9 +9,10 @@ so at initialisation the model is exactly its base. The adapters are a parameter
 own that mirrors the base's nesting, holding `{"lora_a", "lora_b"}` in place of each adapted
 kernel; `merge` folds them into a copy of the base, the tree every model function takes. So the
 model code is unchanged, an imported Hugging Face model is adapted like our own, and the
-reference of PPO and DPO is the base itself (adapters off): one copy of the weights in memory.
-Gradients are taken with respect to the adapters only, so the optimizer holds state for them
-alone. The adapters carry logical axis names derived from their kernel's, so the mesh's rules
+reference of PPO and DPO is the base itself (adapters off): the weights are stored once (a step
+forms each adapted kernel's merged copy as a temporary, as it does its activations). Gradients
+are taken with respect to the adapters only, so the optimizer holds state for them alone; the
+backward pass still forms each adapted kernel's full gradient once, to reduce it to A's and B's. The adapters carry logical axis names derived from their kernel's, so the mesh's rules
 shard them as they shard the kernel (`lora_rank` is never sharded).
 
 A kernel's input dimensions are its leading ones up to the model axis "embed": the query, key,
