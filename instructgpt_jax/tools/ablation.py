@@ -29,14 +29,6 @@ from instructgpt_jax import console, model_configs
 from instructgpt_jax import metrics as metrics_lib
 from instructgpt_jax.tools import bench
 
-_CONFIG = config_flags.DEFINE_config_file(
-  "config",
-  None,
-  "configs/dpo.py (it holds the PPO and DPO sections), with the workdirs' overrides.",
-  lock_config=True,
-)
-_WORKDIRS = flags.DEFINE_list("workdirs", None, "Finished workdirs, one per seed.")
-
 TRAINED = ("ppo", "ppo_ptx", "dpo", "rloo", "rloo_ptx", "grpo", "grpo_ptx")
 CONTROLS = ("sft_t0.7", "bon4_rm", "bon16_rm")
 # The report's fields shown, and how each column prints.
@@ -168,5 +160,22 @@ def main(argv: list[str]) -> None:
   print(format_table(collect(_CONFIG.value, _WORKDIRS.value)))
 
 
+def define_flags() -> None:
+  """The CLI's flags, defined when run as a program (the other tools define their own
+  --config, and a test imports several tools into one process)."""
+  global _CONFIG, _WORKDIRS  # pylint: disable=global-statement
+  _CONFIG = config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "configs/dpo.py (it holds the PPO and DPO sections), with the workdirs' overrides.",
+    lock_config=True,
+  )
+  _WORKDIRS = flags.DEFINE_list("workdirs", None, "Finished workdirs, one per seed.")
+
+
+_CONFIG: Any = None
+_WORKDIRS: Any = None
+
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
