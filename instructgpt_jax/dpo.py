@@ -151,7 +151,7 @@ def run(ws: Workspace) -> dict[str, Any]:
   held_out = [with_reference(ws, a, sft) for a in held_out if a["tokens"].shape[0]]
   state, shardings = init_state(ws.config, ws.models, ws.mesh, ws.rules, steps, sft)
   lora_cfg = lora.LoraConfig.from_config(cfg.lora, "dpo")
-  base = (sft,) if lora_cfg.enabled else ()  # Otherwise the state holds the only copy.
+  base = sft if lora_cfg.enabled else None  # Otherwise the state holds the only copy.
   del sft
   state, rows = loop.train(
     name="dpo",
@@ -172,11 +172,12 @@ def run(ws: Workspace) -> dict[str, Any]:
     rules=ws.rules,
     seed=seeds.of(ws.config.seed, "dpo.steps"),
     loop_cfg=cfg,
-    const_args=base,
-    const_shardings=(train_state.param_shardings(ws.models.policy, ws.mesh, ws.rules),) * len(base),
+    const_args=() if base is None else (base,),
+    const_shardings=()
+    if base is None
+    else (train_state.param_shardings(ws.models.policy, ws.mesh, ws.rules),),
   )
-  policy = lora.merged(base[0], state.params, lora_cfg) if lora_cfg.enabled else state.params
-  policy = ws.save_params("dpo", policy, ws.models.policy)
+  policy = ws.save_params("dpo", lora.merged(base, state.params, lora_cfg), ws.models.policy)
   summary: dict[str, Any] = {
     "loss_type": cfg.loss,
     "beta": cfg.beta,

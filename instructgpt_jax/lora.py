@@ -150,10 +150,11 @@ def _jitted_merge(cfg: LoraConfig):
   return jax.jit(functools.partial(merge, cfg=cfg))
 
 
-def merged(base: Any, adapters: Any, cfg: LoraConfig) -> Any:
-  """`merge` as one compiled program on the mesh (compiled once per config and shapes; the
-  arrays keep the base's shardings): the model a LoRA stage saves, and each PPO snapshot."""
-  return _jitted_merge(cfg)(base, adapters)
+def merged(base: Any, params: Any, cfg: LoraConfig) -> Any:
+  """A policy stage's trained parameters as a plain model, the tree a stage saves: `params`
+  themselves, or with LoRA the base merged with the adapters `params`, as one compiled program
+  on the mesh (compiled once per config and shapes; the arrays keep the base's shardings)."""
+  return _jitted_merge(cfg)(base, params) if cfg.enabled else params
 
 
 def policy_params(base: Any, params: Any, cfg: LoraConfig) -> Any:

@@ -417,13 +417,6 @@ class PPOBatches:
     self.ptx.set_state(loop.decode_iterator_state(state["ptx"]))
 
 
-def _policy(s: PPOSettings, state: PPOState, sft_params: Any) -> Any:
-  """The policy's parameters as a plain model (with LoRA: SFT with the adapters merged)."""
-  if s.lora.enabled:
-    return lora_lib.merged(sft_params, state.policy.params, s.lora)
-  return state.policy.params
-
-
 def _save_snapshot(
   ws: Workspace, variant: str, s: PPOSettings, step: int, state: Any, sft_params: Any
 ) -> None:
@@ -431,7 +424,11 @@ def _save_snapshot(
   curve samples each)."""
   if step in ppo_snapshot_steps(ws.config.ppo):
     name = ppo_policy_name(ws.config.ppo, variant)
-    ws.save_params(ppo_snapshot_stage(name, step), _policy(s, state, sft_params), s.policy_cfg)
+    ws.save_params(
+      ppo_snapshot_stage(name, step),
+      lora_lib.merged(sft_params, state.policy.params, s.lora),
+      s.policy_cfg,
+    )
 
 
 def train_variant(
@@ -478,7 +475,9 @@ def train_variant(
     ),
     after_step=lambda step, st: _save_snapshot(ws, variant, s, step, st, sft_params),
   )
-  ws.save_params(f"ppo/{name}", _policy(s, state, sft_params), s.policy_cfg)
+  ws.save_params(
+    f"ppo/{name}", lora_lib.merged(sft_params, state.policy.params, s.lora), s.policy_cfg
+  )
   summary = {"iterations": cfg.iterations, "ptx_coef": s.ppo.ptx_coef, "estimator": cfg.estimator}
   if rows:
     summary.update({k: rows[-1][k] for k in ("score", "kl", "eos_rate", "response_length")})
