@@ -291,7 +291,8 @@ def _sft_logprob(
 
 def _evaluate_policy(
   ws: Workspace,
-  world: Any,
+  world: Any | None,
+  members: Sequence[Any] | None,
   policy: Sampled,
   prompts: list[str],
   prefix: str,
@@ -299,8 +300,10 @@ def _evaluate_policy(
   prompt_enc: data_lib.EncodedPrompts,
   pretrain_loss: Any,
 ) -> dict[str, Any]:
-  """Samples the policy's responses; returns them ("texts"), their gold scores ("gold") and its
-  report row ("metrics"). pretrain_loss(stage) -> the stage's held-out LM loss."""
+  """Samples the policy's responses; returns them ("texts"), their gold scores ("gold", empty
+  without the world's prompts) and its report row ("metrics": with the world its judgement,
+  with an RM (`members`) the mean reward PPO maximises). pretrain_loss(stage) -> the stage's
+  held-out LM loss."""
   model_cfg = ws.models.for_stage(policy.stage)
   params = sft_params if policy.stage == "sft" else ws.load_params(policy.stage, model_cfg)
   seed = seeds.of(ws.config.seed, "eval.sampling") + policy.seed
@@ -313,36 +316,37 @@ def _evaluate_policy(
     if same_as_sft
     else float(np.mean(logp - _sft_logprob(ws, sft_params, prompt_enc, response)))
   )
-  analyses = [world.analyze(p, t) for p, t in zip(prompts, texts)]
+  analyses = [world.analyze(p, t) for p, t in zip(prompts, texts)] if world else []
+  metrics = _analysis_metrics(analyses, ended) if world else {"eos_rate": float(np.mean(ended))}
+  if members is not None:
+    metrics["rm_score"] = float(
+      np.mean(_penalised_reward(ws, members, prompt_enc, response, ended, 1))
+    )
   return {
     "texts": texts,
     "gold": [float(a["score"]) for a in analyses],
-    "metrics": {
-      **_analysis_metrics(analyses, ended),
-      "kl_vs_sft": kl,
-      "pretrain_loss": pretrain_loss(policy.stage),
-    },
+    "metrics": {**metrics, "kl_vs_sft": kl, "pretrain_loss": pretrain_loss(policy.stage)},
   }
 
 
 def _best_of_n_pool(
   ws: Workspace,
-  world: Any,
+  world: Any | None,
   prompts: list[str],
   sft_params: Any,
   prompt_enc: data_lib.EncodedPrompts,
   n: int,
 ) -> dict[str, Any]:
   """n SFT samples per prompt at eval.temperature with what selects among them: texts, gold
-  scores, the RM's scores (None without an RM) and EOS flags, each [N][n]."""
+  scores (None without the world's prompts), the RM's scores (None without an RM) and EOS
+  flags, each [N][n]."""
   cfg = ws.config.eval
   seed = seeds.of(ws.config.seed, "eval.sampling") + BEST_OF_N_SEED
   texts, response, _, ended = _sample(
     ws, sft_params, ws.models.policy, prompts, "", seed, cfg.temperature, n, f"best-of-{n} pool"
   )
-  gold = [
-    world.analyze(p, t)["score"] for p, t in zip([p for p in prompts for _ in range(n)], texts)
-  ]
+  repeated = [p for p in prompts for _ in range(n)]
+  gold = [world.analyze(p, t)["score"] for p, t in zip(repeated, texts)] if world else None
   rm_scores = None
   if _has_params(ws, "rm"):
     rm_cfg = ws.models.reward
@@ -359,37 +363,50 @@ def _best_of_n_pool(
   rows = lambda x: np.asarray(x).reshape(len(prompts), n).tolist()
   return {
     "texts": [texts[i * n : (i + 1) * n] for i in range(len(prompts))],
-    "gold": rows(gold),
+    "gold": rows(gold) if gold is not None else None,
     "rm": rm_scores,
     "ended": rows(np.asarray(ended, bool)),
   }
 
 
 def _best_of_n_rows(
-  ws: Workspace, world: Any, prompts: list[str], pool: dict[str, Any], sft_loss: float
+  ws: Workspace, world: Any | None, prompts: list[str], pool: dict[str, Any], sft_loss: float
 ) -> dict[str, dict[str, Any]]:
-  """The best-of-n policies' samples ("texts", "gold") and rows ("metrics") from the pool."""
+  """The best-of-n policies' samples ("texts", "gold") and rows ("metrics") from the pool:
+  selected by the gold score (with the world's prompts) and by the RM (with an RM)."""
   ended = np.asarray(pool["ended"], bool)
-  selectors = {"gold": np.asarray(pool["gold"], np.float64)}
+  selectors = {}
+  if pool["gold"] is not None:
+    selectors["gold"] = np.asarray(pool["gold"], np.float64)
+  rm = None
   if pool["rm"] is not None:
-    rm = np.asarray(pool["rm"], np.float64)
     penalty = ws.config.ppo.missing_eos_penalty
     # Select by the reward PPO maximises: the RM's score, with the same fixed low score for a
     # response that never ends.
-    selectors["rm"] = rm if penalty is None else np.where(ended, rm, penalty)
+    rm = np.asarray(pool["rm"], np.float64)
+    rm = rm if penalty is None else np.where(ended, rm, penalty)
+    selectors["rm"] = rm
   out = {}
   for by in BEST_OF_N_BY:
     if by not in selectors:
       continue
     for n in ws.config.eval.best_of_n:
       pick = best_of_n_choice(selectors[by], n)
+      rows = np.arange(len(pick))
       texts = [pool["texts"][i][j] for i, j in enumerate(pick)]
-      analyses = [world.analyze(p, t) for p, t in zip(prompts, texts)]
+      analyses = [world.analyze(p, t) for p, t in zip(prompts, texts)] if world else []
+      metrics = (
+        _analysis_metrics(analyses, ended[rows, pick])
+        if world
+        else {"eos_rate": float(np.mean(ended[rows, pick]))}
+      )
+      if rm is not None:
+        metrics["rm_score"] = float(np.mean(rm[rows, pick]))
       out[best_of_n_name(n, by)] = {
         "texts": texts,
         "gold": [float(a["score"]) for a in analyses],
         "metrics": {
-          **_analysis_metrics(analyses, ended[np.arange(len(pick)), pick]),
+          **metrics,
           "kl_vs_sft": best_of_n_kl_bound(n),
           "kl_is_bound": True,
           "pretrain_loss": sft_loss,  # SFT's parameters.
@@ -607,14 +624,25 @@ def _resumable(ws: Workspace, name: str, fingerprint: str | None, compute: Any) 
 # --- the stage ------------------------------------------------------------------------------------
 
 
-def _eval_prompts(ws: Workspace, world: Any) -> tuple[list[str], list[str], str, int]:
+def fewshot_prefix(ws: Workspace, world: Any | None) -> str:
+  """`eval.fewshot_examples` solved examples, one "<prompt> <response>" per line, that the
+  few-shot base rows put before each prompt: the world's, or without it the first short
+  training demonstrations (never an eval prompt)."""
+  n = ws.config.eval.fewshot_examples
+  if world is not None:
+    return world.fewshot_prefix(n)
+  demos = [r for r in ws.records("demonstrations", "train") if len(r["prompt"].split()) <= 14]
+  return "".join(f"{r['prompt']} {r['response']}\n" for r in demos[:n])
+
+
+def _eval_prompts(ws: Workspace, world: Any | None) -> tuple[list[str], list[str], str, int]:
   """The eval prompts every policy answers, their categories, the few-shot prefix and how many
   prompts were dropped: those that fit the context alone and after the few-shot prefix (the
   paper drops over-long prompts too); the rest are counted."""
   cfg, tok = ws.config.eval, ws.tokenizer()
   kind, splits = PROMPT_SETS[cfg.prompts]
   recs = [r for split in splits for r in ws.records(kind, split)]
-  prefix = world.fewshot_prefix(cfg.fewshot_examples)
+  prefix = fewshot_prefix(ws, world)
   texts = [r["prompt"] for r in recs]
   plain = set(data_lib.encode_prompts(tok, texts, ws.config.data.prompt_len).kept.tolist())
   fewshot = data_lib.encode_prompts(
@@ -639,23 +667,31 @@ def _eval_prompts(ws: Workspace, world: Any) -> tuple[list[str], list[str], str,
 
 def run(ws: Workspace) -> dict[str, Any]:
   cfg = ws.config.eval
-  if not ws.uses_world:
-    raise ValueError(
-      "The evaluation report needs the built-in world's gold scorer and "
-      "held-out labelers; with your own data, run the stages up to ppo."
-    )
   if any(int(n) != n or n < 1 for n in cfg.best_of_n):
     raise ValueError(f"eval.best_of_n={tuple(cfg.best_of_n)}: every n must be an integer >= 1")
   if cfg.prompts not in PROMPT_SETS:
     raise ValueError(f"eval.prompts={cfg.prompts!r}; valid: {sorted(PROMPT_SETS)}.")
-  world = ws.world()
-  training, heldout = labelers_lib.make_labeler_pools(ws.config.data.world_seed, world=world)
-  # The report's judges are labelers no stage has seen; choosing settings uses the training
-  # labelers, so the held-out ones stay unseen until the report.
-  judges = heldout if cfg.prompts == "eval" else training
-  prompts, categories, prefix, dropped = _eval_prompts(ws, world)
+  # The gold score and the simulated labelers judge only the world's own prompts: with prompts
+  # of your own the rows hold the RM's score and the KL, and no human-judged win rate exists.
+  judged = ws.from_world(PROMPT_SETS[cfg.prompts][0])
+  with_curve = bool(cfg.curve_best_of_n) and ws.from_world("prompts") and _has_params(ws, "rm")
+  world = ws.world() if judged or with_curve else None
+  judge_world = world if judged else None
+  if judged:
+    training, heldout = labelers_lib.make_labeler_pools(ws.config.data.world_seed, world=world)
+    # The report's judges are labelers no stage has seen; choosing settings uses the training
+    # labelers, so the held-out ones stay unseen until the report.
+    judges = heldout if cfg.prompts == "eval" else training
+  else:
+    print(
+      f"[eval] your {PROMPT_SETS[cfg.prompts][0]} are not the built-in world's, so no gold "
+      "score or judged win rate exists: the rows report the RM's score and the KL to SFT",
+      flush=True,
+    )
+  prompts, categories, prefix, dropped = _eval_prompts(ws, judge_world)
   prompt_enc = data_lib.encode_prompts(ws.tokenizer(), prompts, ws.config.data.prompt_len)
   sft_params = ws.load_params("sft", ws.models.policy)
+  members = ws.load_reward_model() if _has_params(ws, "rm") else None
   lm_eval, lm_losses = None, {}
 
   def pretrain_loss(stage: str) -> float:
@@ -674,14 +710,22 @@ def run(ws: Workspace) -> dict[str, Any]:
     if not _has_params(ws, policy.stage):
       continue
     loop.raise_if_preempted(f"while evaluating (before policy {policy.name!r})")
-    stages = (policy.stage.split("/")[0], "sft")
+    stages = (policy.stage.split("/")[0], "sft") + (("rm",) if members else ())
     fingerprint = _fingerprint(ws, policy.name, stages, policy.seed, prompts)
     results[policy.name] = _resumable(
       ws,
       policy.name,
       fingerprint,
       lambda p=policy: _evaluate_policy(
-        ws, world, p, prompts, prefix if p.fewshot else "", sft_params, prompt_enc, pretrain_loss
+        ws,
+        judge_world,
+        members,
+        p,
+        prompts,
+        prefix if p.fewshot else "",
+        sft_params,
+        prompt_enc,
+        pretrain_loss,
       ),
     )
     lm_losses.setdefault(policy.stage, results[policy.name]["metrics"]["pretrain_loss"])
@@ -693,12 +737,12 @@ def run(ws: Workspace) -> dict[str, Any]:
       ws,
       "best_of_n",
       _fingerprint(ws, "best_of_n", stages, BEST_OF_N_SEED, prompts),
-      lambda: _best_of_n_pool(ws, world, prompts, sft_params, prompt_enc, n),
+      lambda: _best_of_n_pool(ws, judge_world, prompts, sft_params, prompt_enc, n),
     )
-    results.update(_best_of_n_rows(ws, world, prompts, pool, pretrain_loss("sft")))
+    results.update(_best_of_n_rows(ws, judge_world, prompts, pool, pretrain_loss("sft")))
 
   curves = None
-  if cfg.curve_best_of_n and _has_params(ws, "rm"):
+  if with_curve:
     loop.raise_if_preempted("while evaluating (before the over-optimisation curve)")
     stages = ("sft", "rm") + tuple(s for s in ("ppo", "dpo") if loop.stage_done(ws.stage_dir(s)))
     curves = _resumable(
@@ -710,7 +754,7 @@ def run(ws: Workspace) -> dict[str, Any]:
     curves.pop("fingerprint", None)
 
   policies = {name: dict(r["metrics"]) for name, r in results.items()}
-  if "sft" in results:
+  if judged and "sft" in results:
     for name, r in results.items():
       # One judge stream per row, so adding a row never changes another row's judgements.
       rng = np.random.default_rng(
@@ -748,6 +792,8 @@ def run(ws: Workspace) -> dict[str, Any]:
     "overoptimization": curves,
     "num_prompts": len(prompts),
     "prompts": cfg.prompts,
+    # False with eval prompts of your own: no gold score, no judged win rate.
+    "judged": judged,
     "settings": {
       "temperature": cfg.temperature,
       "control_temperature": cfg.control_temperature,
@@ -794,6 +840,7 @@ def format_report(
   `category_rows` (SFT against PPO-ptx), then the reward model."""
   cols = (
     ("gold_score", "gold"),
+    ("rm_score", "rm"),
     ("kl_vs_sft", "KL"),
     ("pretrain_loss", "pt_loss"),
     ("hallucination_rate", "halluc"),
@@ -809,9 +856,14 @@ def format_report(
       f"{report['num_prompts']} prompts of eval.prompts={report['prompts']!r}, judged by the "
       "training labelers (for choosing settings; the report uses eval.prompts='eval')"
     )
-  lines.append(f"{'policy':<{width}}{'win vs sft':>16}" + "".join(f"{h:>8}" for _, h in cols))
+  if not report.get("judged", True):
+    lines.append(
+      f"{report['num_prompts']} prompts of your own: no gold score or judged win rate; rm is "
+      "the reward PPO maximises, KL the divergence from SFT"
+    )
+  lines.append(f"{'policy':<{width}}{'win vs sft':>16}" + "".join(f"{h:>7}" for _, h in cols))
   for name, row in report["policies"].items():
-    cells = "".join(_cell(row.get(c), 8) for c, _ in cols)
+    cells = "".join(_cell(row.get(c), 7) for c, _ in cols)
     win = _win_cell(row.get("win_rate_vs_sft"), row.get("win_rate_vs_sft_se"), 16)
     lines.append(f"{name:<{width}}{win}{cells}")
   if any(row.get("kl_is_bound") for row in report["policies"].values()):

@@ -163,10 +163,10 @@ def run(ws: Workspace) -> dict[str, Any]:
   if ws.config.data.comparisons_jsonl:
     recs = data_lib.read_jsonl(ws.config.data.comparisons_jsonl, "comparisons")
     return {"source": ws.config.data.comparisons_jsonl, "comparisons": len(recs)}
-  if not ws.uses_world:
+  if not ws.from_world("rm_prompts"):
     raise ValueError(
-      "Labelling needs the built-in world's simulated labelers; with your own "
-      "data set config.data.comparisons_jsonl."
+      "Labelling needs the built-in world's simulated labelers, which judge only the world's "
+      "prompts; with your own config.data.rm_prompts_jsonl set config.data.comparisons_jsonl."
     )
   if cfg.chunk_prompts < 1:
     raise ValueError(f"label.chunk_prompts must be >= 1, not {cfg.chunk_prompts}.")

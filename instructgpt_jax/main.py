@@ -110,7 +110,6 @@ def config_summary(config: Any, ws: Any) -> str:
   from instructgpt_jax import pipeline  # pylint: disable=import-outside-toplevel
 
   m = ws.models.policy  # An imported checkpoint's shape with `model.init = "hf:/dir"`.
-  data = "built-in task world" if ws.uses_world else "your JSONL files (config.data)"
   return "\n".join(
     [
       f"instructgpt_jax: stage {config.stage} (preset {config.preset}) in {ws.workdir}",
@@ -118,7 +117,7 @@ def config_summary(config: Any, ws: Any) -> str:
       f"  model: {m.family}, {m.num_layers} layers x {m.d_model}, {m.num_heads} heads, "
       f"vocab {m.vocab_size}, {m.num_params() / 1e6:.2f}M parameters, {m.dtype}",
       f"  mesh: {dict(ws.mesh.shape)} on {ws.mesh.size} {ws.mesh.devices.flat[0].platform} "
-      f"device(s); data: {data}",
+      f"device(s); data: {ws.data_summary()}",
       f"  full config: {ws.workdir}/config.json; library logs: --verbosity=0",
     ]
   )

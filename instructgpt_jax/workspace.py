@@ -105,16 +105,29 @@ class Workspace:
     for the pretrain stage (its weights, model shape and tokenizer); None when unset."""
     return hf.hf_path(self.config.model.get("init", ""))
 
+  def from_world(self, kind: str) -> bool:
+    """True when the user gave no file of `kind` (JSONL_KEYS), so the built-in world's is used:
+    any subset of the files can be the user's, and the world fills the rest."""
+    return not self.config.data[JSONL_KEYS[kind][0]]
+
   @property
   def uses_world(self) -> bool:
-    """True when none of the required files is the user's (so the built-in world writes them)."""
-    return not any(
-      self.config.data[key] for kind, (key, _) in JSONL_KEYS.items() if kind not in OPTIONAL_KINDS
-    )
+    """True when none of the required files is the user's (the whole data set is the world's)."""
+    return all(self.from_world(kind) for kind in JSONL_KEYS if kind not in OPTIONAL_KINDS)
+
+  def data_summary(self) -> str:
+    """Where the run's data comes from, for the top of the terminal."""
+    own = [kind for kind in JSONL_KEYS if not self.from_world(kind)]
+    if self.config.data.comparisons_jsonl:
+      own.append("comparisons")
+    if not own:
+      return "built-in task world"
+    return f"your {', '.join(own)} (config.data); the built-in world's for the rest"
 
   def optional_jsonl(self, kind: str) -> str | None:
     """The file of an optional kind (OPTIONAL_KINDS): the user's, or the built-in world's when
-    the world writes one ("knowledge" writes no NLP tasks); None when there is none."""
+    the whole data set is the world's and it writes one ("knowledge" writes no NLP tasks); None
+    when there is none (the world's NLP tasks would teach its language, not your data's)."""
     key, filename = JSONL_KEYS[kind]
     if self.config.data[key] or not self.uses_world:
       return self.jsonl(kind) if self.config.data[key] else None
@@ -135,12 +148,6 @@ class Workspace:
       if not os.path.exists(path):
         raise FileNotFoundError(f"config.data.{key}={path} does not exist.")
       return path
-    if not self.uses_world:
-      required = [k for name, (k, _) in JSONL_KEYS.items() if name not in OPTIONAL_KINDS]
-      raise ValueError(
-        f"config.data.{key} is empty but other data paths are set: give every "
-        f"file of your own data set ({required})."
-      )
     world_dir = os.path.join(self.workdir, "world")
     path = os.path.join(world_dir, filename)
     if multihost.agree(not os.path.exists(path)):

@@ -99,15 +99,28 @@ def test_nlp_tasks_are_optional(tmp_path):
   assert Workspace(config, str(tmp_path / "knowledge")).optional_jsonl("nlp_tasks") is None
   paper = Workspace(helpers.config("rm"), str(tmp_path / "paper"))
   assert paper.optional_jsonl("nlp_tasks").endswith("world/nlp_tasks.jsonl")
-  # A data set of one's own without an NLP file: none, and the other files are still required.
+  # Files of one's own: no NLP tasks (the world's would teach its language), and the world
+  # fills the other files.
   own = helpers.config("rm")
   for key in ("pretrain_jsonl", "demonstrations_jsonl", "prompts_jsonl"):
     own.data[key] = paper.jsonl(key.replace("_jsonl", "").replace("pretrain", "pretraining"))
   ws = Workspace(own, str(tmp_path / "own"))
   assert not ws.uses_world and ws.optional_jsonl("nlp_tasks") is None
-  with pytest.raises(ValueError, match="give every file") as e:
-    ws.jsonl("rm_prompts")
-  assert "nlp_tasks_jsonl" not in str(e.value)
+  assert ws.jsonl("demonstrations") == own.data.demonstrations_jsonl
+  assert ws.jsonl("rm_prompts") == os.path.join(ws.workdir, "world", "rm_prompts.jsonl")
+  assert os.path.exists(ws.jsonl("rm_prompts"))
+  assert "your pretraining, demonstrations, prompts (config.data)" in ws.data_summary()
+
+
+def test_own_rm_prompts_need_own_comparisons(tmp_path):
+  """The simulated labelers judge only the world's prompts: with RM prompts of your own and no
+  comparisons, labelling is refused before anything is sampled."""
+  config = helpers.config("rm")
+  config.data.rm_prompts_jsonl = Workspace(helpers.config("rm"), str(tmp_path / "w")).jsonl(
+    "rm_prompts"
+  )
+  with pytest.raises(ValueError, match="set config.data.comparisons_jsonl"):
+    label.run(Workspace(config, str(tmp_path / "own")))
 
 
 @pytest.mark.slow

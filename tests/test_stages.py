@@ -88,6 +88,7 @@ def test_report_has_every_policy_and_metric(tiny_run):
       "win_rate_vs_sft",
       "win_rate_vs_sft_se",
       "gold_score",
+      "rm_score",
       "kl_vs_sft",
       "pretrain_loss",
       "hallucination_rate",
@@ -113,6 +114,9 @@ def test_report_has_every_policy_and_metric(tiny_run):
   for name in best_of_n:
     n = rows[name]["best_of_n"]
     assert rows[name]["kl_vs_sft"] == pytest.approx(np.log(n) - (n - 1) / n)
+  # Best-of-n by the RM picks the highest reward of n samples: above SFT's own mean reward.
+  assert rows["bon16_rm"]["rm_score"] >= rows["bon4_rm"]["rm_score"] > rows["sft"]["rm_score"]
+  assert report["judged"] is True
   # The oracle picks the highest gold score among 16 samples, so it beats best-of-4's.
   assert rows["bon16_gold"]["gold_score"] >= rows["bon4_gold"]["gold_score"]
   assert rows["bon16_gold"]["gold_score"] >= rows["bon16_rm"]["gold_score"]
@@ -313,6 +317,51 @@ def test_rloo_estimator_trains_its_own_policy_and_joins_the_report(tiny_run, tmp
   assert [p["step"] for p in report["overoptimization"]["rloo_ptx"]] == ppo_snapshot_steps(
     ws.config.ppo
   )
+
+
+def test_own_demonstrations_comparisons_and_eval_prompts_with_the_world_for_the_rest(
+  tiny_run, tmp_path, capsys
+):
+  """Your demonstrations, comparisons and eval prompts; the world's pretraining text and PPO
+  prompts: SFT trains on your demonstrations, the RM on your comparisons (nothing is labelled),
+  and the evaluation, which cannot judge prompts of yours, reports the RM's score and the KL
+  with no gold score or win rate, and the curve on the world's PPO prompts."""
+  ref, ref_summaries = tiny_run
+  own = tmp_path / "data"
+  own.mkdir()
+  with open(ref.jsonl("demonstrations"), encoding="utf-8") as f:
+    (own / "demos.jsonl").write_text("".join(f.readlines()[:300]), encoding="utf-8")
+  with open(ref.jsonl("eval_prompts"), encoding="utf-8") as f:
+    (own / "eval.jsonl").write_text("".join(f.readlines()[:24]), encoding="utf-8")
+  shutil.copy(os.path.join(ref.workdir, "label", "comparisons.jsonl"), own / "comparisons.jsonl")
+  workdir = str(tmp_path / "run")
+  redo = ("sft", "label", "rm", "ppo", "eval", "report*", "data")  # rm_base and pretrain stay.
+  shutil.copytree(ref.workdir, workdir, ignore=shutil.ignore_patterns(*redo))
+  config = tiny_config(
+    **{
+      "data.demonstrations_jsonl": str(own / "demos.jsonl"),
+      "data.comparisons_jsonl": str(own / "comparisons.jsonl"),
+      "data.eval_prompts_jsonl": str(own / "eval.jsonl"),
+      "ppo.variants": ("ppo_ptx",),
+    }
+  )
+  ws = Workspace(config, workdir)
+  assert ws.from_world("prompts") and not ws.from_world("demonstrations")
+  summaries = pipeline.run(ws, "ppo")
+  assert 0 < summaries["sft"]["examples"] < ref_summaries["sft"]["examples"]
+  assert summaries["label"]["source"] == config.data.comparisons_jsonl
+  assert summaries["rm"]["comparisons"] > 0
+  with open(os.path.join(workdir, "report.json")) as f:
+    report = json.load(f)
+  assert report["judged"] is False and 0 < report["num_prompts"] <= 24
+  for name, row in report["policies"].items():
+    assert np.isfinite(row["rm_score"]) and np.isfinite(row["kl_vs_sft"]), name
+    assert "gold_score" not in row and "win_rate_vs_sft" not in row, name
+  assert {"bon4_rm", "bon16_rm"} <= set(report["policies"]) and "bon4_gold" not in report[
+    "policies"
+  ]
+  assert report["overoptimization"]["best_of_n_rm"]  # The world's PPO prompts have a gold score.
+  assert "no gold score or judged win rate" in capsys.readouterr().out
 
 
 def test_lora_in_every_policy_stage_saves_the_merged_model(tiny_run, tmp_path):

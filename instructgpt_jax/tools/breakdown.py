@@ -122,8 +122,11 @@ def breakdown(
 ) -> dict[str, dict[str, float]]:
   """`accuracy_by_group` of the workdir's RM, its initial model's likelihood and the labelers
   on the comparisons of `splits` (by default the held-out ones)."""
-  if not ws.uses_world:
-    raise ValueError("The breakdown needs the built-in world's gold score; your data has none.")
+  if ws.config.data.comparisons_jsonl or not ws.from_world("rm_prompts"):
+    raise ValueError(
+      "The breakdown needs comparisons of the built-in world's prompts (the gold score judges "
+      "only those); this run's comparisons are your own."
+    )
   recs = [
     r
     for split in splits

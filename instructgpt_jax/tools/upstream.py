@@ -88,8 +88,10 @@ def _main(argv: list[str], config: Any, workdir: str | None, num_prompts: int) -
     raise app.UsageError("--config and --workdir are required.")
   console.quiet_libraries()
   ws = workspace.Workspace(config, workdir)
-  if loop.stage_done(ws.stage_dir("sft")) is None or not ws.uses_world:
-    raise app.UsageError(f"No finished sft stage on the built-in world in {ws.workdir}.")
+  if loop.stage_done(ws.stage_dir("sft")) is None or not ws.from_world("prompts"):
+    raise app.UsageError(
+      f"No finished sft stage in {ws.workdir} whose PPO prompts are the built-in world's."
+    )
   result = probe(ws, num_prompts)
   with open(os.path.join(ws.workdir, "upstream.json"), "w", encoding="utf-8") as f:
     json.dump(result, f, indent=1)
