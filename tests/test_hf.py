@@ -824,25 +824,51 @@ def test_docs_examples_parse():
 
 @pytest.mark.slow
 def test_pipeline_runs_from_an_imported_checkpoint(tmp_path):
-  """SFT, labelling and the RM on the built-in world, from a Qwen2 checkpoint and its tokenizer:
-  the pretrain stage is skipped, and SFT starts from the imported weights."""
+  """The common case of one's own data: a Qwen2 checkpoint with its tokenizer, your
+  demonstrations and comparisons, and no pretraining file (the world's corpus fills it, for
+  SFT's pretraining mix). The pretrain stage is skipped, nothing is labelled, SFT starts from the
+  imported weights and the RM trains on your comparisons. (colabs/hf_model.ipynb labels with
+  the world's labelers from an imported model.)"""
   from instructgpt_jax import pipeline  # pylint: disable=import-outside-toplevel
   from instructgpt_jax.workspace import Workspace  # pylint: disable=import-outside-toplevel
 
   path = str(tmp_path / "qwen2")
   _hf_model("qwen2").save_pretrained(path)
   _write_tokenizer(path)
+  world_demos = Workspace(helpers.config("rm"), str(tmp_path / "world")).jsonl("demonstrations")
+  with open(world_demos, encoding="utf-8") as f:
+    demos = [json.loads(line) for line in f][:120]
+  own_demos, own_comparisons = tmp_path / "demos.jsonl", tmp_path / "comparisons.jsonl"
+  own_demos.write_text("".join(json.dumps(d) + "\n" for d in demos))
+  # The demonstration ranked above its own first word.
+  comparisons = [
+    {
+      "prompt": d["prompt"],
+      "responses": [d["response"], d["response"].split()[0]],
+      "ranking": [0, 1],
+      "user_id": d["user_id"],
+    }
+    for d in demos
+  ]
+  own_comparisons.write_text("".join(json.dumps(c) + "\n" for c in comparisons))
   config = helpers.config("rm")
   config.model.init = "hf:" + path
-  config.data.update(prompt_len=160, response_len=48)
+  config.data.update(
+    prompt_len=160,
+    response_len=48,
+    demonstrations_jsonl=str(own_demos),
+    comparisons_jsonl=str(own_comparisons),
+  )
   config.sft.update(batch_size=8)
-  config.label.update(num_prompts=16, chunk_prompts=16, k_max=4)
   ws = Workspace(config, str(tmp_path / "run"))
   summaries = pipeline.run(ws, "rm")
   assert summaries["pretrain"] == {"init": config.model.init}
   assert not os.path.exists(ws.stage_dir("pretrain"))
-  assert summaries["sft"]["examples"] > 0 and summaries["sft"]["steps"] > 0
-  assert summaries["rm"]["comparisons"] > 0
+  assert 0 < summaries["sft"]["examples"] <= len(demos) and summaries["sft"]["steps"] > 0
+  assert summaries["sft"]["pretrain_rows"] > 0  # From the world's corpus.
+  label = summaries["label"]
+  assert (label["source"], label["comparisons"]) == (str(own_comparisons), len(demos))
+  assert 0 < summaries["rm"]["comparisons"] <= len(demos)
   # SFT moved away from the imported weights, which it started from.
   cfg = ws.models.policy
   base, sft = ws.load_params("pretrain", cfg), ws.load_params("sft", cfg)
