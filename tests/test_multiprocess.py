@@ -23,8 +23,9 @@ pytestmark = pytest.mark.slow  # Every test here runs stages or processes.
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEVICES = 8  # Over all processes: the mesh is the same whatever the process count.
-# A shorter RM base model pretraining than the tiny preset (in the runs compared alike).
-FAST = ("--config.rm_base.steps=10",)
+# A shorter RM base model than the tiny preset (in the runs compared alike): 10 pretraining
+# steps, and no SFT phase (the policy's SFT, the same code, is compared across processes).
+FAST = ("--config.rm_base.steps=10", "--config.rm_base.sft.epochs=0")
 
 
 def _free_port() -> int:
