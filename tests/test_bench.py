@@ -31,6 +31,7 @@ class _CompileCounter:
 _COUNTER = _CompileCounter()
 
 
+@pytest.mark.slow  # Compiles and runs whole programs: the full suite runs it.
 def test_ppo_iteration_compiles_once():
   p = dict(bench.PRESETS["tiny"], **bench.QUICK)
   s, mesh, state, shardings, batch, ref_params, rm_params = bench.ppo_setup(p)
@@ -52,6 +53,7 @@ def test_ppo_iteration_compiles_once():
   assert np.isfinite(float(metrics["kl"]))
 
 
+@pytest.mark.slow  # Compiles and runs whole programs: the full suite runs it.
 def test_dry_run_bytes_per_device_shrink_with_fsdp():
   config = helpers.config("pretrain")
   devices = jax.devices()
@@ -88,6 +90,7 @@ def test_dry_run_rm_base_lowers_the_rm_shaped_model():
   assert info["seq"] == config.data.seq_len
 
 
+@pytest.mark.slow  # Compiles and runs whole programs: the full suite runs it.
 def test_bench_quick_smoke(capsys):
   records = bench.main(["--preset=tiny", "--quick", "--skip=ppo"])
   names = {r["metric"] for r in records}

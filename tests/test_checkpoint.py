@@ -30,6 +30,7 @@ def _train(state, step, mesh, batches, start):
   return state, losses
 
 
+@pytest.mark.slow  # Whole iterations on meshes: the full suite runs it.
 @pytest.mark.parametrize("save_mesh,load_mesh", [((1, 8, 1), (1, 1, 1)), ((1, 1, 1), (2, 2, 2))])
 def test_restore_on_another_mesh_continues_identically(tmp_path, save_mesh, load_mesh):
   cfg = helpers.tiny_model("gpt")

@@ -136,6 +136,7 @@ def _ppo_setup(mesh_shape, rank=4):
   return s, mesh, rules, state, step, ref, rm, batch
 
 
+@pytest.mark.slow  # Whole iterations on meshes: the full suite runs it.
 def test_ppo_with_lora_holds_one_copy_of_sft_and_agrees_on_8_devices():
   """PPO-ptx with `ppo.lora`: the policy state is adapters (SFT is only the reference argument),
   the first rollout is SFT's own (KL 0), and a 2x2x2 mesh gives one device's metrics and

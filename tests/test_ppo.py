@@ -3,6 +3,7 @@
 import flax.linen as nn
 import jax
 import numpy as np
+import pytest
 from jax.sharding import PartitionSpec
 
 from instructgpt_jax import model as model_lib
@@ -44,6 +45,7 @@ def _setup(ptx_coef=0.0, lr=3e-3, **ppo_overrides):
   return state, batch, jax.jit(ppo.make_step(s)), policy_params, (rm_params,), s
 
 
+@pytest.mark.slow  # Trains whole iterations: the full suite runs it.
 def test_ppo_raises_the_reward_model_score():
   state, batch, step, ref, rm_params, _ = _setup()
   scores = []
@@ -55,6 +57,7 @@ def test_ppo_raises_the_reward_model_score():
   assert last > first + 0.1, scores
 
 
+@pytest.mark.slow  # Trains whole iterations: the full suite runs it.
 def test_ptx_term_reports_and_keeps_the_policy_closer_to_its_lm_loss():
   state, batch, step, ref, rm_params, _ = _setup(ptx_coef=1.0)
   _, m = step(state, batch, jax.random.key(0), ref, rm_params)
@@ -83,6 +86,7 @@ def test_rollout_logprobs_from_the_sampler_equal_a_forward_pass():
   np.testing.assert_array_equal(np.asarray(outs[0]["tokens"]), np.asarray(outs[1]["tokens"]))
 
 
+@pytest.mark.slow  # Trains whole iterations: the full suite runs it.
 def test_ppo_iteration_on_a_2x2x2_mesh_equals_one_device():
   """Data x fsdp x tensor all > 1 (8 simulated devices): the rollout (KV cache placed by the
   rules), scoring, GAE and both updates give one device's metrics and parameters."""
@@ -141,6 +145,7 @@ def test_rollout_score_is_the_mean_of_the_rm_ensemble():
   )
 
 
+@pytest.mark.slow  # Trains whole iterations: the full suite runs it.
 def test_group_estimators_raise_the_score_without_a_value_function():
   """RLOO and GRPO (group_size 4: 8 prompts sampled 4 times): the same one-program iteration
   raises the RM score; each response's advantage is one number on all its tokens, and the value

@@ -36,6 +36,7 @@ def _run(cfg, params, mesh, batches):
   return np.asarray(logits), losses, state
 
 
+@pytest.mark.slow  # Whole iterations on meshes: the full suite runs it.
 @pytest.mark.parametrize("family", ["gpt", "llama"])
 def test_meshes_agree_with_one_device(family):
   assert jax.device_count() == 8
