@@ -332,14 +332,15 @@ def _evaluate_policy(
 def _best_of_n_pool(
   ws: Workspace,
   world: Any | None,
+  members: Sequence[Any] | None,
   prompts: list[str],
   sft_params: Any,
   prompt_enc: data_lib.EncodedPrompts,
   n: int,
 ) -> dict[str, Any]:
   """n SFT samples per prompt at eval.temperature with what selects among them: texts, gold
-  scores (None without the world's prompts), the RM's scores (None without an RM) and EOS
-  flags, each [N][n]."""
+  scores (None without the world's prompts), the scores of the RM's ensemble `members` (None
+  without an RM) and EOS flags, each [N][n]."""
   cfg = ws.config.eval
   seed = seeds.of(ws.config.seed, "eval.sampling") + BEST_OF_N_SEED
   texts, response, _, ended = _sample(
@@ -348,18 +349,8 @@ def _best_of_n_pool(
   repeated = [p for p in prompts for _ in range(n)]
   gold = [world.analyze(p, t)["score"] for p, t in zip(repeated, texts)] if world else None
   rm_scores = None
-  if _has_params(ws, "rm"):
-    rm_cfg = ws.models.reward
-    tokens, mask = _with_prompts(prompt_enc, response, n)
-    rm_scores = scoring.score_with(
-      ws,
-      scoring.ensemble_reward_fn(ws, rm_cfg),
-      ws.load_reward_model(),
-      tokens,
-      mask,
-      cfg.batch_size,
-    )
-    rm_scores = rm_scores.reshape(-1, n).tolist()
+  if members is not None:
+    rm_scores = _rm_reward(ws, members, prompt_enc, response, n).reshape(-1, n).tolist()
   rows = lambda x: np.asarray(x).reshape(len(prompts), n).tolist()
   return {
     "texts": [texts[i * n : (i + 1) * n] for i in range(len(prompts))],
@@ -445,20 +436,21 @@ def best_of_n_curve(
   return out
 
 
+def _rm_reward(
+  ws: Workspace, members: Sequence[Any], prompt_enc: Any, response: np.ndarray, n: int
+) -> np.ndarray:
+  """The RM's score of each sample [N*n]: the mean of its ensemble `members`."""
+  tokens, mask = _with_prompts(prompt_enc, response, n)
+  fn = scoring.ensemble_reward_fn(ws, ws.models.reward)
+  return scoring.score_with(ws, fn, members, tokens, mask, ws.config.eval.batch_size)
+
+
 def _penalised_reward(
   ws: Workspace, members: Sequence[Any], prompt_enc: Any, response: np.ndarray, ended: Any, n: int
 ):
-  """The reward PPO maximises for each sample [N*n]: the RM's score (the mean of its ensemble
-  `members`), or the fixed `ppo.missing_eos_penalty` for a response that never ends."""
-  tokens, mask = _with_prompts(prompt_enc, response, n)
-  rm = scoring.score_with(
-    ws,
-    scoring.ensemble_reward_fn(ws, ws.models.reward),
-    members,
-    tokens,
-    mask,
-    ws.config.eval.batch_size,
-  )
+  """The reward PPO maximises for each sample [N*n]: the RM's score (`_rm_reward`), or the
+  fixed `ppo.missing_eos_penalty` for a response that never ends."""
+  rm = _rm_reward(ws, members, prompt_enc, response, n)
   penalty = ws.config.ppo.missing_eos_penalty
   return rm if penalty is None else np.where(np.asarray(ended, bool), rm, penalty)
 
@@ -467,15 +459,16 @@ def _head_reward(
   ws: Workspace, members: Sequence[Any], prompt_enc: Any, response: np.ndarray, n: int
 ) -> np.ndarray:
   """The RM's scalar head alone, without its likelihood term (`rm.likelihood`), per sample."""
-  tokens, mask = _with_prompts(prompt_enc, response, n)
   heads = [dict(m, likelihood_scale=jnp.zeros_like(m["likelihood_scale"])) for m in members]
-  fn = scoring.ensemble_reward_fn(ws, ws.models.reward)
-  return scoring.score_with(ws, fn, heads, tokens, mask, ws.config.eval.batch_size)
+  return _rm_reward(ws, heads, prompt_enc, response, n)
 
 
-def overoptimization(ws: Workspace, world: Any, sft_params: Any) -> dict[str, Any]:
-  """Gold score and reward against KL to SFT, on the PPO pool's validation prompts (never the
-  report's): best-of-n by the RM for each n of `eval.curve_best_of_n`, and every kept PPO
+def overoptimization(
+  ws: Workspace, world: Any, sft_params: Any, members: Sequence[Any]
+) -> dict[str, Any]:
+  """Gold score and reward (of the RM's ensemble `members`) against KL to SFT, on the PPO
+  pool's validation prompts (never the report's): best-of-n by the RM for each n of
+  `eval.curve_best_of_n`, and every kept PPO
   policy (`ppo.snapshot_every`). Where PPO's gold stays below best-of-n's at the same KL, PPO
   is what limits the result; where best-of-n's gold falls as its reward rises, the RM is; where
   best-of-n by SFT's own likelihood (no feedback at all) matches it, the RM adds nothing."""
@@ -491,7 +484,6 @@ def overoptimization(ws: Workspace, world: Any, sft_params: Any) -> dict[str, An
   )
   repeated = [p for p in prompts for _ in range(m)]
   gold = np.array([world.analyze(p, t)["score"] for p, t in zip(repeated, sampled)])
-  members = ws.load_reward_model()  # Read once: every point below is scored by it.
   reward = _penalised_reward(ws, members, prompt_enc, response, ended, m)
   gold, reward = gold.reshape(-1, m), reward.reshape(-1, m)
   curves: dict[str, Any] = {
@@ -691,6 +683,7 @@ def run(ws: Workspace) -> dict[str, Any]:
   prompts, categories, prefix, dropped = _eval_prompts(ws, judge_world)
   prompt_enc = data_lib.encode_prompts(ws.tokenizer(), prompts, ws.config.data.prompt_len)
   sft_params = ws.load_params("sft", ws.models.policy)
+  # Read once: every row, the best-of-n pool and the curve are scored by it.
   members = ws.load_reward_model() if _has_params(ws, "rm") else None
   lm_eval, lm_losses = None, {}
 
@@ -737,7 +730,7 @@ def run(ws: Workspace) -> dict[str, Any]:
       ws,
       "best_of_n",
       _fingerprint(ws, "best_of_n", stages, BEST_OF_N_SEED, prompts),
-      lambda: _best_of_n_pool(ws, judge_world, prompts, sft_params, prompt_enc, n),
+      lambda: _best_of_n_pool(ws, judge_world, members, prompts, sft_params, prompt_enc, n),
     )
     results.update(_best_of_n_rows(ws, judge_world, prompts, pool, pretrain_loss("sft")))
 
@@ -749,7 +742,7 @@ def run(ws: Workspace) -> dict[str, Any]:
       ws,
       "overoptimization",
       _fingerprint(ws, "overoptimization", stages, CURVE_SEED, []),
-      lambda: overoptimization(ws, world, sft_params),
+      lambda: overoptimization(ws, world, sft_params, members),
     )
     curves.pop("fingerprint", None)
 

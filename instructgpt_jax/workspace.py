@@ -128,9 +128,11 @@ class Workspace:
     """The file of an optional kind (OPTIONAL_KINDS): the user's, or the built-in world's when
     the whole data set is the world's and it writes one ("knowledge" writes no NLP tasks); None
     when there is none (the world's NLP tasks would teach its language, not your data's)."""
-    key, filename = JSONL_KEYS[kind]
-    if self.config.data[key] or not self.uses_world:
-      return self.jsonl(kind) if self.config.data[key] else None
+    if not self.from_world(kind):
+      return self.jsonl(kind)
+    if not self.uses_world:
+      return None
+    filename = JSONL_KEYS[kind][1]
     self.jsonl("pretraining")  # Writes the world's files on first use.
     path = os.path.join(self.workdir, "world", filename)
     return path if os.path.exists(path) else None
