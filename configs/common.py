@@ -123,7 +123,9 @@ def get_config(stage: str, arg: str | None) -> ml_collections.ConfigDict:
   c.seed = 0
   c.dry_run = False  # Compile the stage's step on abstract arrays; report memory and FLOPs.
   c.overwrite = False  # A finished stage is reused unless this is set for the requested stage.
-  c.compilation_cache = True  # A rerun reuses compiled programs from <workdir>/jax_cache.
+  # JAX's compiled programs, reused by a rerun: a directory inside the workdir, an absolute
+  # path that several runs share (a sweep compiles once), or "" (off).
+  c.compilation_cache = "jax_cache"
 
   c.model = ml_collections.ConfigDict(
     dict(

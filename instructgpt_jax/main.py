@@ -31,6 +31,23 @@ _PRINT_CONFIG = flags.DEFINE_bool(
 )
 
 
+def _use_compilation_cache(directory: str, workdir: str) -> None:
+  """Points JAX's persistent compilation cache at `directory` (relative: inside the workdir;
+  "": off), so a rerun, or another run that points at the same directory, loads compiled
+  programs instead of paying XLA again. A cache the user gave JAX itself (the
+  JAX_COMPILATION_CACHE_DIR environment variable) is left as it is."""
+  import jax  # pylint: disable=import-outside-toplevel
+
+  if not directory or jax.config.jax_compilation_cache_dir:
+    return
+  jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.abspath(workdir), directory))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  if jax.default_backend() == "cpu":
+    # XLA's own caches are GPU autotuning files; naming them puts the cache's path into every
+    # key, so a cache copied or shared under another path would never hit.
+    jax.config.update("jax_persistent_cache_enable_xla_caches", "none")
+
+
 def main(argv: list[str]) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -78,12 +95,7 @@ def _run(config: Any) -> int:
   if not multihost.is_main():
     # Process 0 prints the run's lines; the others print only errors and preemption.
     sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the process's lifetime)
-  if config.compilation_cache:
-    # A second run of the same config reuses compiled programs instead of paying XLA again.
-    jax.config.update(
-      "jax_compilation_cache_dir", os.path.join(os.path.abspath(workdir), "jax_cache")
-    )
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  _use_compilation_cache(config.compilation_cache, workdir)
   logging.info("Config:\n%s", config)
   ws = workspace.Workspace(config, workdir)
   print(config_summary(config, ws), flush=True)

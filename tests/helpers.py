@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import importlib
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -50,6 +55,27 @@ def optim_config(lr: float = 1e-2) -> ml_collections.ConfigDict:
 def config(stage: str, preset: str = "tiny") -> ml_collections.ConfigDict:
   """`configs/<stage>.py:<preset>`, as `--config=` loads it."""
   return importlib.import_module(f"configs.{stage}").get_config(preset)
+
+
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
+  """A directory `build(path)` fills once per test session, shared by the xdist workers: the
+  first worker to ask builds it under a lock, the others wait and read it. Tests must only read
+  it (or copy from it)."""
+  # The workers' base dirs share a parent that is new for every run; without xdist the parent
+  # outlives the run, and a directory built by older code must not be reused.
+  base = tmp_path_factory.getbasetemp()
+  root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+  path, done = root / name, root / f"{name}.built"
+  with open(root / f"{name}.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      if not done.exists():
+        shutil.rmtree(path, ignore_errors=True)
+        build(path)
+        done.touch()
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
+  return path
 
 
 def forward(cfg: model_lib.ModelConfig, params, tokens, mask):

@@ -13,18 +13,26 @@ from tests import helpers
 
 
 class _CompileCounter:
-  """Counts XLA backend compilations through jax.monitoring (one event per compiled program)."""
+  """Counts programs built through jax.monitoring: one event per XLA compilation, or per program
+  loaded from the persistent compilation cache the test session shares (conftest.py)."""
 
-  EVENT = "/jax/core/compile/backend_compile_duration"
+  COMPILED = "/jax/core/compile/backend_compile_duration"
+  CACHE_HIT = "/jax/compilation_cache/cache_hits"
 
   def __init__(self):
     self.count = 0
     self.active = False
-    jax.monitoring.register_event_duration_secs_listener(self._on_event)
+    jax.monitoring.register_event_duration_secs_listener(self._on_compiled)
+    jax.monitoring.register_event_listener(self._on_event)
 
-  def _on_event(self, event, duration, **kwargs):
+  def _on_compiled(self, event, duration, **kwargs):
     del duration, kwargs
-    if self.active and event == self.EVENT:
+    if self.active and event == self.COMPILED:
+      self.count += 1
+
+  def _on_event(self, event, **kwargs):
+    del kwargs
+    if self.active and event == self.CACHE_HIT:
       self.count += 1
 
 

@@ -8,7 +8,6 @@ and earlier stages are copied from it, so each test trains only the stage it che
 
 from __future__ import annotations
 
-import fcntl
 import glob
 import json
 import os
@@ -96,19 +95,12 @@ def _run(workdir, stage, *extra, check=True):
 @pytest.fixture(scope="session")
 def reference(tmp_path_factory):
   """An uninterrupted run of every stage (ppo variant only), shared by all workers."""
-  # The xdist workers' base dirs share a parent that is new for every run; without xdist the
-  # parent outlives the run, and a reference made by older code must not be reused.
-  base = tmp_path_factory.getbasetemp()
-  root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-  ref = root / "reliability_reference"
-  with open(root / "reliability_reference.lock", "w") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    if not (ref / "eval" / "DONE.json").exists():
-      shutil.rmtree(ref, ignore_errors=True)
-      p = _run(ref, "ppo")
-      (root / "reliability_reference.log").write_text(p.stderr)
-    fcntl.flock(lock, fcntl.LOCK_UN)
-  return ref
+
+  def build(ref):
+    p = _run(ref, "ppo")
+    (ref.parent / "reliability_reference.log").write_text(p.stderr)
+
+  return helpers.built_once(tmp_path_factory, "reliability_reference", build)
 
 
 def _copy_stages(ref, dst, stages):

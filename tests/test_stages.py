@@ -33,12 +33,17 @@ def tiny_config(**overrides):
   return config
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("tiny_pipeline"))
-  ws = Workspace(tiny_config(), workdir)
-  summaries = pipeline.run(ws, "ppo")
-  return ws, summaries
+  """The tiny pipeline through eval, built once and shared by the xdist workers (tests read it
+  or copy stages from it)."""
+  workdir = helpers.built_once(
+    tmp_path_factory,
+    "tiny_pipeline",
+    lambda path: pipeline.run(Workspace(tiny_config(), str(path)), "ppo"),
+  )
+  ws = Workspace(tiny_config(), str(workdir))
+  return ws, pipeline.run(ws, "ppo")  # Every stage is finished: their summaries, read back.
 
 
 def test_every_stage_finishes_and_records(tiny_run):
