@@ -6,6 +6,8 @@ import os
 import shutil
 import tempfile
 
+import pytest
+
 os.environ["XLA_FLAGS"] = (
   os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
@@ -24,3 +26,19 @@ if _OWN_CACHE:
 def pytest_sessionfinish(session, exitstatus):  # pylint: disable=unused-argument
   if _OWN_CACHE:
     shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+  """(Workspace, {stage: summary}) of the tiny pipeline through eval, built once per session and
+  shared by the xdist workers: tests read it or copy its finished stages."""
+  # pylint: disable=import-outside-toplevel (JAX is imported after the settings above)
+  from instructgpt_jax import pipeline
+  from instructgpt_jax.workspace import Workspace
+  from tests import helpers
+
+  build = lambda path: pipeline.run(Workspace(helpers.config("ppo"), str(path)), "ppo")
+  ws = Workspace(
+    helpers.config("ppo"), str(helpers.built_once(tmp_path_factory, "tiny_run", build))
+  )
+  return ws, pipeline.run(ws, "ppo")  # Every stage is finished: their summaries, read back.

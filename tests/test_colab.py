@@ -1,6 +1,7 @@
 """The quickstart notebook runs top to bottom on the tiny preset."""
 
 import os
+import shutil
 
 import nbformat
 import pytest
@@ -32,13 +33,16 @@ def test_quickstart_notebook_runs(tmp_path):
   assert len(images) >= 2
 
 
-def test_ppo_step_by_step_notebook_runs(tmp_path):
+def test_ppo_step_by_step_notebook_runs(tiny_run, tmp_path):
   """The notebook that opens the PPO iteration runs on tiny; its rollout check holds and the
-  update's metrics are finite."""
+  update's metrics are finite. It starts from the tiny run's SFT policy and reward model (it
+  reuses finished stages; the quickstart test trains them in a notebook)."""
   nb = nbformat.read(os.path.join(ROOT, "colabs", "ppo_step_by_step.ipynb"), as_version=4)
   params = nb.cells[1]
   assert 'PRESET = "tiny"' in params.source
-  params.source = f'PRESET = "tiny"\nWORKDIR = {str(tmp_path / "run")!r}'
+  workdir = tmp_path / "run"
+  shutil.copytree(tiny_run[0].workdir, workdir, ignore=shutil.ignore_patterns("ppo", "eval*"))
+  params.source = f'PRESET = "tiny"\nWORKDIR = {str(workdir)!r}'
   client = NotebookClient(
     nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": ROOT}}
   )

@@ -23,9 +23,17 @@ pytestmark = pytest.mark.slow  # Every test here runs stages or processes.
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEVICES = 8  # Over all processes: the mesh is the same whatever the process count.
-# A shorter RM base model than the tiny preset (in the runs compared alike): 10 pretraining
-# steps, and no SFT phase (the policy's SFT, the same code, is compared across processes).
-FAST = ("--config.rm_base.steps=10", "--config.rm_base.sft.epochs=0")
+# Shorter stages than the tiny preset, in every run compared alike (a step on two processes
+# costs about 6 one-process steps in gloo all-reduces): 30 pretraining steps, SFT's epoch in
+# batches of 32 (half the steps); an RM base model of 10 pretraining steps, its NLP epoch in
+# batches of 32 and no SFT phase (the policy's SFT, the same code, is compared across processes).
+SHORT = ("--config.pretrain.steps=30", "--config.sft.batch_size=32")
+FAST = (
+  *SHORT,
+  "--config.rm_base.steps=10",
+  "--config.rm_base.nlp.batch_size=32",
+  "--config.rm_base.sft.epochs=0",
+)
 
 
 def _free_port() -> int:
@@ -114,7 +122,7 @@ def test_two_processes_train_label_and_write_like_one(tmp_path):
   agreed). So two processes label and train the RM in a copy of the one-process SFT workdir."""
   one, two, three = tmp_path / "one", tmp_path / "two", tmp_path / "three"
   _run(one, "rm", 1, *FAST)
-  _run(two, "sft", 2)  # pretrain, sft (FAST is an rm_base setting)
+  _run(two, "sft", 2, *SHORT)  # pretrain, sft
   _assert_same_training(two, one, ("pretrain", "sft"))
   redo = {"label", "rm_base", "rm", "jax_cache"}  # at the workdir's top level only
   shutil.copytree(one, three, ignore=lambda d, names: redo & set(names) if d == str(one) else ())
@@ -134,7 +142,7 @@ def test_two_processes_train_label_and_write_like_one(tmp_path):
 
 
 def test_sigterm_to_one_process_stops_both_at_one_step_and_reruns_resume_anywhere(tmp_path):
-  steps = ("--config.pretrain.steps=120",)
+  steps = ("--config.pretrain.steps=48",)
   reference = tmp_path / "reference"
   _run(reference, "pretrain", 1, *steps)
 
@@ -156,7 +164,7 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_reruns_resume_anywher
       saved.append(int(line.split("checkpoint for step ")[1].split()[0]))
     assert len(set(saved)) == 1, saved  # Every process saved the same step ...
     step = saved[0]
-    assert 10 <= step < 120 and (workdir / "pretrain" / "ckpt" / str(step)).is_dir()
+    assert 10 <= step < 48 and (workdir / "pretrain" / "ckpt" / str(step)).is_dir()
     assert not (workdir / "pretrain" / "DONE.json").exists()
     return step
 

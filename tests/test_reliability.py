@@ -65,7 +65,7 @@ OVERRIDES = [
   "--config.ppo.variants=('ppo',)",
   "--config.eval.num_prompts=8",
 ]
-SHARED = ("world", "data", "tokenizer.model", "jax_cache")
+SHARED = ("world", "data", "tokenizer.model")
 
 
 def _cmd(workdir, stage, *extra):

@@ -33,19 +33,6 @@ def tiny_config(**overrides):
   return config
 
 
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory):
-  """The tiny pipeline through eval, built once and shared by the xdist workers (tests read it
-  or copy stages from it)."""
-  workdir = helpers.built_once(
-    tmp_path_factory,
-    "tiny_pipeline",
-    lambda path: pipeline.run(Workspace(tiny_config(), str(path)), "ppo"),
-  )
-  ws = Workspace(tiny_config(), str(workdir))
-  return ws, pipeline.run(ws, "ppo")  # Every stage is finished: their summaries, read back.
-
-
 def test_every_stage_finishes_and_records(tiny_run):
   ws, summaries = tiny_run
   assert list(summaries) == list(STAGE_DIRS)
