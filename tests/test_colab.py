@@ -12,11 +12,17 @@ pytestmark = pytest.mark.slow  # Every test here runs stages or processes.
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_quickstart_notebook_runs(tmp_path):
+def test_quickstart_notebook_runs(tiny_run, tmp_path):
+  """Top to bottom on tiny. The stages before PPO come from the tiny run (the notebook reuses
+  finished stages, as a rerun would); PPO trains and the evaluation runs in the kernel."""
   nb = nbformat.read(os.path.join(ROOT, "colabs", "quickstart.ipynb"), as_version=4)
   params = nb.cells[1]
   assert 'PRESET = "small"' in params.source
-  params.source = f'PRESET = "tiny"\nWORKDIR = {str(tmp_path / "run")!r}'
+  workdir = tmp_path / "run"
+  shutil.copytree(
+    tiny_run[0].workdir, workdir, ignore=shutil.ignore_patterns("ppo", "eval", "report*", "plots")
+  )
+  params.source = f'PRESET = "tiny"\nWORKDIR = {str(workdir)!r}'
   os.environ.pop("MPLBACKEND", None)  # The kernel's inline backend renders the figures.
   client = NotebookClient(
     nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": ROOT}}
@@ -41,7 +47,9 @@ def test_ppo_step_by_step_notebook_runs(tiny_run, tmp_path):
   params = nb.cells[1]
   assert 'PRESET = "tiny"' in params.source
   workdir = tmp_path / "run"
-  shutil.copytree(tiny_run[0].workdir, workdir, ignore=shutil.ignore_patterns("ppo", "eval*"))
+  shutil.copytree(
+    tiny_run[0].workdir, workdir, ignore=shutil.ignore_patterns("ppo", "eval", "report*", "plots")
+  )
   params.source = f'PRESET = "tiny"\nWORKDIR = {str(workdir)!r}'
   client = NotebookClient(
     nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": ROOT}}
