@@ -10,11 +10,9 @@ from nbclient import NotebookClient
 pytestmark = pytest.mark.slow  # Every test here runs stages or processes.
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The kernels see one CPU device, as a Colab CPU runtime does (the test process has eight).
-ONE_DEVICE = "--xla_force_host_platform_device_count=1"
 
 
-def test_quickstart_notebook_runs(tiny_run, tmp_path, monkeypatch):
+def test_quickstart_notebook_runs(tiny_run, tmp_path):
   """Top to bottom on tiny. The stages before PPO come from the tiny run (the notebook reuses
   finished stages, as a rerun would); PPO trains and the evaluation runs in the kernel."""
   nb = nbformat.read(os.path.join(ROOT, "colabs", "quickstart.ipynb"), as_version=4)
@@ -26,7 +24,6 @@ def test_quickstart_notebook_runs(tiny_run, tmp_path, monkeypatch):
   )
   params.source = f'PRESET = "tiny"\nWORKDIR = {str(workdir)!r}'
   os.environ.pop("MPLBACKEND", None)  # The kernel's inline backend renders the figures.
-  monkeypatch.setenv("XLA_FLAGS", ONE_DEVICE)
   client = NotebookClient(
     nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": ROOT}}
   )
@@ -42,7 +39,7 @@ def test_quickstart_notebook_runs(tiny_run, tmp_path, monkeypatch):
   assert len(images) >= 2
 
 
-def test_ppo_step_by_step_notebook_runs(tiny_run, tmp_path, monkeypatch):
+def test_ppo_step_by_step_notebook_runs(tiny_run, tmp_path):
   """The notebook that opens the PPO iteration runs on tiny; its rollout check holds and the
   update's metrics are finite. It starts from the tiny run's SFT policy and reward model (it
   reuses finished stages; the quickstart test trains them in a notebook)."""
@@ -54,7 +51,6 @@ def test_ppo_step_by_step_notebook_runs(tiny_run, tmp_path, monkeypatch):
     tiny_run[0].workdir, workdir, ignore=shutil.ignore_patterns("ppo", "eval", "report*", "plots")
   )
   params.source = f'PRESET = "tiny"\nWORKDIR = {str(workdir)!r}'
-  monkeypatch.setenv("XLA_FLAGS", ONE_DEVICE)
   client = NotebookClient(
     nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": ROOT}}
   )

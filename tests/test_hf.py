@@ -878,7 +878,7 @@ def test_pipeline_runs_from_an_imported_checkpoint(tmp_path):
 
 
 @pytest.mark.slow
-def test_hf_notebook_runs_on_a_random_checkpoint(tmp_path, monkeypatch):
+def test_hf_notebook_runs_on_a_random_checkpoint(tmp_path):
   """colabs/hf_model.ipynb imports a small random-weight Qwen2 checkpoint with its tokenizer and
   runs SFT, labelling, the RM, PPO-ptx and the evaluation on the built-in world (issue 11,
   item 6)."""
@@ -898,8 +898,6 @@ def test_hf_notebook_runs_on_a_random_checkpoint(tmp_path, monkeypatch):
     f"PPO_ITERATIONS = 2\nWORKDIR = {str(tmp_path / 'run')!r}"
   )
   os.environ.pop("MPLBACKEND", None)  # The kernel's inline backend renders the figure.
-  # One CPU device in the kernel, as a Colab CPU runtime has (the test process has eight).
-  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
   NotebookClient(
     nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": root}}
   ).execute()
