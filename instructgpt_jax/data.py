@@ -40,6 +40,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -184,10 +185,58 @@ def _as_paths(paths: str | Sequence[str]) -> tuple[str, ...]:
   return (paths,) if isinstance(paths, str) else tuple(paths)
 
 
+def check_file(path: str, key: str, kind: str) -> None:
+  """A data file named by config `key` before any work: it exists, is a readable file, and
+  holds usable rows of format `kind` (every line is validated); else a DataError that names
+  the key, the path and the cause. Rows without signal are told in one warning."""
+  if not os.path.exists(path):
+    raise DataError(f"{key}={path} does not exist.")
+  if os.path.isdir(path):
+    raise DataError(f"{key}={path} is a directory; give the path of a JSONL file.")
+  try:
+    with open(path, "rb") as f:
+      empty = not f.read(1)
+      f.seek(0)
+      blank = all(not line.strip() or line.strip() == _BOM for line in f)
+  except OSError as e:
+    raise DataError(f"{key}={path} cannot be read ({e.strerror}).") from None
+  if empty:
+    raise DataError(f"{key}={path} is an empty file; it needs one JSON object per line.")
+  if blank:
+    raise DataError(f"{key}={path} holds only blank lines; it needs one JSON object per line.")
+  if not read_jsonl(path, kind, warn=True):
+    raise DataError(
+      f"{key}={path}: no usable {kind}: every comparison carries no signal (see the warning above)."
+    )
+
+
+_BOM = "\ufeff".encode()  # Files saved on Windows often start with one.
+
+
+def _parse_line(raw: bytes, path: str, line_no: int) -> Any:
+  """One JSONL line as a Python object (None for a blank line); errors name file and line."""
+  try:
+    line = raw.decode("utf-8")
+  except UnicodeDecodeError as e:
+    raise DataError(f"{path}:{line_no}: not UTF-8 ({e})") from None
+  if line_no == 1:
+    line = line.removeprefix("\ufeff")
+  if not line.strip():
+    return None
+  try:
+    return json.loads(line)
+  except json.JSONDecodeError as e:
+    raise DataError(f"{path}:{line_no}: invalid JSON ({e})") from None
+  except RecursionError:
+    raise DataError(f"{path}:{line_no}: JSON nested too deeply to read") from None
+
+
 def read_jsonl(
-  paths: str | Sequence[str], kind: str, chat: ChatTemplate | None = None
+  paths: str | Sequence[str], kind: str, chat: ChatTemplate | None = None, warn: bool = False
 ) -> list[dict[str, Any]]:
-  """Reads and validates JSONL file(s) of format `kind`; blank lines are skipped.
+  """Reads and validates JSONL file(s) of format `kind`; blank lines and a leading BOM are
+  skipped. Comparisons lose what carries no signal (`drop_signalless`), told in one warning
+  per file when `warn`.
 
   Raises DataError "<file>:<line>: <cause>" on the first bad line.
   """
@@ -195,23 +244,71 @@ def read_jsonl(
     raise ValueError(f"unknown data kind {kind!r}; expected one of {KINDS}")
   records = []
   for path in _as_paths(paths):
+    if os.path.isdir(path):
+      raise DataError(f"{path} is a directory; give the path of a JSONL file.")
+    of_file = []
     with open(path, "rb") as f:  # Bytes, so a bad encoding can name its line too.
       for line_no, raw in enumerate(f, start=1):
-        try:
-          line = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-          raise DataError(f"{path}:{line_no}: not UTF-8 ({e})") from None
-        if not line.strip():
+        obj = _parse_line(raw, path, line_no)
+        if obj is None:
           continue
         try:
-          obj = json.loads(line)
-        except json.JSONDecodeError as e:
-          raise DataError(f"{path}:{line_no}: invalid JSON ({e})") from None
-        try:
-          records.append(validate_record(obj, kind, chat))
+          of_file.append(validate_record(obj, kind, chat))
         except DataError as e:
           raise DataError(f"{path}:{line_no}: {e} (format: {kind})") from None
+    if kind == "comparisons":
+      of_file, counts = drop_signalless(of_file)
+      if warn and any(counts.values()):
+        logging.warning("%s: %s", path, describe_signalless(counts))
+    records += of_file
   return records
+
+
+def drop_signalless(records: Sequence[dict]) -> tuple[list[dict], dict[str, int]]:
+  """Comparisons without what carries no signal: a second copy of a response text within a
+  comparison (the pair would compare a text with itself; the first copy keeps its rank, so
+  a pairwise row whose chosen equals its rejected is left with one response), then the
+  comparisons left with fewer than two different ranks (every response tied).
+
+  Returns (records, counts): same_text (comparisons whose responses were all one text), tied
+  (comparisons whose responses all share one rank), copies (responses dropped from the
+  comparisons kept).
+  """
+  out, counts = [], {"copies": 0, "same_text": 0, "tied": 0}
+  for r in records:
+    seen: set[str] = set()
+    keep = [i for i, text in enumerate(r["responses"]) if not (text in seen or seen.add(text))]
+    if len(keep) < 2:
+      counts["same_text"] += 1
+      continue
+    if len({r["ranking"][i] for i in keep}) < 2:
+      counts["tied"] += 1
+      continue
+    if len(keep) < len(r["responses"]):
+      counts["copies"] += len(r["responses"]) - len(keep)
+      r = dict(r, responses=[r["responses"][i] for i in keep])
+      r["ranking"] = [r["ranking"][i] for i in keep]
+      if r.get("sources"):
+        r["sources"] = [r["sources"][i] for i in keep]
+    out.append(r)
+  return out, counts
+
+
+def describe_signalless(counts: Mapping[str, int]) -> str:
+  """One line for `drop_signalless`'s counts."""
+  parts = []
+  if counts["same_text"]:
+    parts.append(
+      f"{counts['same_text']:,} comparisons dropped: every response is the same text "
+      "(e.g. chosen equals rejected)"
+    )
+  if counts["tied"]:
+    parts.append(f"{counts['tied']:,} comparisons dropped: every response has the same rank")
+  if counts["copies"]:
+    parts.append(
+      f"{counts['copies']:,} responses dropped: the same text as another of their comparison"
+    )
+  return "; ".join(parts) + " (no signal for the reward model)"
 
 
 # --------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from instructgpt_jax import (
   objectives,
   scoring,
   seeds,
+  settings,
   train_state,
 )
 from instructgpt_jax import model as model_lib
@@ -137,12 +138,18 @@ def preference_accuracy(ws: Workspace, params: Any, arrays: dict[str, Any]) -> d
   return scoring.ranking_accuracy(ratio, arrays["ranks"])
 
 
+def check_settings(ws: Workspace) -> None:
+  """This stage's section, before any stage starts."""
+  cfg = ws.config.dpo
+  settings.positive(cfg, "dpo", "beta", "epochs")
+  settings.one_of(cfg, "dpo", "loss", losses.DPO_LOSSES)
+  train_state.check_optim(cfg.optim, "dpo.optim")
+  loop.check_loop(cfg, "dpo", ws.batch_divisor)
+  lora.LoraConfig.from_config(cfg.lora, "dpo")
+
+
 def run(ws: Workspace) -> dict[str, Any]:
   cfg = ws.config.dpo
-  if cfg.beta <= 0:
-    raise ValueError(f"dpo.beta={cfg.beta}: the KL strength must be positive.")
-  if cfg.loss not in losses.DPO_LOSSES:  # Before any scoring or training.
-    raise ValueError(f"dpo.loss={cfg.loss!r} is not one of {list(losses.DPO_LOSSES)}.")
   sft = ws.load_params("sft", ws.models.policy)
   train = with_reference(ws, inputs.comparison_arrays(ws, "train"), sft)
   n = int(train["tokens"].shape[0])

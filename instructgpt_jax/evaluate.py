@@ -42,7 +42,7 @@ import numpy as np
 from absl import logging
 
 from instructgpt_jax import data as data_lib
-from instructgpt_jax import inputs, loop, multihost, plots, sampling, scoring, seeds
+from instructgpt_jax import inputs, loop, multihost, plots, sampling, scoring, seeds, settings
 from instructgpt_jax import metrics as metrics_lib
 from instructgpt_jax.sim import labelers as labelers_lib
 from instructgpt_jax.workspace import (
@@ -657,12 +657,29 @@ def _eval_prompts(ws: Workspace, world: Any | None) -> tuple[list[str], list[str
   return [texts[i] for i in keep], [recs[i].get("category", "") for i in keep], prefix, dropped
 
 
+def check_settings(ws: Workspace) -> None:
+  """This stage's section, before any stage starts."""
+  cfg = ws.config.eval
+  settings.positive(cfg, "eval", "num_prompts", "batch_size", "temperature")
+  settings.non_negative(cfg, "eval", "curve_prompts", "fewshot_examples", "fewshot_prompt_len")
+  if cfg.control_temperature is not None:
+    settings.positive(cfg, "eval", "control_temperature")
+  settings.positive_ints(cfg.best_of_n, "eval.best_of_n")
+  settings.positive_ints(cfg.curve_best_of_n, "eval.curve_best_of_n")
+  settings.one_of(cfg, "eval", "prompts", sorted(PROMPT_SETS))
+  d = ws.config.data
+  total = d.prompt_len + cfg.fewshot_prompt_len + d.response_len
+  settings.require(
+    total <= ws.models.policy.max_len,
+    "data.prompt_len + eval.fewshot_prompt_len + data.response_len",
+    total,
+    f"must fit the policy's context (model.max_len={ws.models.policy.max_len}) for the "
+    "few-shot base model",
+  )
+
+
 def run(ws: Workspace) -> dict[str, Any]:
   cfg = ws.config.eval
-  if any(int(n) != n or n < 1 for n in cfg.best_of_n):
-    raise ValueError(f"eval.best_of_n={tuple(cfg.best_of_n)}: every n must be an integer >= 1")
-  if cfg.prompts not in PROMPT_SETS:
-    raise ValueError(f"eval.prompts={cfg.prompts!r}; valid: {sorted(PROMPT_SETS)}.")
   # The gold score and the simulated labelers judge only the world's own prompts: with prompts
   # of your own the rows hold the RM's score and the KL, and no human-judged win rate exists.
   judged = ws.from_world(PROMPT_SETS[cfg.prompts][0])
@@ -703,7 +720,9 @@ def run(ws: Workspace) -> dict[str, Any]:
     if not _has_params(ws, policy.stage):
       continue
     loop.raise_if_preempted(f"while evaluating (before policy {policy.name!r})")
-    stages = (policy.stage.split("/")[0], "sft") + (("rm",) if members else ())
+    # A PPO policy's own run (ppo/<name>), so extending the ppo stage keeps its samples.
+    own = policy.stage if "run_id" in (loop.stage_done(ws.stage_dir(policy.stage)) or {}) else None
+    stages = (own or policy.stage.split("/")[0], "sft") + (("rm",) if members else ())
     fingerprint = _fingerprint(ws, policy.name, stages, policy.seed, prompts)
     results[policy.name] = _resumable(
       ws,

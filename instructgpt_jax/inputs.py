@@ -14,7 +14,18 @@ import numpy as np
 from absl import logging
 
 from instructgpt_jax import data as data_lib
+from instructgpt_jax import loop, settings, train_state
 from instructgpt_jax.workspace import Workspace
+
+
+def check_sft_section(ws: Workspace, section: Any, path: str) -> None:
+  """An SFT recipe's section (configs/sft.py `sft`, configs/rm_base.py `rm_base.sft`): epochs,
+  residual dropout, the pretraining mix, its optimizer and loop."""
+  settings.non_negative(section, path, "epochs")
+  settings.fraction(section, path, "dropout", low_open=False, high_open=True)
+  settings.fraction(section, path, "pretrain_mix", low_open=False, high_open=True)
+  train_state.check_optim(section.optim, f"{path}.optim")
+  loop.check_loop(section, path, ws.batch_divisor)
 
 
 def lm_arrays(ws: Workspace, split: str, seq_len: int | None = None) -> dict[str, Any]:
@@ -50,6 +61,13 @@ def sft_arrays(ws: Workspace, split: str) -> dict[str, Any]:
       arrays["n_dropped_response"],
       d.response_len,
     )
+  if split == "train" and not arrays["tokens"].shape[0]:
+    raise data_lib.DataError(
+      f"{ws.jsonl('demonstrations')}: none of the {len(recs):,} training demonstrations fits "
+      f"the context: {arrays['n_dropped_prompt']:,} prompts are longer than "
+      f"data.prompt_len={d.prompt_len} tokens, {arrays['n_dropped_response']:,} responses "
+      f"longer than data.response_len={d.response_len}."
+    )
   return arrays
 
 
@@ -68,8 +86,6 @@ def mix_pretraining(
   epoch, as the demonstrations are; fewer are taken when `text` holds too few. `name` is the
   config section that sets `fraction` (its `pretrain_mix`), for the messages.
   """
-  if not 0.0 <= fraction < 1.0:
-    raise ValueError(f"{name}.pretrain_mix={fraction} must be in [0, 1).")
   keys = ("tokens", "mask", "loss_mask")
   n = int(demos["tokens"].shape[0])
   want = int(round(n * fraction / (1.0 - fraction)))
@@ -165,6 +181,13 @@ def comparison_arrays(ws: Workspace, split: str) -> dict[str, Any]:
       k, n = f"{arrays[key]:,}", f"{len(recs):,}"
       text = message.format(k=k, n=n, P=d.prompt_len, R=d.response_len)
       logging.warning("[comparisons/%s] %s", split, text)
+  if split == "train" and not arrays["tokens"].shape[0]:
+    raise data_lib.DataError(
+      f"{comparisons_path(ws)}: none of the {len(recs):,} training comparisons is usable: "
+      f"{arrays['n_dropped_prompt']:,} prompts are longer than data.prompt_len="
+      f"{d.prompt_len} tokens, {arrays['n_dropped_no_pairs']:,} have no two ranks left after "
+      f"dropping responses longer than data.response_len={d.response_len}."
+    )
   # A list, so batching (which takes the numpy arrays) leaves it out.
   arrays["sources"] = [list(recs[i].get("sources") or []) for i in arrays["kept"]]
   return arrays

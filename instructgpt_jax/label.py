@@ -28,8 +28,9 @@ import numpy as np
 from absl import logging
 
 from instructgpt_jax import data as data_lib
-from instructgpt_jax import inputs, loop, multihost, sampling, seeds
+from instructgpt_jax import inputs, loop, multihost, sampling, seeds, settings
 from instructgpt_jax import metrics as metrics_lib
+from instructgpt_jax.formats import MAX_RESPONSES, MIN_RESPONSES
 from instructgpt_jax.sim import labelers as labelers_lib
 from instructgpt_jax.workspace import Workspace
 
@@ -157,19 +158,43 @@ def _write_progress(
   )
 
 
+def check_settings(ws: Workspace) -> None:
+  """This stage's section (nothing is sampled with your own `data.comparisons_jsonl`)."""
+  if ws.config.data.comparisons_jsonl:
+    return
+  if not ws.from_world("rm_prompts"):
+    raise settings.SettingError(
+      "Labelling needs the built-in world's simulated labelers, which judge only the world's "
+      "prompts; with your own config.data.rm_prompts_jsonl set config.data.comparisons_jsonl."
+    )
+  cfg = ws.config.label
+  settings.positive(cfg, "label", "num_prompts", "batch_size", "chunk_prompts")
+  settings.non_negative(cfg, "label", "fewshot_examples", "fewshot_prompt_len")
+  settings.require(
+    MIN_RESPONSES <= cfg.k_min <= cfg.k_max <= MAX_RESPONSES,
+    "label.k_min, label.k_max",
+    (cfg.k_min, cfg.k_max),
+    f"need {MIN_RESPONSES} <= k_min <= k_max <= {MAX_RESPONSES}",
+  )
+  sources, _ = parse_sources(cfg)
+  d = ws.config.data
+  if any(policy == "base_fewshot" for policy, _ in sources):
+    total = d.prompt_len + cfg.fewshot_prompt_len + d.response_len
+    max_len = ws.models.policy.max_len
+    settings.require(
+      total <= max_len,
+      "data.prompt_len + label.fewshot_prompt_len + data.response_len",
+      total,
+      f"must fit the policy's context (model.max_len={max_len}) for the few-shot source",
+    )
+
+
 def run(ws: Workspace) -> dict[str, Any]:
   cfg = ws.config.label
   out_path = os.path.join(ws.stage_dir("label"), "comparisons.jsonl")
   if ws.config.data.comparisons_jsonl:
     recs = data_lib.read_jsonl(ws.config.data.comparisons_jsonl, "comparisons")
     return {"source": ws.config.data.comparisons_jsonl, "comparisons": len(recs)}
-  if not ws.from_world("rm_prompts"):
-    raise ValueError(
-      "Labelling needs the built-in world's simulated labelers, which judge only the world's "
-      "prompts; with your own config.data.rm_prompts_jsonl set config.data.comparisons_jsonl."
-    )
-  if cfg.chunk_prompts < 1:
-    raise ValueError(f"label.chunk_prompts must be >= 1, not {cfg.chunk_prompts}.")
   world = ws.world()
   train_pool, _ = labelers_lib.make_labeler_pools(ws.config.data.world_seed, world=world)
   recs = [

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 import optax
 from absl import logging
@@ -29,7 +30,7 @@ from jax.sharding import Mesh
 
 from instructgpt_jax import checkpoint as ckpt_lib
 from instructgpt_jax import metrics as metrics_lib
-from instructgpt_jax import multihost, sharding, train_state
+from instructgpt_jax import multihost, settings, sharding, train_state
 
 DONE_FILE = "DONE.json"
 
@@ -151,6 +152,16 @@ def decode_iterator_state(state: Any) -> Any:
 
 
 ON_NONFINITE = ("stop", "skip")
+
+
+def check_loop(section: ml_collections.ConfigDict, path: str, batch_divisor: int) -> None:
+  """A training loop's section (configs/common.py `loop`) at config path `path`; its batch must
+  split evenly over the mesh's `batch_divisor` data-parallel shards."""
+  settings.divides(section, path, "batch_size", batch_divisor, "the mesh's data-parallel shards")
+  for key in ("log_every", "checkpoint_every", "keep_checkpoints"):
+    value = section[key]
+    settings.require(isinstance(value, int) and value >= 1, f"{path}.{key}", value, "must be >= 1")
+  settings.one_of(section, path, "on_nonfinite", ON_NONFINITE)
 
 
 def _nonfinite(metrics: Mapping[str, Any]) -> list[str]:

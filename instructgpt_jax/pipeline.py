@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
 import shutil
 import time
 import types
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from absl import logging
 
-from instructgpt_jax import loop, multihost
+from instructgpt_jax import loop, multihost, settings
 from instructgpt_jax.workspace import Workspace
 
 # Stage name -> the module that holds its state, its pure step and its `run(ws)`, in order.
@@ -43,6 +44,31 @@ OPTIONAL_STAGES: dict[str, tuple[str, ...]] = {"dpo": ("pretrain", "sft", "label
 # The earlier stages a stage's output depends on, where not all of them: rm_base reads only the
 # data and the tokenizer, so a retrained SFT policy (or new comparisons) reuses it.
 STAGE_NEEDS: dict[str, tuple[str, ...]] = {"rm_base": ()}
+# The settings that shape each stage besides the run's seed, model and data settings
+# (settings.COMMON): its own section and the data files it reads. DONE.json records them; a
+# finished stage whose settings differ is not reused as if nothing changed (`plan`).
+STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
+  "pretrain": ("pretrain", "data.pretrain_jsonl", "data.demonstrations_jsonl"),
+  "sft": ("sft", "data.demonstrations_jsonl", "data.pretrain_jsonl"),
+  "label": ("label", "data.rm_prompts_jsonl", "data.comparisons_jsonl"),
+  "rm_base": (
+    "rm_base",
+    "rm.model",
+    "data.nlp_tasks_jsonl",
+    "data.pretrain_jsonl",
+    "data.demonstrations_jsonl",
+  ),
+  "rm": ("rm", "data.comparisons_jsonl"),
+  "ppo": ("ppo", "data.prompts_jsonl", "data.pretrain_jsonl"),
+  "dpo": ("dpo", "data.comparisons_jsonl"),
+  "eval": ("eval", "data.eval_prompts_jsonl", "data.prompts_jsonl"),
+}
+# Settings whose change only adds policies beside the finished ones: the stage is extended in
+# place (ppo trains each policy into its own directory and skips the finished ones).
+EXTENDED_BY: dict[str, tuple[str, ...]] = {"ppo": ("ppo.estimator", "ppo.variants")}
+# Stages whose saved parts carry a fingerprint of what made them (evaluate.py's per-policy
+# files): a change of their settings or inputs redoes them in place, reusing what still holds.
+REDONE_IN_PLACE = ("eval",)
 
 
 def stage_module(name: str) -> types.ModuleType:
@@ -109,46 +135,134 @@ def changed_upstream(done: dict[str, Any] | None, run_ids: dict[str, str]) -> li
   return [name for name, run_id in run_ids.items() if upstream.get(name) != run_id]
 
 
+def stage_settings(config: Any, name: str) -> dict[str, Any]:
+  """The settings that shape stage `name` (settings.of_stage), recorded in its DONE.json."""
+  return settings.of_stage(config, STAGE_SETTINGS[name])
+
+
+def check_settings(ws: Workspace, stage: str) -> None:
+  """Every stage the run will do checks its settings (`<module>.check_settings(ws)`), so a bad
+  value is refused in one line before any stage starts."""
+  for name in stages_to_run(stage):
+    if name == "pretrain" and ws.hf_base:
+      continue
+    stage_module(name).check_settings(ws)
+
+
+class Action(NamedTuple):
+  """What the run does with one stage: "reuse" it, "run" it (nothing finished), "redo" it from
+  scratch, or "extend" it in place (add the missing policies, or re-evaluate what changed)."""
+
+  name: str
+  action: str
+  reason: str = ""
+
+
+def plan(ws: Workspace, stage: str) -> list[Action]:
+  """What the run will do with each stage, decided before any of them starts.
+
+  A finished stage is reused unless an earlier stage is redone (its inputs changed), its
+  settings changed, or it is the requested stage with `overwrite`. Changed settings that only
+  add policies (EXTENDED_BY) extend it; those of a stage whose saved parts are fingerprinted
+  (REDONE_IN_PLACE) redo it in place; any other change is refused with the differing keys,
+  unless `overwrite` is set, which then redoes every stage whose settings changed.
+  """
+  overwrite = bool(ws.config.overwrite)
+  actions, run_ids, refused = [], {}, []
+  for name in stages_to_run(stage):
+    if name == "pretrain" and ws.hf_base:
+      run_ids[name] = ws.config.model.init
+      continue
+    done = loop.stage_done(ws.stage_dir(name))
+    needs = STAGE_NEEDS.get(name)
+    upstream = run_ids if needs is None else {n: run_ids[n] for n in needs if n in run_ids}
+    if done is None:
+      action = Action(name, "run")
+    else:
+      diffs = settings.differences(done.get("settings"), stage_settings(ws.config, name))
+      stale = changed_upstream(done, upstream)
+      action = _action_for_finished(name, diffs, stale, overwrite and name == stage, overwrite)
+      if action is None:
+        refused.append(f"[{name}] {settings.describe(diffs)}")
+        action = Action(name, "reuse")
+    actions.append(action)
+    # A stage that runs again gets a new run id, so every stage built on it is stale.
+    run_ids[name] = done.get("run_id", "") if action.action == "reuse" else f"new:{name}"
+  if refused:
+    raise settings.SettingError(
+      f"finished stages in {ws.workdir} were built with other settings: {'; '.join(refused)}. "
+      "Add --config.overwrite=True to redo them (and the stages built on them), or use a new "
+      "--workdir."
+    )
+  return actions
+
+
+def _action_for_finished(
+  name: str, diffs: dict, stale: list[str], requested_overwrite: bool, overwrite: bool
+) -> Action | None:
+  """The Action for a finished stage (None: refused, its settings changed)."""
+  if requested_overwrite:
+    return Action(name, "redo", "overwrite")
+  if name in REDONE_IN_PLACE and (stale or diffs):
+    changed = stale or list(diffs)
+    return Action(name, "extend", f"{', '.join(changed)} changed since it was made")
+  if stale:
+    return Action(name, "redo", f"{', '.join(stale)} changed since it was made")
+  if not diffs:
+    return Action(name, "reuse")
+  if set(diffs) <= set(EXTENDED_BY.get(name, ())):
+    return Action(name, "extend", f"adding policies: {settings.describe(diffs)}")
+  if overwrite:
+    return Action(name, "redo", f"settings changed: {settings.describe(diffs)}")
+  return None
+
+
 def run(ws: Workspace, stage: str) -> dict[str, Any]:
   """Runs the missing stages up to `stage`; returns {stage: summary}.
 
-  A finished stage is reused unless an earlier stage was redone since it was made (for example
-  SFT retrained with `--config.overwrite=True`): then it is redone too, so a report never mixes
-  a new SFT policy with a reward model trained on the old one's samples.
+  Every setting of those stages is checked first, and what each stage will do is decided
+  (`plan`) before any of them starts. A finished stage is reused unless an earlier stage was
+  redone since it was made (for example SFT retrained with `--config.overwrite=True`): then it
+  is redone too, so a report never mixes a new SFT policy with a reward model trained on the
+  old one's samples.
   """
+  check_settings(ws, stage)
+  actions = plan(ws, stage)
   runners = _runners()
-  summaries = {}
+  summaries: dict[str, Any] = {}
   run_ids: dict[str, str] = {}  # Current run of every stage handled so far.
-  for name in stages_to_run(stage):
-    if name == "pretrain" and ws.hf_base:
-      # The imported checkpoint is the base model; its path identifies it for later stages.
-      logging.info("[pretrain] skipped: model.init=%s is the base model", ws.config.model.init)
-      summaries[name] = {"init": ws.config.model.init}
-      run_ids[name] = ws.config.model.init
-      continue
+  if ws.hf_base and "pretrain" in stages_to_run(stage):
+    # The imported checkpoint is the base model; its path identifies it for later stages.
+    logging.info("[pretrain] skipped: model.init=%s is the base model", ws.config.model.init)
+    summaries["pretrain"] = {"init": ws.config.model.init}
+    run_ids["pretrain"] = ws.config.model.init
+  for name, action, reason in actions:
     stage_dir = ws.stage_dir(name)
-    done = loop.stage_done(stage_dir)
     needs = STAGE_NEEDS.get(name)
     upstream = run_ids if needs is None else {n: run_ids[n] for n in needs if n in run_ids}
-    stale = changed_upstream(done, upstream)
-    if done is not None and not stale and not (name == stage and ws.config.overwrite):
+    if action == "reuse":
+      done = loop.stage_done(stage_dir) or {}
       print(f"[{name}] already complete in {stage_dir} (reused)", flush=True)
       summaries[name] = done
       run_ids[name] = done.get("run_id", "")
       continue
     loop.raise_if_preempted(f"before stage {name!r}")
-    if done is not None:  # Redo a finished stage from scratch, not from its checkpoint.
-      if stale:
-        logging.warning("[%s] redone: %s changed since it was made", name, ", ".join(stale))
-      else:
-        logging.warning("[%s] overwrite: removing the finished stage in %s", name, stage_dir)
+    if action == "redo":  # From scratch, not from its checkpoint.
+      logging.warning(
+        "[%s] redone (%s): removing the finished stage in %s", name, reason, stage_dir
+      )
       multihost.on_main(f"redo {stage_dir}", functools.partial(shutil.rmtree, stage_dir))
+    elif action == "extend":  # Its finished parts stay and are reused where still valid.
+      print(f"[{name}] extended: {reason}", flush=True)
+      done_file = os.path.join(stage_dir, loop.DONE_FILE)
+      multihost.on_main(f"extend {stage_dir}", functools.partial(os.remove, done_file))
     print(f"[{name}] running ({STAGE_DOC[name]})", flush=True)
     t0 = time.perf_counter()
     summary = dict(runners[name](ws))
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     summary["run_id"] = uuid.uuid4().hex
     summary["upstream"] = dict(upstream)
+    summary["settings"] = stage_settings(ws.config, name)
     loop.mark_done(stage_dir, summary)
     logging.info("[%s] done in %.1fs: %s", name, summary["seconds"], summary)
     print(f"[{name}] done in {summary['seconds']:.0f} s{headline(summary)}", flush=True)

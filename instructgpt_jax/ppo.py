@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,6 +37,7 @@ from instructgpt_jax import (
   objectives,
   sampling,
   seeds,
+  settings,
   sharding,
   train_state,
 )
@@ -104,6 +106,56 @@ def ptx_coef_of(config: ml_collections.ConfigDict, variant: str) -> float:
   return float(config.ppo.ptx_coef) if variant == "ppo_ptx" else 0.0
 
 
+def check_section(cfg: ml_collections.ConfigDict) -> None:
+  """`config.ppo`'s values and how its batch sizes divide each other (the mesh is checked by
+  `check_settings`)."""
+  settings.positive(cfg, "ppo", "iterations", "epochs", "temperature", "kl_target", "kl_horizon")
+  settings.non_negative(cfg, "ppo", "kl_coef", "ptx_coef", "vf_coef", "snapshot_every")
+  for key in ("clip_eps", "value_clip_eps"):
+    settings.fraction(cfg, "ppo", key, low_open=True, high_open=True)
+  for key in ("gamma", "lam"):
+    settings.fraction(cfg, "ppo", key, low_open=False, high_open=False)
+  settings.one_of(cfg, "ppo", "estimator", ESTIMATORS)
+  for variant in cfg.variants:
+    valid = f"every entry must be one of {list(VARIANTS)}"
+    settings.require(variant in VARIANTS, "ppo.variants", tuple(cfg.variants), valid)
+  settings.positive(cfg, "ppo", "minibatch_size", "ptx_batch_size")
+  settings.divides(
+    cfg, "ppo", "rollout_batch_size", cfg.minibatch_size, f"ppo.minibatch_size={cfg.minibatch_size}"
+  )
+  if cfg.estimator != "gae":
+    settings.require(
+      isinstance(cfg.group_size, int) and cfg.group_size >= 2,
+      "ppo.group_size",
+      cfg.group_size,
+      f"ppo.estimator={cfg.estimator!r} needs at least 2 samples per prompt",
+    )
+    settings.divides(
+      cfg, "ppo", "rollout_batch_size", cfg.group_size, f"ppo.group_size={cfg.group_size}"
+    )
+
+
+def check_settings(ws: Workspace) -> None:
+  """This stage's section against the run's mesh, before any stage starts."""
+  cfg = ws.config.ppo
+  check_section(cfg)
+  train_state.check_optim(cfg.optim, "ppo.optim")
+  train_state.check_optim(cfg.value_optim, "ppo.value_optim")
+  lora_lib.LoraConfig.from_config(cfg.lora, "ppo")
+  for key in ("log_every", "checkpoint_every", "keep_checkpoints"):
+    settings.positive(cfg, "ppo", key)
+  settings.one_of(cfg, "ppo", "on_nonfinite", loop.ON_NONFINITE)
+  group = 1 if cfg.estimator == "gae" else cfg.group_size
+  shards = ws.batch_divisor
+  settings.require(
+    (cfg.rollout_batch_size // group) % shards == 0,
+    "ppo.rollout_batch_size // ppo.group_size",
+    cfg.rollout_batch_size // group,
+    f"prompts per rollout must split over the mesh's {shards} data-parallel shards; raise "
+    "ppo.rollout_batch_size or lower ppo.group_size",
+  )
+
+
 def make_settings(
   config: ml_collections.ConfigDict,
   models: model_configs.ModelConfigs,
@@ -114,18 +166,7 @@ def make_settings(
   """The static settings of `variant`'s PPO iteration from the full config and the run's
   models (the policy's, and the value function's, which is the RM's)."""
   cfg = config.ppo
-  if cfg.rollout_batch_size % cfg.minibatch_size:
-    raise ValueError(
-      f"ppo.rollout_batch_size={cfg.rollout_batch_size} must be a multiple of "
-      f"ppo.minibatch_size={cfg.minibatch_size}."
-    )
-  if cfg.estimator not in ESTIMATORS:
-    raise ValueError(f"ppo.estimator={cfg.estimator!r} is not one of {list(ESTIMATORS)}.")
-  if cfg.estimator != "gae" and (cfg.group_size < 2 or cfg.rollout_batch_size % cfg.group_size):
-    raise ValueError(
-      f"ppo.estimator={cfg.estimator!r} needs ppo.group_size >= 2 dividing "
-      f"ppo.rollout_batch_size={cfg.rollout_batch_size} (got {cfg.group_size})."
-    )
+  check_section(cfg)
   section = cfg.copy_and_resolve_references()
   section.ptx_coef = ptx_coef_of(config, variant)
   with section.unlocked():  # main locks the config.
@@ -440,13 +481,6 @@ def train_variant(
   tok = ws.tokenizer()
   s = make_settings(ws.config, ws.models, tok.eos_id, tok.pad_id, variant)
   prompts_per_rollout = cfg.rollout_batch_size // s.group_size
-  shards = sharding.batch_divisor(ws.mesh, ws.rules)
-  if prompts_per_rollout % shards:  # Refused before any parameter is loaded.
-    raise ValueError(
-      f"ppo.rollout_batch_size // ppo.group_size = {prompts_per_rollout} prompts per rollout "
-      f"cannot be split over the mesh's {shards} data-parallel shards; raise "
-      "ppo.rollout_batch_size or lower ppo.group_size."
-    )
   sft_params = ws.load_params("sft", s.policy_cfg)
   rm_params = ws.load_reward_model()  # The ensemble's members; the value starts from the first.
   state, shardings = init_state(ws.config, s, ws.mesh, ws.rules, sft_params, rm_params[0])
@@ -487,8 +521,6 @@ def train_variant(
 
 def run(ws: Workspace) -> dict[str, Any]:
   """Trains every variant in `config.ppo.variants` ("ppo": ptx_coef 0; "ppo_ptx": the config's)."""
-  for variant in ws.config.ppo.variants:
-    ptx_coef_of(ws.config, variant)  # Unknown names fail before any training.
   prompts = inputs.prompt_arrays(ws)
   ptx_arrays = inputs.lm_arrays(ws, "train")
   summaries = {}
@@ -497,7 +529,8 @@ def run(ws: Workspace) -> dict[str, Any]:
     variant_dir = os.path.join(ws.stage_dir("ppo"), name)
     done = loop.stage_done(variant_dir)
     if done is None:
-      done = train_variant(ws, variant, prompts, ptx_arrays)
+      # Its own run id: the evaluation keeps its samples while the stage gains other policies.
+      done = {**train_variant(ws, variant, prompts, ptx_arrays), "run_id": uuid.uuid4().hex}
       loop.mark_done(variant_dir, done)
     summaries[name] = done
   return summaries

@@ -13,7 +13,7 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
-from instructgpt_jax import inputs, loop, model_configs, objectives, seeds, train_state
+from instructgpt_jax import inputs, loop, model_configs, objectives, seeds, settings, train_state
 from instructgpt_jax.workspace import Workspace
 
 Batch = dict[str, jax.Array]
@@ -56,6 +56,15 @@ def train_step(
   (_, metrics), grads = grad_fn(state.params, state.apply_fn, batch, rng, False)
   new_state = state.apply_gradients(grads=grads)
   return new_state, dict(metrics, grad_norm=optax.global_norm(grads))
+
+
+def check_settings(ws: Workspace) -> None:
+  """The run's data settings and this stage's section, before any stage starts."""
+  ws.check_settings()
+  cfg = ws.config.pretrain
+  settings.positive(cfg, "pretrain", "steps")
+  train_state.check_optim(cfg.optim, "pretrain.optim")
+  loop.check_loop(cfg, "pretrain", ws.batch_divisor)
 
 
 def run(ws: Workspace) -> dict[str, Any]:

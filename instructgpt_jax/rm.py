@@ -31,6 +31,7 @@ from instructgpt_jax import (
   preference_pretraining,
   scoring,
   seeds,
+  settings,
   train_state,
   workspace,
 )
@@ -134,6 +135,22 @@ def init_state(
     params,
     abstract=abstract,
   )
+
+
+def check_settings(ws: Workspace) -> None:
+  """This stage's section, preference-model pretraining's included."""
+  cfg = ws.config.rm
+  settings.positive(cfg, "rm", "epochs", "ensemble")
+  settings.fraction(cfg, "rm", "comparisons_fraction", low_open=True, high_open=False)
+  settings.require(
+    isinstance(cfg.ensemble, int), "rm.ensemble", cfg.ensemble, "must be an integer >= 1"
+  )
+  train_state.check_optim(cfg.optim, "rm.optim")
+  loop.check_loop(cfg, "rm", ws.batch_divisor)
+  settings.non_negative(cfg.pmp, "rm.pmp", "steps")
+  if cfg.pmp.steps:
+    train_state.check_optim(cfg.pmp.optim, "rm.pmp.optim")
+    loop.check_loop(cfg.pmp, "rm.pmp", ws.batch_divisor)
 
 
 def _check_rm_base_trained(ws: Workspace) -> None:
@@ -288,12 +305,8 @@ def held_out_accuracy(
 
 def run(ws: Workspace) -> dict[str, Any]:
   cfg = ws.config.rm
-  if cfg.ensemble < 1:
-    raise ValueError(f"rm.ensemble={cfg.ensemble}: the reward model needs at least one member.")
   if ws.models.rm_init_from == "rm_base":
     _check_rm_base_trained(ws)
-  if not 0.0 < cfg.comparisons_fraction <= 1.0:
-    raise ValueError(f"rm.comparisons_fraction={cfg.comparisons_fraction} must be in (0, 1].")
   arrays = inputs.comparison_arrays(ws, "train")
   train = {k: arrays[k] for k in ("tokens", "mask", "ranks")}
   if cfg.comparisons_fraction < 1.0:  # A fixed random subset: the accuracy-vs-data curve.

@@ -34,7 +34,16 @@ from absl import logging
 from jax.sharding import Mesh
 
 from instructgpt_jax import data as data_lib
-from instructgpt_jax import inputs, loop, model_configs, objectives, scoring, seeds, train_state
+from instructgpt_jax import (
+  inputs,
+  loop,
+  model_configs,
+  objectives,
+  scoring,
+  seeds,
+  settings,
+  train_state,
+)
 from instructgpt_jax.workspace import Workspace
 
 Batch = dict[str, jax.Array]
@@ -121,6 +130,28 @@ def nlp_arrays(ws: Workspace, split: str) -> dict[str, Any] | None:
     )
   arrays["records"] = len(recs)
   return arrays
+
+
+def check_settings(ws: Workspace) -> None:
+  """The three phases' sections (nothing to check when the RM does not start from rm_base)."""
+  if ws.models.rm_init_from != "rm_base":
+    return
+  cfg = ws.config.rm_base
+  settings.non_negative(cfg, "rm_base", "steps")
+  train_state.check_optim(cfg.optim, "rm_base.optim")
+  loop.check_loop(cfg, "rm_base", ws.batch_divisor)
+  settings.non_negative(cfg.nlp, "rm_base.nlp", "epochs")
+  settings.positive(cfg.nlp, "rm_base.nlp", "prompt_len")
+  total, max_len = cfg.nlp.prompt_len + ws.config.data.response_len, ws.models.rm_trunk.max_len
+  settings.require(
+    total <= max_len,
+    "rm_base.nlp.prompt_len + data.response_len",
+    total,
+    f"must fit the reward model's context (rm.model max_len={max_len})",
+  )
+  train_state.check_optim(cfg.nlp.optim, "rm_base.nlp.optim")
+  loop.check_loop(cfg.nlp, "rm_base.nlp", ws.batch_divisor)
+  inputs.check_sft_section(ws, cfg.sft, "rm_base.sft")
 
 
 def run(ws: Workspace) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from instructgpt_jax import (
   objectives,
   scoring,
   seeds,
+  settings,
   train_state,
 )
 from instructgpt_jax.workspace import Workspace
@@ -81,6 +82,13 @@ def train_step(
   (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   new_state = state.apply_gradients(grads=grads)
   return new_state, dict(metrics, grad_norm=optax.global_norm(grads))
+
+
+def check_settings(ws: Workspace) -> None:
+  """This stage's section, before any stage starts."""
+  inputs.check_sft_section(ws, ws.config.sft, "sft")
+  settings.positive(ws.config.sft, "sft", "epochs")
+  lora.LoraConfig.from_config(ws.config.sft.lora, "sft")
 
 
 def run(ws: Workspace) -> dict[str, Any]:

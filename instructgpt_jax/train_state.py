@@ -17,11 +17,26 @@ import optax
 from flax.training import train_state as flax_train_state
 from jax.sharding import Mesh
 
-from instructgpt_jax import lora, sharding
+from instructgpt_jax import lora, settings, sharding
 from instructgpt_jax import model as model_lib
 
 TrainState = flax_train_state.TrainState
 SCHEDULES = ("cosine", "constant", "linear")
+
+
+def check_optim(section: ml_collections.ConfigDict, path: str) -> None:
+  """An optimizer section (configs/common.py `optim`) at config path `path`, e.g. "sft.optim"."""
+  settings.positive(section, path, "lr", "eps")
+  settings.one_of(section, path, "schedule", SCHEDULES)
+  settings.non_negative(section, path, "warmup_steps", "weight_decay", "clip_norm")
+  settings.fraction(section, path, "end_lr_fraction", low_open=False, high_open=False)
+  settings.fraction(section, path, "warmup_init_fraction", low_open=False, high_open=False)
+  settings.fraction(section, path, "b1", low_open=False, high_open=True)
+  settings.fraction(section, path, "b2", low_open=False, high_open=True)
+  steps = section.grad_accum_steps
+  settings.require(
+    isinstance(steps, int) and steps >= 1, f"{path}.grad_accum_steps", steps, "must be >= 1"
+  )
 
 
 def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:

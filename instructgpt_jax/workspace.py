@@ -25,6 +25,7 @@ from instructgpt_jax import (
   hf_tokenizer,
   model_configs,
   multihost,
+  settings,
   sharding,
   train_state,
 )
@@ -44,7 +45,14 @@ JSONL_KEYS = {
   # with your own data and no such file, the rm_base stage skips its fine-tuning.
   "nlp_tasks": ("nlp_tasks_jsonl", "nlp_tasks.jsonl"),
 }
-OPTIONAL_KINDS = ("nlp_tasks",)  # Kinds a data set of your own may leave out.
+OPTIONAL_KINDS = ("nlp_tasks",)
+# Kinds whose train split a stage trains on: an empty one is an error that names the file.
+TRAINED_ON = (
+  "pretraining",
+  "demonstrations",
+  "prompts",
+  "comparisons",
+)  # Kinds a data set of your own may leave out.
 # The data format each kind is read with (data.KINDS), where it is not the kind's own name.
 DATA_KINDS = {"eval_prompts": "prompts", "rm_prompts": "prompts", "nlp_tasks": "demonstrations"}
 
@@ -157,6 +165,44 @@ class Workspace:
       multihost.on_main("world", lambda: sim_files.write_world(world_dir, self.world()))
     return path
 
+  @property
+  def batch_divisor(self) -> int:
+    """Every global batch must be a multiple of this: the mesh's data-parallel shards."""
+    return sharding.batch_divisor(self.mesh, self.rules)
+
+  def check_settings(self) -> None:
+    """The data section against the run's models: a prompt and its response fit each model's
+    context, the splits leave training data, the world is known."""
+    d, path = self.config.data, "data"
+    settings.positive(d, path, "prompt_len", "response_len", "seq_len")
+    for name in ("policy", "reward"):
+      max_len = getattr(self.models, name).max_len
+      total = d.prompt_len + d.response_len
+      settings.require(
+        total <= max_len,
+        "data.prompt_len + data.response_len",
+        total,
+        f"must fit the {name} model's context (model.max_len={max_len})",
+      )
+      settings.require(
+        d.seq_len <= max_len, "data.seq_len", d.seq_len, f"must be <= model.max_len={max_len}"
+      )
+    settings.non_negative(d, path, "validation_fraction", "test_fraction")
+    settings.non_negative(d, path, "dedup_prefix_chars", "max_prompts_per_user")
+    held_out = d.validation_fraction + d.test_fraction
+    settings.require(
+      held_out < 1,
+      "data.validation_fraction + data.test_fraction",
+      held_out,
+      "must be < 1, so that users are left to train on",
+    )
+    settings.one_of(d, path, "world", sim_files.WORLDS)
+    settings.positive(d, path, "world_scale")
+    files = [(key, DATA_KINDS.get(kind, kind)) for kind, (key, _) in JSONL_KEYS.items()]
+    for key, kind in [*files, ("comparisons_jsonl", "comparisons")]:
+      if d[key]:
+        data_lib.check_file(d[key], f"config.data.{key}", kind)
+
   # Data ----------------------------------------------------------------------------------------
 
   def hygiene(self) -> data_lib.Hygiene:
@@ -188,6 +234,14 @@ class Workspace:
       self._records[key] = data_lib.load_split(
         data_kind, path, data_dir, split, self.hygiene(), chat
       )
+      if split == "train" and kind in TRAINED_ON and not self._records[key]:
+        builder = data_lib.make_builder(data_kind, path, data_dir, self.hygiene(), chat)
+        counts = dict(builder.info.metadata.get("hygiene", {}))
+        raise data_lib.DataError(
+          f"{path}: no {data_kind} left to train on after the data hygiene ({counts}); see "
+          "config.data (dedup_prefix_chars, max_prompts_per_user, validation_fraction, "
+          "test_fraction)."
+        )
     return self._records[key]
 
   def tokenizer(self) -> tokenizer_lib.Tokenizer | hf_tokenizer.HfTokenizer:
