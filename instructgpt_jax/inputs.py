@@ -132,7 +132,7 @@ def parse_source(source: str) -> tuple[str, float]:
   except ValueError:
     value = -1.0
   if policy not in SOURCE_POLICIES or value <= 0:
-    raise ValueError(
+    raise settings.SettingError(
       f"label source {source!r} is not 'policy:temperature' with policy one of "
       f"{list(SOURCE_POLICIES)} and a temperature > 0 (e.g. 'sft:1.0')."
     )

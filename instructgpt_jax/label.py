@@ -81,15 +81,15 @@ def parse_sources(cfg: Any) -> tuple[list[tuple[str, float]], np.ndarray]:
   sources = [inputs.parse_source(s) for s in cfg.sources]
   weights = np.asarray(cfg.source_weights, np.float64)
   if not sources:
-    raise ValueError("label.sources is empty; give at least one, e.g. ('sft:1.0',).")
+    raise settings.SettingError("label.sources is empty; give at least one, e.g. ('sft:1.0',).")
   if weights.shape != (len(sources),) or (weights < 0).any() or weights.sum() <= 0:
-    raise ValueError(
+    raise settings.SettingError(
       f"label.source_weights={tuple(cfg.source_weights)} must be {len(sources)} non-negative "
       f"numbers (one per label.sources entry) with a positive sum."
     )
   names = [inputs.source_name(p, t) for p, t in sources]
   if len(set(names)) != len(names):
-    raise ValueError(f"label.sources {list(cfg.sources)} names a source twice.")
+    raise settings.SettingError(f"label.sources {list(cfg.sources)} names a source twice.")
   return sources, weights / weights.sum()
 
 

@@ -33,6 +33,7 @@ import ml_collections
 from flax import traverse_util
 
 from instructgpt_jax import model as model_lib
+from instructgpt_jax import settings
 
 RANK_AXIS = "lora_rank"
 # Every linear layer of a block, as QLoRA found best (attention only is the LoRA paper's choice).
@@ -60,10 +61,10 @@ class LoraConfig:
     """From a stage's `lora` section (configs/common.py `lora`); `stage` names it in errors."""
     cfg = cls(int(section.rank), float(section.alpha), tuple(section.targets))
     if cfg.rank < 0:
-      raise ValueError(f"{stage}.lora.rank={cfg.rank} must be >= 0 (0 turns LoRA off).")
+      raise settings.SettingError(f"{stage}.lora.rank={cfg.rank} must be >= 0 (0 turns LoRA off).")
     unknown = sorted(set(cfg.targets) - set(ALL_LINEAR))
     if cfg.enabled and (unknown or not cfg.targets):
-      raise ValueError(
+      raise settings.SettingError(
         f"{stage}.lora.targets={list(cfg.targets)}: unknown or empty; valid: {list(ALL_LINEAR)}."
       )
     return cfg

@@ -12,6 +12,9 @@ os.environ["XLA_FLAGS"] = (
   os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Spare XLA CPU client threads for collectives across the 8 devices (instructgpt_jax/xla_cpu.py),
+# set on import and before any test makes JAX's CPU client.
+import instructgpt_jax  # noqa: E402,F401  pylint: disable=wrong-import-position,unused-import
 
 # The first pytest process (the xdist controller, or the only one) makes the directory; the
 # workers and everything they start inherit it, and it goes when that process ends.

@@ -82,15 +82,17 @@ def test_ranks_among_keeps_only_one_source():
   assert inputs.ranks_among(arrays, "sft:1.0").tolist() == [[0, 1, -1, -1], [-1, -1, -1, -1]]
 
 
-def test_mix_pretraining_fraction():
+def test_mix_pretraining_fraction(tmp_path):
   demos = {k: np.zeros((90, 6), np.int32) for k in ("tokens", "mask", "loss_mask")}
   text = {k: np.ones((50, 6), np.int32) for k in ("tokens", "mask", "loss_mask")}
   mixed, n_text = inputs.mix_pretraining(demos, text, 0.1, seed=0)
   assert n_text == 10 and mixed["tokens"].shape == (100, 6)
   assert mixed["loss_mask"][90:].all() and not mixed["loss_mask"][:90].any()
   assert inputs.mix_pretraining(demos, text, 0.0, seed=0)[1] == 0
-  with pytest.raises(ValueError, match="pretrain_mix"):
-    inputs.mix_pretraining(demos, text, 1.0, seed=0)
+  config = helpers.config("rm_base")
+  config.rm_base.sft.pretrain_mix = 1.0  # All pretraining rows: checked before any stage.
+  with pytest.raises(ValueError, match=r"rm_base\.sft\.pretrain_mix=1\.0: must be in \[0, 1\)"):
+    inputs.check_sft_section(Workspace(config, str(tmp_path)), config.rm_base.sft, "rm_base.sft")
 
 
 def test_nlp_tasks_are_optional(tmp_path):
