@@ -44,28 +44,11 @@ OPTIONAL_STAGES: dict[str, tuple[str, ...]] = {"dpo": ("pretrain", "sft", "label
 # The earlier stages a stage's output depends on, where not all of them: rm_base reads only the
 # data and the tokenizer, so a retrained SFT policy (or new comparisons) reuses it.
 STAGE_NEEDS: dict[str, tuple[str, ...]] = {"rm_base": ()}
-# The settings that shape each stage besides the run's seed, model and data settings
-# (settings.COMMON): its own section and the data files it reads. DONE.json records them; a
-# finished stage whose settings differ is not reused as if nothing changed (`plan`).
-STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
-  "pretrain": ("pretrain", "data.pretrain_jsonl", "data.demonstrations_jsonl"),
-  "sft": ("sft", "data.demonstrations_jsonl", "data.pretrain_jsonl"),
-  "label": ("label", "data.rm_prompts_jsonl", "data.comparisons_jsonl"),
-  "rm_base": (
-    "rm_base",
-    "rm.model",
-    "data.nlp_tasks_jsonl",
-    "data.pretrain_jsonl",
-    "data.demonstrations_jsonl",
-  ),
-  "rm": ("rm", "data.comparisons_jsonl"),
-  "ppo": ("ppo", "data.prompts_jsonl", "data.pretrain_jsonl"),
-  "dpo": ("dpo", "data.comparisons_jsonl"),
-  "eval": ("eval", "data.eval_prompts_jsonl", "data.prompts_jsonl"),
-}
 # Settings whose change only adds policies beside the finished ones: the stage is extended in
 # place (ppo trains each policy into its own directory and skips the finished ones).
-EXTENDED_BY: dict[str, tuple[str, ...]] = {"ppo": ("ppo.estimator", "ppo.variants")}
+EXTENDED_BY: dict[str, tuple[str, ...]] = {
+  "ppo": ("ppo.estimator", "ppo.variants", "ppo.group_size")
+}
 # Stages whose saved parts carry a fingerprint of what made them (evaluate.py's per-policy
 # files): a change of their settings or inputs redoes them in place, reusing what still holds.
 REDONE_IN_PLACE = ("eval",)
@@ -137,7 +120,7 @@ def changed_upstream(done: dict[str, Any] | None, run_ids: dict[str, str]) -> li
 
 def stage_settings(config: Any, name: str) -> dict[str, Any]:
   """The settings that shape stage `name` (settings.of_stage), recorded in its DONE.json."""
-  return settings.of_stage(config, STAGE_SETTINGS[name])
+  return settings.of_stage(config, settings.STAGE_SETTINGS[name])
 
 
 def check_settings(ws: Workspace, stage: str) -> None:
@@ -180,8 +163,16 @@ def plan(ws: Workspace, stage: str) -> list[Action]:
       action = Action(name, "run")
     else:
       diffs = settings.differences(done.get("settings"), stage_settings(ws.config, name))
+      extends = bool(diffs) and set(diffs) <= set(EXTENDED_BY.get(name, ()))
+      if extends:
+        # Only which policies to train changed: the finished ones it reuses must still match.
+        parts = stage_module(name).finished_part_differences(ws)
+        diffs = {f"{part}: {key}": diff for part, d in parts.items() for key, diff in d.items()}
+        extends = not diffs
       stale = changed_upstream(done, upstream)
-      action = _action_for_finished(name, diffs, stale, overwrite and name == stage, overwrite)
+      action = _action_for_finished(
+        name, diffs, stale, extends, overwrite and name == stage, overwrite
+      )
       if action is None:
         refused.append(f"[{name}] {settings.describe(diffs)}")
         action = Action(name, "reuse")
@@ -198,9 +189,15 @@ def plan(ws: Workspace, stage: str) -> list[Action]:
 
 
 def _action_for_finished(
-  name: str, diffs: dict, stale: list[str], requested_overwrite: bool, overwrite: bool
+  name: str,
+  diffs: dict,
+  stale: list[str],
+  extends: bool,
+  requested_overwrite: bool,
+  overwrite: bool,
 ) -> Action | None:
-  """The Action for a finished stage (None: refused, its settings changed)."""
+  """The Action for a finished stage (None: refused, its settings changed). `extends`: the
+  settings changed only in which policies it trains (EXTENDED_BY)."""
   if requested_overwrite:
     return Action(name, "redo", "overwrite")
   if name in REDONE_IN_PLACE and (stale or diffs):
@@ -208,10 +205,10 @@ def _action_for_finished(
     return Action(name, "extend", f"{', '.join(changed)} changed since it was made")
   if stale:
     return Action(name, "redo", f"{', '.join(stale)} changed since it was made")
+  if extends:
+    return Action(name, "extend", "training the policies it lacks")
   if not diffs:
     return Action(name, "reuse")
-  if set(diffs) <= set(EXTENDED_BY.get(name, ())):
-    return Action(name, "extend", f"adding policies: {settings.describe(diffs)}")
   if overwrite:
     return Action(name, "redo", f"settings changed: {settings.describe(diffs)}")
   return None

@@ -519,6 +519,30 @@ def train_variant(
   return summary
 
 
+def policy_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The settings a policy of this stage was trained with, recorded in its DONE.json: the
+  stage's (settings.STAGE_SETTINGS) less those that only choose which policies to train
+  (`ppo.variants`; `ppo.estimator` is in the name) and `ppo.group_size`, which GAE never reads."""
+  recorded = settings.of_stage(config, settings.STAGE_SETTINGS["ppo"])
+  unread = ("ppo.variants", "ppo.estimator") + (
+    ("ppo.group_size",) if config.ppo.estimator == "gae" else ()
+  )
+  return {k: v for k, v in recorded.items() if k not in unread}
+
+
+def finished_part_differences(ws: Workspace) -> dict[str, dict[str, tuple[Any, Any]]]:
+  """{"ppo/<name>": {key: (recorded, current)}} for every finished policy this config would
+  reuse whose recorded settings differ (pipeline.plan refuses them)."""
+  out = {}
+  for variant in ws.config.ppo.variants:
+    name = ppo_policy_name(ws.config.ppo, variant)
+    done = loop.stage_done(os.path.join(ws.stage_dir("ppo"), name))
+    diffs = settings.differences((done or {}).get("settings"), policy_settings(ws.config))
+    if diffs:
+      out[f"ppo/{name}"] = diffs
+  return out
+
+
 def run(ws: Workspace) -> dict[str, Any]:
   """Trains every variant in `config.ppo.variants` ("ppo": ptx_coef 0; "ppo_ptx": the config's)."""
   prompts = inputs.prompt_arrays(ws)
@@ -530,7 +554,11 @@ def run(ws: Workspace) -> dict[str, Any]:
     done = loop.stage_done(variant_dir)
     if done is None:
       # Its own run id: the evaluation keeps its samples while the stage gains other policies.
-      done = {**train_variant(ws, variant, prompts, ptx_arrays), "run_id": uuid.uuid4().hex}
+      done = {
+        **train_variant(ws, variant, prompts, ptx_arrays),
+        "run_id": uuid.uuid4().hex,
+        "settings": policy_settings(ws.config),
+      }
       loop.mark_done(variant_dir, done)
     summaries[name] = done
   return summaries

@@ -82,6 +82,25 @@ def divides(section: Mapping[str, Any], path: str, key: str, divisor: int, what:
 
 # Leaf keys that cannot change a result, wherever they appear.
 IGNORED_KEYS = ("log_every", "checkpoint_every", "keep_checkpoints")
+# The settings that shape each stage besides the run's seed, model and data settings
+# (COMMON): its own section and the data files it reads. DONE.json records them; a
+# finished stage whose settings differ is not reused as if nothing changed (pipeline.plan).
+STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
+  "pretrain": ("pretrain", "data.pretrain_jsonl", "data.demonstrations_jsonl"),
+  "sft": ("sft", "data.demonstrations_jsonl", "data.pretrain_jsonl"),
+  "label": ("label", "data.rm_prompts_jsonl", "data.comparisons_jsonl"),
+  "rm_base": (
+    "rm_base",
+    "rm.model",
+    "data.nlp_tasks_jsonl",
+    "data.pretrain_jsonl",
+    "data.demonstrations_jsonl",
+  ),
+  "rm": ("rm", "data.comparisons_jsonl"),
+  "ppo": ("ppo", "data.prompts_jsonl", "data.pretrain_jsonl"),
+  "dpo": ("dpo", "data.comparisons_jsonl"),
+  "eval": ("eval", "data.eval_prompts_jsonl", "data.prompts_jsonl"),
+}
 # Sections of the config that every stage's result depends on (`data` without its file paths:
 # each stage names the files it reads).
 COMMON = ("seed", "model", "data")

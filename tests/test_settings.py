@@ -44,7 +44,7 @@ BAD = [
   ("ppo", "eval.best_of_n", (4, 0), "every entry must be an integer >= 1"),
   ("ppo", "eval.prompts", "test", "valid: ['eval', 'ppo_heldout']"),
   ("dpo", "dpo.beta", 0.0, "config.dpo.beta=0.0: must be a number > 0"),
-  ("dpo", "dpo.loss", "kto", "valid: ['dpo', 'ipo']"),
+  ("dpo", "dpo.loss", "kto", "valid: ['sigmoid', 'ipo']"),
 ]
 
 
@@ -171,6 +171,7 @@ def test_rloo_then_grpo_in_one_workdir_reports_both(tiny_run, tmp_path):
     config = helpers.config("ppo")
     config.ppo.estimator = estimator
     config.ppo.variants = ("ppo",)
+    config.ppo.group_size = 2  # 16 / 2 prompts per rollout split over the 8 devices.
     ws = Workspace(config, str(workdir))
     pipeline.run(ws, "ppo")
     with open(workdir / "report.json", encoding="utf-8") as f:
@@ -184,3 +185,10 @@ def test_rloo_then_grpo_in_one_workdir_reports_both(tiny_run, tmp_path):
   assert (workdir / "eval" / "policies" / "ppo_ptx.json").read_text() == saved
   done = json.loads((workdir / "ppo" / "DONE.json").read_text())
   assert done["settings"]["ppo.estimator"] == "grpo"
+  # Back to rloo with another group size: the finished rloo policy was trained with 2, so it
+  # is not reused as if it were the new one (one device, so that 16 / 4 prompts split).
+  config = helpers.config("ppo")
+  config.ppo.update(dict(estimator="rloo", variants=("ppo",), group_size=4))
+  ws = Workspace(config, str(workdir), mesh=sharding.make_mesh((1, 1, 1)))
+  with pytest.raises(settings.SettingError, match=r"\[ppo\] ppo/rloo: ppo.group_size=2 \(now 4\)"):
+    pipeline.run(ws, "ppo")
