@@ -667,15 +667,6 @@ def check_settings(ws: Workspace) -> None:
   settings.positive_ints(cfg.best_of_n, "eval.best_of_n")
   settings.positive_ints(cfg.curve_best_of_n, "eval.curve_best_of_n")
   settings.one_of(cfg, "eval", "prompts", sorted(PROMPT_SETS))
-  d = ws.config.data
-  total = d.prompt_len + cfg.fewshot_prompt_len + d.response_len
-  settings.require(
-    total <= ws.models.policy.max_len,
-    "data.prompt_len + eval.fewshot_prompt_len + data.response_len",
-    total,
-    f"must fit the policy's context (model.max_len={ws.models.policy.max_len}) for the "
-    "few-shot base model",
-  )
 
 
 def run(ws: Workspace) -> dict[str, Any]:

@@ -176,17 +176,7 @@ def check_settings(ws: Workspace) -> None:
     (cfg.k_min, cfg.k_max),
     f"need {MIN_RESPONSES} <= k_min <= k_max <= {MAX_RESPONSES}",
   )
-  sources, _ = parse_sources(cfg)
-  d = ws.config.data
-  if any(policy == "base_fewshot" for policy, _ in sources):
-    total = d.prompt_len + cfg.fewshot_prompt_len + d.response_len
-    max_len = ws.models.policy.max_len
-    settings.require(
-      total <= max_len,
-      "data.prompt_len + label.fewshot_prompt_len + data.response_len",
-      total,
-      f"must fit the policy's context (model.max_len={max_len}) for the few-shot source",
-    )
+  parse_sources(cfg)
 
 
 def run(ws: Workspace) -> dict[str, Any]:

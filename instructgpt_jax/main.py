@@ -135,9 +135,36 @@ def config_summary(config: Any, ws: Any) -> str:
   )
 
 
+def _config_spec(argv: list[str]) -> str | None:
+  """The value of `--config=...` (or `--config ...`) in `argv`."""
+  for i, arg in enumerate(argv[1:], start=1):
+    if arg.startswith("--config="):
+      return arg.split("=", 1)[1]
+    if arg == "--config" and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def _check_config_file(argv: list[str]) -> None:
+  """Loads the `--config` file once before absl does, so that a missing file or a bad preset
+  (`configs/ppo.py:tinyy`) is one line, not absl's message with the config's traceback in it."""
+  spec = _config_spec(argv)
+  if spec is None:
+    return
+  path, _, arg = spec.partition(":")
+  try:
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"no config file {path!r}")
+    runpy.run_path(path)["get_config"](arg or None)
+  except Exception as e:  # pylint: disable=broad-except
+    sys.stderr.write(f"error: --config={spec}: {e}\n")
+    sys.exit(1)
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl's parser, with a mistyped `--config.a.b=...` key reported in one line that lists the
   valid keys at that level, not a trace."""
+  _check_config_file(argv)
   try:
     return app.parse_flags_with_usage(argv)
   except (KeyError, AttributeError) as e:

@@ -86,7 +86,8 @@ IGNORED_KEYS = ("log_every", "checkpoint_every", "keep_checkpoints")
 # (COMMON): its own section and the data files it reads. DONE.json records them; a
 # finished stage whose settings differ is not reused as if nothing changed (pipeline.plan).
 STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
-  "pretrain": ("pretrain", "data.pretrain_jsonl", "data.demonstrations_jsonl"),
+  # (The tokenizer, trained once per workdir, also reads the demonstrations; it is not a stage.)
+  "pretrain": ("pretrain", "data.pretrain_jsonl"),
   "sft": ("sft", "data.demonstrations_jsonl", "data.pretrain_jsonl"),
   "label": ("label", "data.rm_prompts_jsonl", "data.comparisons_jsonl"),
   "rm_base": (

@@ -173,6 +173,13 @@ class Workspace:
   def check_settings(self) -> None:
     """The data section against the run's models: a prompt and its response fit each model's
     context, the splits leave training data, the world is known."""
+    init = self.config.model.get("init", "")
+    settings.require(
+      not init or hf.hf_path(init) is not None,
+      "model.init",
+      init,
+      'valid: "" (the pipeline\'s own base model) or "hf:/dir" (a Hugging Face checkpoint)',
+    )
     d, path = self.config.data, "data"
     settings.positive(d, path, "prompt_len", "response_len", "seq_len")
     for name in ("policy", "reward"):

@@ -122,7 +122,7 @@ def test_own_rm_prompts_need_own_comparisons(tmp_path):
     "rm_prompts"
   )
   with pytest.raises(ValueError, match="set config.data.comparisons_jsonl"):
-    label.run(Workspace(config, str(tmp_path / "own")))
+    label.check_settings(Workspace(config, str(tmp_path / "own")))
 
 
 @pytest.mark.slow

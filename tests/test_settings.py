@@ -22,6 +22,7 @@ BAD = [
   ("pretrain", "pretrain.steps", 0, "config.pretrain.steps=0: must be a number > 0"),
   ("pretrain", "pretrain.optim.lr", -1e-3, "config.pretrain.optim.lr=-0.001: must be a number > 0"),
   ("pretrain", "pretrain.batch_size", 12, "must be a positive multiple of 8"),
+  ("pretrain", "model.init", "foo:/x", 'valid: "" (the pipeline\'s own base model) or "hf:/dir"'),
   ("pretrain", "data.seq_len", 500, "config.data.seq_len=500: must be <= model.max_len=192"),
   ("sft", "sft.dropout", 1.0, "config.sft.dropout=1.0: must be in [0, 1)"),
   ("sft", "sft.optim.schedule", "cosin", "valid: ['cosine', 'constant', 'linear']"),
@@ -94,6 +95,16 @@ def test_main_refuses_a_bad_value_in_one_line(tmp_path):
   assert "[pretrain] running" not in p.stdout
   assert not (tmp_path / "wd" / "pretrain").exists()
   assert time.perf_counter() - t0 < 60
+  # An unknown preset: one line, not absl's message with the config file's traceback.
+  p = subprocess.run(
+    [sys.executable, "-m", "instructgpt_jax.main", "--config=configs/ppo.py:tinyy"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr[-2000:]
+  assert p.stderr.startswith("error: --config=configs/ppo.py:tinyy: Unknown preset 'tinyy'")
 
 
 def test_recorded_settings_leave_out_what_cannot_change_a_result():

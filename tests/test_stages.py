@@ -327,7 +327,8 @@ def test_own_demonstrations_comparisons_and_eval_prompts_with_the_world_for_the_
     (own / "eval.jsonl").write_text("".join(f.readlines()[:24]), encoding="utf-8")
   shutil.copy(os.path.join(ref.workdir, "label", "comparisons.jsonl"), own / "comparisons.jsonl")
   workdir = str(tmp_path / "run")
-  redo = ("sft", "label", "rm", "ppo", "eval", "report*", "data")  # rm_base and pretrain stay.
+  # Pretraining stays; rm_base's last phase read the world's demonstrations, so it is redone.
+  redo = ("sft", "label", "rm_base", "rm", "ppo", "eval", "report*", "data")
   shutil.copytree(ref.workdir, workdir, ignore=shutil.ignore_patterns(*redo))
   config = tiny_config(
     **{
@@ -739,7 +740,7 @@ def test_eval_on_ppo_heldout_prompts_leaves_the_report_alone(tiny_run, tmp_path)
 
   bad = Workspace(tiny_config(**{"eval.prompts": "test", "eval.best_of_n": ()}), workdir)
   with pytest.raises(ValueError, match="ppo_heldout"):
-    pipeline.stage_module("eval").run(bad)
+    pipeline.stage_module("eval").check_settings(bad)
 
 
 def test_overoptimization_curve_and_plots(tiny_run):
