@@ -37,6 +37,11 @@ def test_a_copied_cache_serves_another_workdir(tmp_path):
   shared = tmp_path / "elsewhere" / "cache"
   shutil.copytree(tmp_path / "a" / "jax_cache", shared)
   _pretrain(tmp_path / "b", f"--config.compilation_cache={shared}")
-  # Every program was found under its key at the new path: nothing was compiled and written.
-  assert sorted(os.listdir(shared)) == entries
+  # Every program the first run kept was found under its key at the new path: the second run
+  # wrote no program of those names again. (It may write one the first run did not keep: the
+  # cache keeps programs that took over 0.5 s to compile, and under load a small one can.)
+  written = set(os.listdir(shared)) - set(entries)
+  name = lambda entry: entry.rsplit("-", 2)[0]  # noqa: E731 ("jit_train_step-<key>-cache")
+  assert set(entries) <= set(os.listdir(shared))
+  assert not {name(e) for e in written} & {name(e) for e in entries}, written
   assert not (tmp_path / "b" / "jax_cache").exists()
