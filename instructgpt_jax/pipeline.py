@@ -124,8 +124,10 @@ def stage_settings(config: Any, name: str) -> dict[str, Any]:
 
 
 def check_settings(ws: Workspace, stage: str) -> None:
-  """Every stage the run will do checks its settings (`<module>.check_settings(ws)`), so a bad
-  value is refused in one line before any stage starts."""
+  """The run's model and data settings and its files (`Workspace.check_settings`), then every
+  stage the run will do checks its own (`<module>.check_settings(ws)`), so a bad value is
+  refused in one line before any stage starts."""
+  ws.check_settings()
   for name in stages_to_run(stage):
     if name == "pretrain" and ws.hf_base:
       continue

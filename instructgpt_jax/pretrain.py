@@ -59,8 +59,7 @@ def train_step(
 
 
 def check_settings(ws: Workspace) -> None:
-  """The run's data settings and this stage's section, before any stage starts."""
-  ws.check_settings()
+  """This stage's section, before any stage starts."""
   cfg = ws.config.pretrain
   settings.positive(cfg, "pretrain", "steps")
   train_state.check_optim(cfg.optim, "pretrain.optim")

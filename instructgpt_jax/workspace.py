@@ -45,14 +45,9 @@ JSONL_KEYS = {
   # with your own data and no such file, the rm_base stage skips its fine-tuning.
   "nlp_tasks": ("nlp_tasks_jsonl", "nlp_tasks.jsonl"),
 }
-OPTIONAL_KINDS = ("nlp_tasks",)
+OPTIONAL_KINDS = ("nlp_tasks",)  # Kinds a data set of your own may leave out.
 # Kinds whose train split a stage trains on: an empty one is an error that names the file.
-TRAINED_ON = (
-  "pretraining",
-  "demonstrations",
-  "prompts",
-  "comparisons",
-)  # Kinds a data set of your own may leave out.
+TRAINED_ON = ("pretraining", "demonstrations", "prompts", "comparisons")
 # The data format each kind is read with (data.KINDS), where it is not the kind's own name.
 DATA_KINDS = {"eval_prompts": "prompts", "rm_prompts": "prompts", "nlp_tasks": "demonstrations"}
 
