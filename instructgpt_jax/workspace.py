@@ -177,7 +177,8 @@ class Workspace:
     )
     d, path = self.config.data, "data"
     settings.positive(d, path, "prompt_len", "response_len", "seq_len")
-    for name in ("policy", "reward"):
+    # Only learned positions end at max_len (RoPE families run past it, as model._run allows).
+    for name in [n for n in ("policy", "reward") if getattr(self.models, n).family == "gpt"]:
       max_len = getattr(self.models, name).max_len
       total = d.prompt_len + d.response_len
       settings.require(
